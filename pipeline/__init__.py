@@ -1,0 +1,1 @@
+"""Preprocessing stage: text corpora → TFRecord windows + vocabulary (Apache Beam)."""

@@ -1,0 +1,142 @@
+"""Preprocessing stage entry point: corpora → RUN/data (TFRecords, vocab.txt, metadata.json).
+
+    python -m pipeline.preprocess --corpus timemachine --output runs/x/data --split d2l
+Any Beam pipeline option (--runner, --direct_num_workers, --temp_location, --setup_file …)
+passes through to Beam.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Sequence
+
+from pipeline import atomic, cli, sources, text, transform, vocab as vocab_lib
+from pipeline.cli import UserError
+
+SIDE_FILES = ("vocab", "shards", "sources", "errors")
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = cli.ArgumentParser(prog="pipeline.preprocess", description=__doc__.split("\n")[0],
+                           epilog="Unrecognised flags are passed to Beam as pipeline options.")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="SRC",
+                   help="paths, globs, Beam filesystem URLs, or a named corpus: " + ", ".join(sources.NAMED_CORPORA))
+    p.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--normalize", choices=sorted(text.NORMALIZERS), default="d2l")
+    p.add_argument("--tokenizer", choices=text.TOKENIZERS, default="char")
+    p.add_argument("--num-steps", type=cli.positive_int, default=32)
+    p.add_argument("--split", choices=("holdout", "d2l"), default="holdout")
+    p.add_argument("--valid-fraction", type=cli.fraction, default=0.1)
+    p.add_argument("--stride", type=cli.positive_int, default=None, help="holdout window stride (default num-steps)")
+    p.add_argument("--num-train", type=cli.positive_int, default=10000)
+    p.add_argument("--num-val", type=cli.positive_int, default=5000)
+    p.add_argument("--min-freq", type=cli.positive_int, default=1)
+    p.add_argument("--max-tokens", type=cli.positive_int, default=None)
+    p.add_argument("--decode-errors", choices=("strict", "replace"), default="strict")
+    p.add_argument("--records-per-shard", type=cli.positive_int, default=100_000)
+    args, beam_args = p.parse_known_args(argv)
+    cfg = transform.PreprocessConfig(
+        normalize=args.normalize, tokenizer=args.tokenizer, num_steps=args.num_steps, split=args.split,
+        valid_fraction=args.valid_fraction, stride=args.stride, num_train=args.num_train,
+        num_val=args.num_val, min_freq=args.min_freq, max_tokens=args.max_tokens,
+        decode_errors=args.decode_errors, records_per_shard=args.records_per_shard)
+    return args, cfg, beam_args
+
+
+def _beam_options(beam_args: Sequence[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    bad = [a for a in beam_args if not a.startswith("--")]
+    if bad:
+        raise UserError(f"unexpected argument {bad[0]!r}")
+    return PipelineOptions(list(beam_args))
+
+
+def run_beam(files: list[str], out_dir: str, cfg: transform.PreprocessConfig, beam_args: Sequence[str]) -> dict:
+    """Runs the Beam graph into out_dir and returns the facts it gathered."""
+    import apache_beam as beam
+
+    from pipeline import beam_graph
+
+    with beam.Pipeline(options=_beam_options(beam_args)) as p:
+        beam_graph.build(p, files, cfg, out_dir)
+    facts = {}
+    for name in SIDE_FILES:
+        path = os.path.join(out_dir, f"_{name}.json")
+        with open(path) as f:
+            facts[name] = json.load(f)
+        os.unlink(path)
+    return facts
+
+
+def check_facts(facts: dict, cfg: transform.PreprocessConfig) -> dict[str, int]:
+    """Raises UserError for failed files or a corpus too short; returns windows per split."""
+    errors = sorted(facts["errors"])
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UserError(errors[0] + more)
+    total = facts["vocab"]["total_tokens"]
+    if total == 0:
+        raise UserError("the corpus is empty after normalisation: no tokens to learn from")
+    counts = {split: sum(s["records"] for s in facts["shards"] if s["split"] == split) for split in ("train", "valid")}
+    if cfg.split == "d2l":
+        need = cfg.num_train + cfg.num_val + cfg.num_steps
+        if counts["train"] < cfg.num_train or counts["valid"] < cfg.num_val:
+            raise UserError(f"the corpus has {total} tokens but the d2l split needs {need} "
+                            f"(num_train + num_val + num_steps); lower --num-train/--num-val or use --split holdout")
+    else:
+        for split in ("train", "valid"):
+            if counts[split] == 0:
+                raise UserError(f"the corpus ({total} tokens) is too short for one {split} window of "
+                                f"{cfg.num_steps + 1} tokens; lower --num-steps or change --valid-fraction")
+    return counts
+
+
+def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.PreprocessConfig,
+                   beam_args: Sequence[str]) -> dict:
+    import apache_beam as beam
+
+    vocab = facts["vocab"]["vocab"]
+    atomic.write_text(os.path.join(out_dir, "vocab.txt"), vocab_lib.vocab_to_text(vocab))
+    metadata = {
+        "sources": [info for _, info in sorted(facts["sources"], key=lambda item: item[0])],
+        "config": cfg.to_dict(),
+        "normalize": cfg.normalize,
+        "tokenizer": cfg.tokenizer,
+        "num_steps": cfg.num_steps,
+        "vocab_size": len(vocab),
+        "vocab_sha256": vocab_lib.vocab_sha256(vocab),
+        "total_tokens": facts["vocab"]["total_tokens"],
+        "windows": counts,
+        "shards": sorted(facts["shards"], key=lambda s: s["file"]),
+        "beam_version": beam.__version__,
+        "beam_options": list(beam_args),
+    }
+    atomic.write_text(os.path.join(out_dir, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return metadata
+
+
+def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConfig,
+               beam_args: Sequence[str] = ()) -> dict:
+    """The whole stage: resolve sources, run Beam, validate, write metadata; atomic on `output`."""
+    if "://" in output:
+        raise UserError(f"{output}: the output must be a local directory")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"{output}: exists and is not a directory")
+    files = sources.resolve_sources(list(corpus))
+    with atomic.atomic_directory(output) as tmp:
+        facts = run_beam(files, tmp, cfg, beam_args)
+        counts = check_facts(facts, cfg)
+        return write_metadata(tmp, facts, counts, cfg, beam_args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, cfg, beam_args = parse_args(argv)
+    metadata = preprocess(args.corpus, args.output, cfg, beam_args)
+    print(json.dumps({"output": os.path.abspath(args.output), "vocab_size": metadata["vocab_size"],
+                      "total_tokens": metadata["total_tokens"], "windows": metadata["windows"]}))
+
+
+if __name__ == "__main__":
+    cli.run_main(main, sys.argv[1:])

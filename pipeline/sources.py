@@ -1,0 +1,107 @@
+"""Corpus sources: local paths, globs, Beam filesystem URLs, and named corpora.
+
+Named corpora are downloaded once with `keras.utils.get_file`, verified by hash before use,
+and cached under $DEEP_RNN_CACHE (default ~/.cache/deep_rnn); tests seed that cache.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import dataclass
+
+from pipeline.cli import UserError
+
+
+@dataclass(frozen=True)
+class NamedCorpus:
+    url: str
+    sha256: str
+    sha1: str  # the hash the book's own loader checks
+    size: int
+
+
+NAMED_CORPORA = {
+    "timemachine": NamedCorpus(
+        url="http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
+        sha256="8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516",
+        sha1="090b5e7e70c295757f55df93cb0a180b9691891a",
+        size=178979,
+    ),
+}
+
+
+def cache_dir() -> str:
+    return os.environ.get("DEEP_RNN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "deep_rnn"))
+
+
+def cached_path(name: str) -> str:
+    return os.path.join(cache_dir(), "datasets", f"{name}.txt")
+
+
+def fetch_named(name: str) -> str:
+    """Path of a verified local copy of a named corpus, downloading it on first use."""
+    corpus = NAMED_CORPORA[name]
+    import keras  # imported here: only named corpora need it
+
+    try:
+        path = keras.utils.get_file(
+            fname=f"{name}.txt", origin=corpus.url, file_hash=corpus.sha256,
+            hash_algorithm="sha256", cache_dir=cache_dir(), cache_subdir="datasets")
+    except Exception as err:  # network or hash failure: say where to put the file instead
+        raise UserError(f"{name}: download from {corpus.url} failed ({err}); "
+                        f"place the verified file at {cached_path(name)}") from None
+    with open(path, "rb") as f:
+        sha1 = hashlib.sha1(f.read()).hexdigest()
+    if sha1 != corpus.sha1:
+        raise UserError(f"{name}: {path} has SHA-1 {sha1}, expected {corpus.sha1}")
+    return path
+
+
+def _is_url(src: str) -> bool:
+    return "://" in src
+
+
+def _check_local_file(path: str, shown: str) -> None:
+    if os.path.isdir(path):
+        raise UserError(f"{shown}: is a directory, not a text file (use a glob such as {shown}/*.txt)")
+    if not os.path.exists(path):
+        raise UserError(f"{shown}: no such file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise UserError(f"{shown}: cannot read: {err.strerror or err}") from None
+
+
+def resolve_sources(sources: list[str]) -> list[str]:
+    """Expands each SRC to files (sorted within a glob, order of SRCs kept), checking each one."""
+    if not sources:
+        raise UserError("no --corpus given")
+    files: list[str] = []
+    for src in sources:
+        if src in NAMED_CORPORA:
+            files.append(fetch_named(src))
+        elif _is_url(src):
+            from apache_beam.io.filesystems import FileSystems
+
+            try:
+                matched = FileSystems.match([src])[0].metadata_list
+            except Exception as err:
+                raise UserError(f"{src}: cannot list: {err}") from None
+            if not matched:
+                raise UserError(f"{src}: matches no file")
+            files += sorted(m.path for m in matched)
+        elif glob.has_magic(src):
+            matched = sorted(p for p in glob.glob(src, recursive=True) if not os.path.isdir(p))
+            if not matched:
+                raise UserError(f"{src}: glob matches no file")
+            for path in matched:
+                _check_local_file(path, path)
+            files += matched
+        else:
+            _check_local_file(src, src)
+            files.append(os.path.abspath(src))
+    if len(set(files)) != len(files):
+        raise UserError("the same file is named twice among --corpus sources")
+    return files
