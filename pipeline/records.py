@@ -58,6 +58,24 @@ def serialize_windows(windows: np.ndarray) -> list[bytes]:
     return records
 
 
+def tfrecord_file(windows: np.ndarray) -> bytes:
+    """[n, T+1] windows → the bytes of a TFRecord file of their Examples.
+
+    When every id is below 128 all records have the same layout, so the file is assembled with
+    numpy in bulk (only the per-record CRC is a Python call); otherwise record by record.
+    """
+    if not windows.size or int(windows.max()) >= 128:
+        return frame_records(serialize_windows(windows))
+    n, width = windows.shape
+    header = serialize_windows(np.zeros((1, width), np.uint8))[0][:-width]  # constant prefix
+    body = np.concatenate([np.broadcast_to(np.frombuffer(header, np.uint8), (n, len(header))),
+                           windows.astype(np.uint8)], axis=1)  # [n, record length]
+    length = struct.pack("<Q", body.shape[1])
+    data_crcs = np.frombuffer(b"".join(_masked_crc(row.tobytes()) for row in body), np.uint8).reshape(n, 4)
+    prefix = np.frombuffer(length + _masked_crc(length), np.uint8)
+    return np.concatenate([np.broadcast_to(prefix, (n, 12)), body, data_crcs], axis=1).tobytes()
+
+
 def _masked_crc(data: bytes) -> bytes:
     crc = google_crc32c.value(data)
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)

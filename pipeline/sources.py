@@ -44,6 +44,8 @@ def fetch_named(name: str) -> str:
     corpus = NAMED_CORPORA[name]
     import keras  # imported here: only named corpora need it
 
+    os.makedirs(cache_dir(), exist_ok=True)  # get_file falls back to /tmp/.keras if it is missing
+
     try:
         path = keras.utils.get_file(
             fname=f"{name}.txt", origin=corpus.url, file_hash=corpus.sha256,

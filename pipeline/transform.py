@@ -112,4 +112,4 @@ def shard_files(split: str, doc_index: int, split_windows: np.ndarray,
     for block, start in enumerate(range(0, len(split_windows), cfg.records_per_shard)):
         part = split_windows[start: start + cfg.records_per_shard]
         yield (f"{split}-{doc_index:05d}-{block:05d}.tfrecord", len(part),
-               records.frame_records(records.serialize_windows(part)))
+               records.tfrecord_file(part))

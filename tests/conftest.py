@@ -1,0 +1,54 @@
+"""Test set-up: no network; named corpora come from ../shared/data through the real cache."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DEEP_RNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def pytest_configure(config):
+    if not (SHARED_DATA / "timemachine.txt").exists():
+        raise pytest.UsageError(f"shared data not found at {SHARED_DATA} (set DEEP_RNN_SHARED_DATA)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def seeded_cache(tmp_path_factory):
+    """A download cache holding the shared corpora, so `timemachine` resolves without a download."""
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "datasets").mkdir()
+    shutil.copy(SHARED_DATA / "timemachine.txt", cache / "datasets" / "timemachine.txt")
+    old = os.environ.get("DEEP_RNN_CACHE")
+    os.environ["DEEP_RNN_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("DEEP_RNN_CACHE", None)
+    else:
+        os.environ["DEEP_RNN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def timemachine_text() -> str:
+    return (SHARED_DATA / "timemachine.txt").read_text()
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, env: dict | None = None, **kwargs):
+    """Runs `python -m module args` as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def assert_user_error(proc, *needles: str):
+    """Exit code 2, exactly one line on stderr naming the cause, no traceback."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
