@@ -1,0 +1,85 @@
+"""Frozen configurations: what a model is (ModelConfig) and how it is trained (TrainConfig)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+CELLS = ("gru", "lstm", "rnn", "scratch")
+FORMS = ("stacked", "layers", "fused")  # see trainer.model
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A deep RNN language model: one-hot tokens → L recurrent layers of h units → logits."""
+
+    vocab_size: int
+    cell: str = "gru"
+    num_layers: int = 2
+    num_hiddens: int = 32
+    dropout: float = 0.0
+    form: str = "fused"
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.form not in FORMS:
+            raise ValueError(f"unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.num_hiddens < 1:
+            raise ValueError(f"num_hiddens must be >= 1, got {self.num_hiddens}")
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def architecture(self) -> dict:
+        """What checkpoints depend on (the form is not: all forms share one weight layout)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("form", "dropout")}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The book's deep GRU defaults: 2 × 32, batch 1024, SGD lr 2, clip 1, 100 epochs."""
+
+    cell: str = "gru"
+    num_layers: int = 2
+    num_hiddens: int = 32
+    dropout: float = 0.0
+    batch_size: int = 1024
+    epochs: int = 100
+    optimizer: str = "sgd"
+    lr: float = 2.0
+    clip_norm: float = 1.0
+    seed: int = 0
+    backend_form: str = "auto"   # auto | stacked | layers | fused
+    distribute: str = "none"     # none | mirrored | multi_worker
+    mixed_precision: bool = False
+    verbose: int = 1
+    sample_prefix: str = "it has"
+    sample_chars: int = 20
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.backend_form not in ("auto",) + FORMS:
+            raise ValueError(f"unknown backend form {self.backend_form!r}")
+        if self.distribute not in ("none", "mirrored", "multi_worker"):
+            raise ValueError(f"unknown distribution {self.distribute!r}")
+
+    def hparams(self) -> dict:
+        keys = ("cell", "num_layers", "num_hiddens", "dropout", "batch_size", "epochs", "optimizer", "lr",
+                "clip_norm", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,154 @@
+"""Pure model builders: ModelConfig in, Keras model out (ids [B, T] → logits [B, T, V]).
+
+Three forms of the same network, with one weight layout (per layer: kernel, recurrent_kernel,
+bias; then the output layer), so weights move between them with set_weights:
+- "stacked": keras.layers.RNN over StackedRNNCells — the book's concise design;
+- "layers":  one keras.layers.GRU/LSTM/SimpleRNN per depth — what reaches cuDNN on a GPU;
+- "fused":   FusedRNNStack — input projections for all steps in one gather/matmul, the time
+             loop unrolled in the graph doing only the recurrent part, layers interleaved so
+             layer l+1 at step t runs beside layer l at step t+1. The fastest form on CPU.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from trainer import cells as cells_lib
+from trainer.config import ModelConfig
+
+
+@keras.saving.register_keras_serializable(package="deep_rnn")
+class OneHot(keras.layers.Layer):
+    """ids [B, T] → one-hot [B, T, depth], the book's input encoding."""
+
+    def __init__(self, depth: int, **kwargs):
+        super().__init__(**kwargs)
+        self.depth = depth
+
+    def call(self, ids):
+        return ops.one_hot(ops.cast(ids, "int32"), self.depth, dtype=self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "depth": self.depth}
+
+
+@keras.saving.register_keras_serializable(package="deep_rnn")
+class FusedRNNStack(keras.layers.Layer):
+    """L recurrent layers over token ids, computed with trainer.cells' split maths.
+
+    Holds ordinary Keras cells (so weights and checkpoints match the other forms) but runs the
+    sequence itself: ids [B, T] → top-layer outputs [B, T, h].
+    """
+
+    def __init__(self, cell: str, num_layers: int, num_hiddens: int, vocab_size: int,
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.cell, self.num_layers, self.num_hiddens = cell, num_layers, num_hiddens
+        self.vocab_size, self.dropout = vocab_size, dropout
+        self.cells = [cells_lib.make_cell(cell, num_hiddens, name=f"cell_{i}") for i in range(num_layers)]
+
+    def build(self, input_shape):
+        for i, cell in enumerate(self.cells):
+            cell.build((None, self.vocab_size if i == 0 else self.num_hiddens))
+
+    def _dropout_masks(self, batch, training):
+        # one mask per sequence and unit (as Keras cells' input dropout), for layers 1..L-1
+        if not (training and self.dropout > 0):
+            return [None] * self.num_layers
+        keep = 1.0 - self.dropout
+        return [None] + [tf.cast(tf.random.uniform((batch, self.num_hiddens)) < keep, self.compute_dtype) / keep
+                         for _ in range(1, self.num_layers)]
+
+    def call(self, ids, training=False):
+        ids = tf.cast(ids, tf.int32)
+        batch = tf.shape(ids)[0]
+        masks = self._dropout_masks(batch, training)
+        projected = tf.cast(cells_lib.project_ids(self.cells[0], ids), self.compute_dtype)  # [B, T, G]
+        states = [[tf.zeros((batch, self.num_hiddens), self.compute_dtype)] * cells_lib.num_states(c)
+                  for c in self.cells]
+
+        def step(xp0, states):
+            out = None
+            for i, cell in enumerate(self.cells):
+                if i == 0:
+                    xp = xp0
+                else:
+                    xp = cells_lib.project_inputs(cell, out if masks[i] is None else out * masks[i])
+                out, states[i] = cells_lib.recurrent_step(cell, xp, states[i])
+            return out, states
+
+        steps = ids.shape[1]
+        if steps is not None:  # static length: unroll, so TF can overlap layers and steps
+            outputs = []
+            for xp0 in tf.unstack(projected, axis=1):
+                out, states = step(xp0, states)
+                outputs.append(out)
+            return tf.stack(outputs, axis=1)
+        flat = [s for layer in states for s in layer]
+
+        def scan_fn(carry, xp0):
+            nested, k = [], 0
+            for c in self.cells:
+                n = cells_lib.num_states(c)
+                nested.append(list(carry[1][k:k + n]))
+                k += n
+            out, new = step(xp0, nested)
+            return out, [s for layer in new for s in layer]
+
+        outputs, _ = tf.scan(scan_fn, tf.transpose(projected, [1, 0, 2]),
+                             initializer=(tf.zeros((batch, self.num_hiddens), self.compute_dtype), flat))
+        return tf.transpose(outputs, [1, 0, 2])
+
+    def get_config(self):
+        return {**super().get_config(), "cell": self.cell, "num_layers": self.num_layers,
+                "num_hiddens": self.num_hiddens, "vocab_size": self.vocab_size, "dropout": self.dropout}
+
+
+_LAYER_CLASSES = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
+
+
+def build_model(cfg: ModelConfig) -> keras.Model:
+    """An uncompiled model: ids [B, T] (int32) → logits [B, T, vocab] (float32)."""
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    if cfg.form == "fused":
+        hidden = FusedRNNStack(cfg.cell, cfg.num_layers, cfg.num_hiddens, cfg.vocab_size, cfg.dropout,
+                               name="rnn")(ids)
+    elif cfg.form == "stacked":
+        stack = keras.layers.StackedRNNCells(
+            [cells_lib.make_cell(cfg.cell, cfg.num_hiddens, dropout=cfg.dropout if i else 0.0, name=f"cell_{i}")
+             for i in range(cfg.num_layers)])
+        hidden = keras.layers.RNN(stack, return_sequences=True, name="rnn")(OneHot(cfg.vocab_size)(ids))
+    else:
+        if cfg.cell == "scratch":
+            raise ValueError("the scratch cell has no cuDNN layer; use form 'stacked' or 'fused'")
+        hidden = OneHot(cfg.vocab_size)(ids)
+        for i in range(cfg.num_layers):
+            if i and cfg.dropout:  # same mask at every step, like the cells' input dropout
+                hidden = keras.layers.Dropout(cfg.dropout, noise_shape=(None, 1, cfg.num_hiddens))(hidden)
+            hidden = _LAYER_CLASSES[cfg.cell](cfg.num_hiddens, return_sequences=True, name=f"rnn_{i}")(hidden)
+    logits = keras.layers.Dense(cfg.vocab_size, dtype="float32", name="logits")(hidden)
+    return keras.Model(ids, logits, name=f"deep_{cfg.cell}_{cfg.num_layers}x{cfg.num_hiddens}")
+
+
+def model_cells(model: keras.Model) -> list:
+    """The model's recurrent cells, bottom to top, whatever its form."""
+    layer = next((l for l in model.layers if l.name == "rnn"), None)
+    if isinstance(layer, FusedRNNStack):
+        return list(layer.cells)
+    if isinstance(layer, keras.layers.RNN):
+        return list(layer.cell.cells)
+    return [l.cell for l in model.layers if l.name.startswith("rnn_")]
+
+
+def model_form(model: keras.Model) -> str:
+    layer = next((l for l in model.layers if l.name == "rnn"), None)
+    return "fused" if isinstance(layer, FusedRNNStack) else "stacked" if layer is not None else "layers"
+
+
+def resolve_form(requested: str, cell: str) -> str:
+    """'auto' → the cuDNN-eligible layers on a GPU (GRU/LSTM), the fused stack otherwise."""
+    if requested != "auto":
+        return requested
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    return "layers" if on_gpu and cell in ("gru", "lstm") else "fused"

@@ -1,0 +1,265 @@
+"""Training stage entry point: RUN/data → RUN/model (model.keras, checkpoints, metrics, curves).
+
+    python -m trainer.train --data runs/x/data --model-dir runs/x/model [--cell gru --num-layers 2 ...]
+Killed at any point, the same command resumes from the last finished epoch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from typing import Sequence
+
+from pipeline import atomic, cli, vocab as vocab_lib
+from pipeline.cli import UserError
+from trainer.config import CELLS, FORMS, OPTIMIZERS, ModelConfig, TrainConfig
+
+RUN_CONFIG = "run_config.json"
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = cli.ArgumentParser(prog="trainer.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="output directory of pipeline.preprocess")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--hparams", help="JSON file of hyperparameters (e.g. trainer.tune's best_hparams.json); flags override it")
+    p.add_argument("--cell", choices=CELLS)
+    p.add_argument("--num-layers", type=int)
+    p.add_argument("--num-hiddens", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--clip-norm", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backend-form", choices=("auto",) + FORMS)
+    p.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"))
+    p.add_argument("--mixed-precision", action="store_true", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    return args, config_from(args)
+
+
+def config_from(args) -> TrainConfig:
+    """Defaults < --hparams file < explicit flags."""
+    values = {}
+    if args.hparams:
+        try:
+            with open(args.hparams) as f:
+                values.update(json.load(f))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{args.hparams}: cannot read hyperparameters: {err}") from None
+    fields = TrainConfig.__dataclass_fields__
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"{args.hparams}: unknown hyperparameters {', '.join(unknown)}")
+    for name in fields:
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    if args.quiet:
+        values["verbose"] = 2
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise UserError(str(err)) from None
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--distribute multi_worker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG names this process as a non-chief worker."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                                      and "chief" not in json.loads(os.environ["TF_CONFIG"]).get("cluster", {}))
+
+
+def compile_model(model, cfg: TrainConfig):
+    import keras
+
+    from trainer.metrics import BitsPerToken, Perplexity
+
+    if cfg.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=float(cfg.lr), global_clipnorm=cfg.clip_norm or None)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=float(cfg.lr), global_clipnorm=cfg.clip_norm or None)
+    if cfg.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[Perplexity(), BitsPerToken()])
+    return model
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    from trainer.model import resolve_form
+
+    try:
+        return ModelConfig(vocab_size=vocab_size, cell=cfg.cell, num_layers=cfg.num_layers,
+                           num_hiddens=cfg.num_hiddens, dropout=cfg.dropout,
+                           form=resolve_form(cfg.backend_form, cfg.cell))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _check_resume(model_dir: str, run_config: dict) -> None:
+    """Refuses to resume a run whose vocabulary, sequence length or architecture changed."""
+    path = os.path.join(model_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    for key, what in (("vocab_sha256", "vocabulary"), ("num_steps", "num_steps"), ("architecture", "architecture")):
+        if previous.get(key) != run_config[key]:
+            raise UserError(f"refusing to resume in {model_dir}: the {what} changed "
+                            f"({previous.get(key)} → {run_config[key]}); use a new --model-dir or delete it")
+
+
+def read_history(path: str) -> list[dict]:
+    """history.csv rows, one per epoch (the last row wins when a resumed run repeated an epoch)."""
+    if not os.path.exists(path):
+        return []
+    rows = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[int(row["epoch"])] = {k: float(v) for k, v in row.items() if v not in ("", None)}
+    return [rows[e] for e in sorted(rows)]
+
+
+def plot_curves(history: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    ax.plot(epochs, [r["perplexity"] for r in history], label="train")
+    ax.plot(epochs, [r.get("val_perplexity", math.nan) for r in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = atomic.temp_path(path) + ".png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def save_model(model, path: str) -> None:
+    tmp = atomic.temp_path(path) + ".keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
+    """Trains (or resumes) a model on RUN/data into model_dir and returns metrics.json's content."""
+    cli.quiet_tensorflow()
+    started = time.perf_counter()
+    strategy = make_strategy(cfg.distribute)  # before any other TF work (multi-worker needs that)
+    import keras
+    import tensorflow as tf
+
+    from trainer import callbacks as cb
+    from trainer.data import load_data_info, make_dataset
+    from trainer.generate import TextModel
+    from trainer.model import build_model
+
+    info = load_data_info(data_dir)
+    if cfg.batch_size > info.num_train:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {info.num_train} training windows")
+    model_cfg = model_config_for(cfg, info.vocab_size)
+    run_config = {"architecture": model_cfg.architecture(), "model": model_cfg.to_dict(), "train": cfg.hparams(),
+                  "vocab_sha256": info.vocab_sha256, "num_steps": info.num_steps,
+                  "normalize": info.normalize, "tokenizer": info.tokenizer, "data_dir": os.path.abspath(data_dir)}
+    chief = is_chief()
+    work_dir = model_dir if chief else os.path.join(model_dir, f"worker-{json.loads(os.environ['TF_CONFIG'])['task']['index']}")
+    os.makedirs(work_dir, exist_ok=True)
+    _check_resume(model_dir, run_config)
+    if chief:
+        atomic.write_text(os.path.join(model_dir, RUN_CONFIG), json.dumps(run_config, indent=2) + "\n")
+        atomic.write_text(os.path.join(model_dir, "vocab.txt"), vocab_lib.vocab_to_text(list(info.vocab)))
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU")
+                                                else "mixed_bfloat16")
+    train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False)
+    with strategy.scope():
+        model = compile_model(build_model(model_cfg), cfg)
+
+    history_path = os.path.join(model_dir, "history.csv")
+    checkpoints = os.path.join(work_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    best_so_far = min((r["val_perplexity"] for r in read_history(history_path) if "val_perplexity" in r),
+                      default=None)
+    tokens_per_epoch = info.num_train * info.num_steps
+    callbacks = [
+        cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
+        cb.Throughput(tokens_per_epoch),
+        keras.callbacks.CSVLogger(history_path if chief else os.path.join(work_dir, "history.csv"), append=True),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
+                                        mode="min", save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), save_weights_only=True),
+        keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
+        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), delete_checkpoint=False),
+    ]
+    model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
+
+    history = read_history(history_path)
+    if not history:
+        raise UserError(f"{model_dir}: no finished epoch in history.csv")
+    best_path = os.path.join(checkpoints, "best.weights.h5")
+    if os.path.exists(best_path):
+        model.load_weights(best_path)
+    text_model = TextModel(model, info.vocab, info.normalize, info.tokenizer)
+    sample = text_model.greedy(tf.constant([cfg.sample_prefix]), cfg.sample_chars)["text"][0].numpy().decode()
+    last = history[-1]
+    best = min(history, key=lambda r: r.get("val_perplexity", math.inf))
+    steady = [r["tokens_per_s"] for r in history[1:] if "tokens_per_s" in r] or [last.get("tokens_per_s", 0.0)]
+    train_seconds = sum(r.get("train_seconds", 0.0) for r in history)
+    metrics = {
+        "train_ppl": last["perplexity"], "val_ppl": last["val_perplexity"],
+        "train_bpc": last["bits_per_token"], "val_bpc": last["val_bits_per_token"],
+        "best_val_ppl": best["val_perplexity"], "best_epoch": int(best["epoch"]) + 1,
+        "epochs": len(history),
+        "train_tokens_per_s": tokens_per_epoch * len(history) / train_seconds if train_seconds else 0.0,
+        "train_tokens_per_s_steady": sorted(steady)[len(steady) // 2],
+        "train_seconds": train_seconds, "wall_s": time.perf_counter() - started,
+        "hparams": cfg.hparams(), "form": model_cfg.form, "num_params": int(model.count_params()),
+        "sample_prefix": cfg.sample_prefix, "sample": sample,
+        "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+    }
+    if chief:
+        save_model(model, os.path.join(model_dir, "model.keras"))
+        plot_curves(history, os.path.join(model_dir, "curves.png"))
+        atomic.write_text(os.path.join(model_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, cfg = parse_args(argv)
+    metrics = train_and_evaluate(cfg, args.data, args.model_dir)
+    print(f"train perplexity {metrics['train_ppl']:.2f}, validation perplexity {metrics['val_ppl']:.2f}, "
+          f"{metrics['train_tokens_per_s'] / 1e6:.2f} M tokens/s, {metrics['wall_s']:.0f} s")
+    print(f"sample: {metrics['sample']}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main, sys.argv[1:])
