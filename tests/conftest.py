@@ -52,3 +52,17 @@ def assert_user_error(proc, *needles: str):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, seeded_cache):
+    """The Time Machine, holdout split, 16-step windows: ~9.8k train windows, seconds to make."""
+    from pipeline import transform
+    from pipeline.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    preprocess(["timemachine"], str(out), transform.PreprocessConfig(num_steps=16, stride=16))
+    return out
+
+
+TINY_TRAIN = dict(num_layers=2, num_hiddens=16, batch_size=256, epochs=2, verbose=0, sample_chars=10)

@@ -59,7 +59,8 @@ def load_data_info(data_dir: str) -> DataInfo:
                     num_train=int(meta["windows"]["train"]), num_valid=int(meta["windows"]["valid"]))
 
 
-def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
+def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: int = 0,
+                 num_windows: int | None = None) -> tf.data.Dataset:
     """TFRecord windows → batches of (inputs [B, T], targets [B, T]) int32, targets shifted by one."""
     spec = {"tokens": tf.io.FixedLenFeature([num_steps + 1], tf.int64)}
 
@@ -67,7 +68,10 @@ def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: in
         tokens = tf.cast(tf.io.parse_example(batch, spec)["tokens"], tf.int32)  # [B, T+1]
         return tokens[:, :-1], tokens[:, 1:]
 
-    ds = tf.data.TFRecordDataset(list(files)).cache()
+    ds = tf.data.TFRecordDataset(list(files))
+    if num_windows:  # lets Keras show progress and know the epoch length
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_windows))
+    ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(200_000, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

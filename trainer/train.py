@@ -67,6 +67,24 @@ def config_from(args) -> TrainConfig:
         raise UserError(str(err)) from None
 
 
+def configure_cpu_threads(cfg: TrainConfig) -> None:
+    """Small recurrent models on CPU run fastest with one thread per op and ops in parallel.
+
+    Their matmuls are too small to split across cores, but the unrolled graph has independent
+    ops (layer l+1 at step t beside layer l at step t+1) for the inter-op pool to overlap.
+    Measured in bench/RESULTS.md; must run before TensorFlow starts its thread pools.
+    """
+    import tensorflow as tf
+
+    if cfg.num_hiddens > 256 or tf.config.list_physical_devices("GPU"):
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 2)
+    except RuntimeError:  # TF already started in this process (e.g. a second run in tests)
+        pass
+
+
 def make_strategy(name: str):
     import tensorflow as tf
 
@@ -170,6 +188,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     """Trains (or resumes) a model on RUN/data into model_dir and returns metrics.json's content."""
     cli.quiet_tensorflow()
     started = time.perf_counter()
+    configure_cpu_threads(cfg)
     strategy = make_strategy(cfg.distribute)  # before any other TF work (multi-worker needs that)
     import keras
     import tensorflow as tf
@@ -198,8 +217,10 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU")
                                                 else "mixed_bfloat16")
-    train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False)
+    train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                            num_windows=info.num_train)
+    valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False,
+                            num_windows=info.num_valid)
     with strategy.scope():
         model = compile_model(build_model(model_cfg), cfg)
 
@@ -220,7 +241,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
         keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), delete_checkpoint=False),
     ]
-    model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
+    model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose,
+              shuffle=False)  # tf.data shuffles
 
     history = read_history(history_path)
     if not history:

@@ -1,0 +1,145 @@
+"""The training stage: smoke run of the real train_and_evaluate, resume, refusals, generation."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.cli import UserError
+from tests.conftest import ROOT, TINY_TRAIN, assert_user_error, run_cli
+from trainer.config import TrainConfig
+from trainer.train import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("trained") / "model"
+    metrics = train_and_evaluate(TrainConfig(**TINY_TRAIN), str(tiny_data), str(model_dir))
+    return model_dir, metrics
+
+
+def test_smoke_run_writes_every_artefact(trained):
+    model_dir, metrics = trained
+    for name in ("model.keras", "metrics.json", "history.csv", "curves.png", "vocab.txt", "run_config.json",
+                 "checkpoints/best.weights.h5", "checkpoints/last.weights.h5"):
+        assert (model_dir / name).exists(), name
+    assert os.listdir(model_dir / "logs")
+    on_disk = json.loads((model_dir / "metrics.json").read_text())
+    for key in ("train_ppl", "val_ppl", "epochs", "train_tokens_per_s", "wall_s", "hparams", "sample",
+                "train_bpc", "val_bpc"):
+        assert key in on_disk, key
+    assert on_disk["epochs"] == 2 and on_disk["hparams"]["num_hiddens"] == 16
+    assert 1.0 < on_disk["val_ppl"] < 28.0 and on_disk["train_tokens_per_s"] > 0
+    assert on_disk["sample"].startswith("it has") and len(on_disk["sample"]) == len("it has") + 10
+    np.testing.assert_allclose(on_disk["val_bpc"], np.log2(on_disk["val_ppl"]), rtol=1e-4)
+
+
+def test_perplexity_is_a_streaming_token_metric(trained, tiny_data):
+    """val perplexity equals exp(mean token loss) over the whole validation set, recomputed here."""
+    import keras
+    import tensorflow as tf
+
+    from trainer.data import load_data_info, make_dataset
+
+    model_dir, _ = trained
+    model = keras.models.load_model(model_dir / "model.keras")
+    info = load_data_info(str(tiny_data))
+    total, count = 0.0, 0
+    for x, y in make_dataset(info.valid_files, info.num_steps, 300, shuffle=False):
+        ce = tf.keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True)
+        total, count = total + float(tf.reduce_sum(ce)), count + int(tf.size(ce))
+    history = list(csv.DictReader(open(model_dir / "history.csv")))
+    best = min(float(r["val_perplexity"]) for r in history)
+    np.testing.assert_allclose(np.exp(total / count), best, rtol=1e-4)
+
+
+def test_greedy_text_equals_the_keras_model(trained):
+    """The graph's generation loop vs. repeatedly running the whole Keras model (the book's predict)."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline import vocab as vocab_lib
+    from trainer.generate import TextModel
+
+    model_dir, _ = trained
+    model = keras.models.load_model(model_dir / "model.keras")
+    vocab = vocab_lib.read_vocab(str(model_dir / "vocab.txt"))
+    index = {t: i for i, t in enumerate(vocab)}
+    ids = [index[c] for c in "it has"]
+    for _ in range(20):
+        ids.append(int(np.argmax(np.asarray(model(np.array([ids], "int32")))[0, -1])))
+    expected = "it has" + "".join(vocab[i] for i in ids[6:])
+    text_model = TextModel(model, vocab, "d2l", "char")
+    got = text_model.greedy(tf.constant(["it has", "the time machine"]), 20)["text"].numpy()
+    assert got[0].decode() == expected
+    assert got[1].decode().startswith("the time machine")
+    one = text_model.greedy(tf.constant(["the time machine"]), 20)["text"].numpy()[0]
+    assert one == got[1], "rows of a batch must not affect each other"
+
+
+def test_rerun_after_completion_trains_nothing(trained, tiny_data):
+    model_dir, first = trained
+    again = train_and_evaluate(TrainConfig(**TINY_TRAIN), str(tiny_data), str(model_dir))
+    assert again["epochs"] == 2 and again["val_ppl"] == first["val_ppl"]
+
+
+def test_changed_vocabulary_or_architecture_refuses_to_resume(trained, tiny_data, tmp_path):
+    model_dir, _ = trained
+    with pytest.raises(UserError, match="architecture"):
+        train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "num_hiddens": 24}), str(tiny_data), str(model_dir))
+    other = tmp_path / "data"
+    from pipeline import transform
+    from pipeline.preprocess import preprocess
+    preprocess(["timemachine"], str(other), transform.PreprocessConfig(num_steps=16, normalize="none"))
+    with pytest.raises(UserError, match="vocabulary"):
+        train_and_evaluate(TrainConfig(**TINY_TRAIN), str(other), str(model_dir))
+
+
+def test_divergence_stops_with_a_message(tiny_data, tmp_path):
+    cfg = TrainConfig(**{**TINY_TRAIN, "lr": 1e6, "clip_norm": 0.0, "optimizer": "sgd", "cell": "rnn"})
+    with pytest.raises(UserError, match="diverged"):
+        train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
+
+
+def test_bad_flags_exit_2(tiny_data, tmp_path):
+    cases = [(["--num-layers", "0"], "num_layers"), (["--num-hiddens", "0"], "num_hiddens"),
+             (["--cell", "transformer"], "--cell"), (["--batch-size", "100000"], "larger than"),
+             (["--epochs", "0"], "epochs")]
+    for flags, needle in cases:
+        proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"), *flags)
+        assert_user_error(proc, needle)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run_cli("trainer.train", "--data", str(empty), "--model-dir", str(tmp_path / "m")),
+                      "metadata.json")
+
+
+@pytest.mark.reliability
+def test_sigkill_during_training_resumes_to_the_same_epoch_count(tiny_data, tmp_path):
+    model_dir = tmp_path / "m"
+    cmd = [sys.executable, "-m", "trainer.train", "--data", str(tiny_data), "--model-dir", str(model_dir),
+           "--epochs", "6", "--num-hiddens", "16", "--batch-size", "256", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = model_dir / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(history.read_text().splitlines()) - 1
+    assert 2 <= done_before < 6
+    finished = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(history))]
+    assert metrics["epochs"] == 6 and sorted(set(epochs)) == list(range(6))
+    assert len(epochs) <= 6 + 1  # at most the epoch in flight is repeated
