@@ -13,17 +13,20 @@ from trainer import cells as cells_lib
 from trainer.model import model_cells
 
 DEFAULT_MAX_CHARS = 1000
+DEFAULT_MAX_INPUT_TOKENS = 20000
 
 
 class TextModel(tf.Module):
     """Greedy/sampled continuation and scoring of raw strings with a trained Keras model."""
 
-    def __init__(self, model, vocab, normalize: str, tokenizer: str, max_chars: int = DEFAULT_MAX_CHARS):
+    def __init__(self, model, vocab, normalize: str, tokenizer: str, max_chars: int = DEFAULT_MAX_CHARS,
+                 max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS):
         super().__init__(name="text_model")
         self.model = model  # tracks the variables; the functions below use its cells and output layer
         self.cells = model_cells(model)
         self.dense = model.get_layer("logits")
         self.normalize, self.tokenizer, self.max_chars = normalize, tokenizer, max_chars
+        self.max_input_tokens = max_input_tokens
         self.vocab = tf.constant(list(vocab))
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(self.vocab, tf.range(len(vocab), dtype=tf.int64)),
@@ -36,7 +39,10 @@ class TextModel(tf.Module):
         """[B] strings → (ids [B, L] int32 padded with 0, lengths [B] int32)."""
         tokens = text_lib.tf_tokenize(text_lib.tf_normalize(texts, self.normalize), self.tokenizer)
         ids = tf.cast(tf.ragged.map_flat_values(self.table.lookup, tokens), tf.int32)
-        return ids.to_tensor(0), tf.cast(ids.row_lengths(), tf.int32)
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        tf.debugging.assert_less_equal(lengths, self.max_input_tokens,
+                                       message=f"input longer than {self.max_input_tokens} tokens")
+        return ids.to_tensor(0), lengths
 
     def decode(self, ids):
         """[B, N] ids → [B] strings."""
