@@ -1,0 +1,84 @@
+"""gRPC client for the exported model (TF Serving or serving.server), with tensorflow-serving-api stubs.
+
+    python -m serving.client --server localhost:8500 --prefix 'it has' --num-chars 20
+    python -m serving.client --server localhost:8500 --prefix 'it has' --num-chars 20 --temperature 0.8 --seed 1
+    python -m serving.client --server localhost:8500 --score 'the time traveller'
+"""
+from __future__ import annotations
+
+import sys
+
+from pipeline import cli
+from pipeline.cli import UserError
+
+cli.quiet_tensorflow()
+
+import grpc  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+
+class Client:
+    """Thin wrapper over PredictionServiceStub for the three signatures."""
+
+    def __init__(self, server: str, model_name: str = "deep_rnn", timeout: float = 30.0):
+        self.channel = grpc.insecure_channel(server)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.server, self.model_name, self.timeout = server, model_name, timeout
+
+    def request(self, signature: str, **inputs) -> predict_pb2.PredictRequest:
+        dtypes = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name, req.model_spec.signature_name = self.model_name, signature
+        for key, value in inputs.items():
+            req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtypes.get(key, tf.string)))
+        return req
+
+    def call(self, req: predict_pb2.PredictRequest) -> dict:
+        try:
+            response = self.stub.Predict(req, timeout=self.timeout)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise UserError(f"cannot reach a model server at {self.server} (is it running?)") from None
+            raise UserError(f"{err.code().name}: {err.details()}") from None
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def generate(self, prefixes: list[str], num_chars: int, temperature: float | None = None,
+                 top_k: int = 0, seed: int = 0) -> list[str]:
+        if temperature is None:
+            req = self.request("serving_default", prefix=prefixes, num_chars=num_chars)
+        else:
+            req = self.request("sample", prefix=prefixes, num_chars=num_chars, temperature=temperature,
+                               top_k=top_k, seed=seed)
+        return [t.decode("utf-8", errors="replace") for t in self.call(req)["text"]]
+
+    def score(self, texts: list[str]) -> list[dict]:
+        out = self.call(self.request("score", text=texts))
+        return [{"log_likelihood": float(ll), "num_tokens": int(n), "perplexity": float(p)}
+                for ll, n, p in zip(out["log_likelihood"], out["num_tokens"], out["perplexity"])]
+
+
+def main(argv=None) -> None:
+    p = cli.ArgumentParser(prog="serving.client", description=__doc__.split("\n")[0])
+    p.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC endpoint")
+    p.add_argument("--model-name", default="deep_rnn")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prefix", help="text to continue")
+    what.add_argument("--score", metavar="TEXT", help="print the perplexity of TEXT")
+    p.add_argument("--num-chars", type=int, default=20)
+    p.add_argument("--temperature", type=float, help="sample instead of greedy decoding")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+    client = Client(args.server, args.model_name, args.timeout)
+    if args.score is not None:
+        result = client.score([args.score])[0]
+        print(f"perplexity {result['perplexity']:.3f} over {result['num_tokens']} tokens "
+              f"(log-likelihood {result['log_likelihood']:.3f})")
+    else:
+        print(client.generate([args.prefix], args.num_chars, args.temperature, args.top_k, args.seed)[0])
+
+
+if __name__ == "__main__":
+    cli.run_main(main, sys.argv[1:])
