@@ -147,6 +147,16 @@ def make_rest_handler(registry: ModelRegistry, max_request_bytes: int):
             self.end_headers()
             self.wfile.write(data)
 
+        def _discard(self, length: int):
+            """Reads and drops an oversized body (bounded), so the client sees the 413, not a reset."""
+            self.close_connection = True
+            remaining = min(length, 16 * max_request_bytes)
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+
         def _route(self):
             match = _PREDICT.match(self.path)
             if not match:
@@ -174,7 +184,7 @@ def make_rest_handler(registry: ModelRegistry, max_request_bytes: int):
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > max_request_bytes:
-                    self.close_connection = True
+                    self._discard(length)
                     raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                        f"request of {length} bytes exceeds the limit of {max_request_bytes}")
                 raw = self.rfile.read(length)

@@ -66,3 +66,24 @@ def tiny_data(tmp_path_factory, seeded_cache):
 
 
 TINY_TRAIN = dict(num_layers=2, num_hiddens=16, batch_size=256, epochs=2, verbose=0, sample_chars=10)
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory):
+    """A tiny model trained by the real train_and_evaluate: (model_dir, metrics)."""
+    from trainer.config import TrainConfig
+    from trainer.train import train_and_evaluate
+
+    model_dir = tmp_path_factory.mktemp("trained") / "model"
+    metrics = train_and_evaluate(TrainConfig(**TINY_TRAIN), str(tiny_data), str(model_dir))
+    return model_dir, metrics
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """EXPORT_BASE with version 1 of the tiny model."""
+    from serving.export import export_model
+
+    base = tmp_path_factory.mktemp("export")
+    export_model(str(trained[0]), str(base), "deep_rnn")
+    return base

@@ -18,13 +18,6 @@ from trainer.config import TrainConfig
 from trainer.train import train_and_evaluate
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("trained") / "model"
-    metrics = train_and_evaluate(TrainConfig(**TINY_TRAIN), str(tiny_data), str(model_dir))
-    return model_dir, metrics
-
-
 def test_smoke_run_writes_every_artefact(trained):
     model_dir, metrics = trained
     for name in ("model.keras", "metrics.json", "history.csv", "curves.png", "vocab.txt", "run_config.json",

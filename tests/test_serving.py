@@ -1,0 +1,232 @@
+"""Export and serving, driven only through the gRPC stubs and REST, as a client would."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     prediction_service_pb2_grpc)
+
+from serving import export
+from serving.client import Client
+from serving.server import Server
+
+
+def _server_kinds():
+    kinds = ["local"]
+    if shutil.which("tensorflow_model_server"):
+        kinds.append("tfs")
+    return kinds
+
+
+@pytest.fixture(scope="module", params=_server_kinds())
+def server(request, exported, tmp_path_factory):
+    """(grpc address, rest address, export base): the local stand-in, or TF Serving when installed."""
+    base = tmp_path_factory.mktemp("serve")
+    shutil.copytree(exported / "deep_rnn", base / "deep_rnn")
+    export.write_models_config(str(base))
+    if request.param == "local":
+        srv = Server(str(base / "deep_rnn"), port=0, rest_port=0, poll_seconds=0.2, max_request_bytes=1 << 20)
+        yield f"127.0.0.1:{srv.port}", f"http://127.0.0.1:{srv.rest_port}", base
+        srv.stop()
+    else:
+        import socket
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        proc = subprocess.Popen(["tensorflow_model_server", f"--port={ports[0]}", f"--rest_api_port={ports[1]}",
+                                 f"--model_config_file={base / 'models.config'}",
+                                 "--file_system_poll_wait_seconds=1"])
+        client = Client(f"127.0.0.1:{ports[0]}")
+        for _ in range(120):
+            try:
+                client.generate(["a"], 1)
+                break
+            except Exception:
+                time.sleep(0.5)
+        yield f"127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}", base
+        proc.terminate()
+        proc.wait()
+
+
+def _rest(url: str, body=None, raw: bytes | None = None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_signatures_and_graph_are_servable(exported):
+    path = str(exported / "deep_rnn" / "1")
+    loaded = tf.saved_model.load(path)
+    sigs = {k: (fn.structured_input_signature[1], fn.structured_outputs) for k, fn in loaded.signatures.items()}
+    assert set(sigs) == {"serving_default", "sample", "score"}
+    inputs, outputs = sigs["serving_default"]
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs.items()} == {
+        "prefix": (tf.string, [None]), "num_chars": (tf.int32, [])}
+    assert set(outputs) == {"text"}
+    assert {k: v.dtype for k, v in sigs["sample"][0].items()} == {
+        "prefix": tf.string, "num_chars": tf.int32, "temperature": tf.float32, "top_k": tf.int32, "seed": tf.int64}
+    assert set(sigs["score"][1]) == {"log_likelihood", "num_tokens", "perplexity"}
+    types = export.graph_op_types(path)
+    assert not types & set(export.FORBIDDEN_OPS) and not any("Cudnn" in t for t in types)
+    assert "StaticRegexReplace" in types or "RegexReplace" in types  # the normaliser is in the graph
+    assert (exported / "deep_rnn" / "1" / export.WARMUP_FILE).exists()
+    assert 'base_path: "' in (exported / "models.config").read_text()
+
+
+def test_grpc_greedy_equals_in_process(server, exported, trained):
+    grpc_addr, _, _ = server
+    loaded = tf.saved_model.load(str(exported / "deep_rnn" / "1"))
+    local = loaded.signatures["serving_default"](prefix=tf.constant(["it has"]), num_chars=tf.constant(20))
+    served = Client(grpc_addr).generate(["it has"], 20)[0]
+    assert served == local["text"].numpy()[0].decode()
+    assert served == json.loads((trained[0] / "metrics.json").read_text())["sample"][:6] + served[6:]
+    assert len(served) == 26
+
+
+def test_sampling_is_reproducible_with_a_seed(server):
+    client = Client(server[0])
+    a = client.generate(["it has", "the"], 30, temperature=1.0, seed=7)
+    b = client.generate(["it has", "the"], 30, temperature=1.0, seed=7)
+    c = client.generate(["it has", "the"], 30, temperature=1.0, seed=8)
+    assert a == b and a != c
+    top1 = client.generate(["it has"], 20, temperature=1.0, top_k=1, seed=3)
+    assert top1 == client.generate(["it has"], 20)  # top-1 sampling is greedy
+
+
+def test_score_over_grpc_and_rest(server):
+    grpc_addr, rest, _ = server
+    scored = Client(grpc_addr).score(["the time traveller", "it has"])
+    assert scored[0]["num_tokens"] == 17 and scored[1]["num_tokens"] == 5
+    assert all(1.0 < s["perplexity"] < 100 for s in scored)
+    code, body = _rest(f"{rest}/v1/models/deep_rnn:predict",
+                       {"signature_name": "score", "inputs": {"text": ["the time traveller"]}})
+    assert code == 200
+    np.testing.assert_allclose(body["outputs"]["perplexity"][0], scored[0]["perplexity"], rtol=1e-5)
+
+
+def test_rest_predict_status_and_metadata(server):
+    grpc_addr, rest, _ = server
+    code, body = _rest(f"{rest}/v1/models/deep_rnn:predict", {"inputs": {"prefix": ["it has"], "num_chars": 20}})
+    assert code == 200 and body["outputs"]["text"] == Client(grpc_addr).generate(["it has"], 20)
+    code, body = _rest(f"{rest}/v1/models/deep_rnn")
+    assert code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+    code, body = _rest(f"{rest}/v1/models/deep_rnn/metadata")
+    assert code == 200 and "serving_default" in json.dumps(body)
+
+
+def test_grpc_metadata_and_status(server):
+    channel = grpc.insecure_channel(server[0])
+    req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    req.model_spec.name = "deep_rnn"
+    resp = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(req, timeout=30)
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    resp.metadata["signature_def"].Unpack(sigs)
+    assert {"serving_default", "sample", "score"} <= set(sigs.signature_def)
+    status_req = get_model_status_pb2.GetModelStatusRequest()
+    status_req.model_spec.name = "deep_rnn"
+    status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_req, timeout=30)
+    assert status.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def _bad_requests(client: Client):
+    """(name, request, expected status) for malformed and hostile requests."""
+    c = client
+    r = c.request
+    cases = [
+        ("missing input", r("serving_default", prefix=["it has"]), grpc.StatusCode.INVALID_ARGUMENT),
+        ("extra input", r("serving_default", prefix=["a"], num_chars=3, text=["x"]), grpc.StatusCode.INVALID_ARGUMENT),
+        ("wrong dtype", r("serving_default", prefix=["a"], num_chars=3), grpc.StatusCode.INVALID_ARGUMENT),
+        ("wrong shape prefix", r("serving_default", prefix="a", num_chars=3), grpc.StatusCode.INVALID_ARGUMENT),
+        ("wrong shape num_chars", r("serving_default", prefix=["a"], num_chars=[3, 4]), grpc.StatusCode.INVALID_ARGUMENT),
+        ("negative num_chars", r("serving_default", prefix=["a"], num_chars=-1), grpc.StatusCode.INVALID_ARGUMENT),
+        ("huge num_chars", r("serving_default", prefix=["a"], num_chars=10**6), grpc.StatusCode.INVALID_ARGUMENT),
+        ("empty prefix", r("serving_default", prefix=[""], num_chars=3), grpc.StatusCode.INVALID_ARGUMENT),
+        ("nan temperature", r("sample", prefix=["a"], num_chars=3, temperature=float("nan"), top_k=0, seed=0),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("zero temperature", r("sample", prefix=["a"], num_chars=3, temperature=0.0, top_k=0, seed=0),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("unknown signature", r("nope", prefix=["a"], num_chars=3), grpc.StatusCode.FAILED_PRECONDITION),
+        ("score too short", r("score", text=["a"]), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    wrong_dtype = cases[2][1]
+    wrong_dtype.inputs["num_chars"].CopyFrom(tf.make_tensor_proto(3.5, dtype=tf.float32))
+    unknown_model = r("serving_default", prefix=["a"], num_chars=3)
+    unknown_model.model_spec.name = "other"
+    unknown_version = r("serving_default", prefix=["a"], num_chars=3)
+    unknown_version.model_spec.version.value = 999
+    huge = r("serving_default", prefix=["x" * (2 << 20)], num_chars=3)
+    cases += [("unknown model", unknown_model, grpc.StatusCode.NOT_FOUND),
+              ("unknown version", unknown_version, grpc.StatusCode.NOT_FOUND),
+              ("huge payload", huge, grpc.StatusCode.RESOURCE_EXHAUSTED)]
+    return cases
+
+
+def test_malformed_requests_get_the_right_status_and_server_survives(server):
+    client = Client(server[0])
+    for name, req, code in _bad_requests(client):
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.Predict(req, timeout=60)
+        assert err.value.code() == code, (name, err.value.code(), err.value.details())
+    non_utf8 = client.request("serving_default", prefix=[b"it \xff\xfe has"], num_chars=5)
+    assert len(client.call(non_utf8)["text"]) == 1
+    assert client.generate(["it has"], 20)  # still healthy
+
+
+def test_malformed_rest_requests(server):
+    rest = server[1]
+    url = f"{rest}/v1/models/deep_rnn:predict"
+    cases = [({"inputs": {"prefix": ["a"]}}, 400), ({"inputs": {"prefix": ["a"], "num_chars": "x"}}, 400),
+             ({"inputs": {"prefix": [1], "num_chars": 3}}, 400), ({"inputs": {"prefix": ["a"], "num_chars": 2.5}}, 400),
+             ({"instances": []}, 400), ({"signature_name": "nope", "inputs": {}}, 400), ([1, 2], 400),
+             ({"inputs": {"prefix": ["a"], "num_chars": 99999}}, 400)]
+    for body, code in cases:
+        assert _rest(url, body)[0] == code, body
+    assert _rest(url, raw=b"{not json")[0] == 400
+    assert _rest(f"{rest}/v1/models/other:predict", {"inputs": {}})[0] == 404
+    assert _rest(url, raw=b'{"inputs": {"prefix": ["' + b"x" * (2 << 20) + b'"], "num_chars": 1}}')[0] == 413
+    assert _rest(url, {"inputs": {"prefix": ["a"], "num_chars": 3}})[0] == 200
+
+
+def test_new_version_is_picked_up_under_load_with_no_failed_request(server, trained):
+    grpc_addr, _, base = server
+    client = Client(grpc_addr)
+    failures, versions_seen, stop = [], set(), threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            req = client.request("serving_default", prefix=["it has"], num_chars=5)
+            try:
+                resp = client.stub.Predict(req, timeout=60)
+                versions_seen.add(resp.model_spec.version.value)
+            except grpc.RpcError as err:
+                failures.append(err.code())
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    new = export.export_model(str(trained[0]), str(base), "deep_rnn")
+    deadline = time.time() + 60
+    while time.time() < deadline and int(new.rsplit("/", 1)[1]) not in versions_seen:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures and {1, 2} <= versions_seen
