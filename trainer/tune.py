@@ -1,0 +1,309 @@
+"""Tuning stage entry point: KerasTuner search over depth × width (and cell, dropout, optimizer, lr).
+
+    python -m trainer.tune --data runs/x/data --tuner-dir runs/x/tuning [--tuner hyperband|random|bayesian]
+Writes best_hparams.json (what `trainer.train --hparams` reads), trials.csv, pareto.png and
+TensorBoard HParams logs. Killed and restarted with the same command, it keeps finished trials.
+Distributed: set KERASTUNER_TUNER_ID (chief, tuner0, …), KERASTUNER_ORACLE_IP and _PORT.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from pipeline import atomic, cli
+from pipeline.cli import UserError
+from trainer.config import TrainConfig
+
+TUNERS = ("hyperband", "random", "bayesian")
+OBJECTIVE = "val_perplexity"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges of the search, from flags."""
+
+    min_layers: int = 1
+    max_layers: int = 8
+    min_hiddens: int = 64
+    max_hiddens: int = 2048
+    cells: tuple[str, ...] = ("gru", "lstm")
+    max_dropout: float = 0.5
+    optimizers: tuple[str, ...] = ("sgd", "adam")
+
+    def __post_init__(self):
+        if self.min_layers < 1 or self.min_hiddens < 1:
+            raise ValueError("depth and width must be >= 1")
+        if self.min_layers > self.max_layers:
+            raise ValueError(f"--min-layers {self.min_layers} > --max-layers {self.max_layers}")
+        if self.min_hiddens > self.max_hiddens:
+            raise ValueError(f"--min-hiddens {self.min_hiddens} > --max-hiddens {self.max_hiddens}")
+
+    def widths(self) -> list[int]:
+        """Powers of two within the range, plus its ends: log-spaced widths."""
+        widths = {self.min_hiddens, self.max_hiddens}
+        w = 1
+        while w <= self.max_hiddens:
+            if w >= self.min_hiddens:
+                widths.add(w)
+            w *= 2
+        return sorted(widths)
+
+
+def declare_hyperparameters(hp, space: SearchSpace) -> dict:
+    """The one declaration of the search space; returns TrainConfig fields for this point."""
+    values = {
+        "num_layers": hp.Int("num_layers", space.min_layers, space.max_layers),
+        "num_hiddens": hp.Choice("num_hiddens", space.widths(), ordered=True),
+        "cell": hp.Choice("cell", list(space.cells)),
+        "dropout": hp.Float("dropout", 0.0, space.max_dropout, step=0.1) if space.max_dropout > 0 else 0.0,
+        "optimizer": hp.Choice("optimizer", list(space.optimizers)),
+    }
+    with hp.conditional_scope("optimizer", ["sgd"]):
+        sgd_lr = hp.Float("sgd_lr", 0.25, 4.0, sampling="log") if "sgd" in space.optimizers else None
+    with hp.conditional_scope("optimizer", ["adam"]):
+        adam_lr = hp.Float("adam_lr", 1e-3, 3e-2, sampling="log") if "adam" in space.optimizers else None
+    values["lr"] = sgd_lr if values["optimizer"] == "sgd" else adam_lr
+    return values
+
+
+def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int):
+    import keras_tuner as kt
+
+    from trainer.model import build_model
+    from trainer.train import compile_model, model_config_for
+
+    class DeepRNNHyperModel(kt.HyperModel):
+        """The trainer's own builder and compile step, with hyperparameters from the search space."""
+
+        def build(self, hp):
+            cfg = base.replace(**declare_hyperparameters(hp, space))
+            return compile_model(build_model(model_config_for(cfg, vocab_size)), cfg)
+
+    return DeepRNNHyperModel()
+
+
+def make_tuner(kind: str, hypermodel, directory: str, max_trials: int | None, max_epochs: int,
+               executions: int, seed: int):
+    import keras_tuner as kt
+
+    objective = kt.Objective(OBJECTIVE, direction="min")
+    common = dict(objective=objective, directory=directory, project_name="search", overwrite=False, seed=seed,
+                  executions_per_trial=executions, max_consecutive_failed_trials=3)
+    if kind == "hyperband":
+        tuner = kt.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, **common)
+        tuner.oracle.max_trials = max_trials  # Hyperband itself has no trial limit
+        return tuner
+    cls = kt.RandomSearch if kind == "random" else kt.BayesianOptimization
+    return cls(hypermodel, max_trials=max_trials or 10, **common)
+
+
+def limit_by_time(oracle, deadline: float) -> None:
+    """Stops handing out trials once the wall-clock budget is spent; finished trials are kept."""
+    create_trial = oracle.create_trial
+
+    def create_trial_within_budget(tuner_id):
+        if time.time() > deadline and not oracle.ongoing_trials.get(tuner_id):
+            oracle.max_trials = len(oracle.trials)  # the oracle's own stop path
+        return create_trial(tuner_id)
+
+    oracle.create_trial = create_trial_within_budget
+
+
+def _trial_rows(tuner, space: SearchSpace, base: TrainConfig, vocab_size: int) -> list[dict]:
+    from trainer.model import build_model
+    from trainer.train import model_config_for
+
+    rows = []
+    for trial_id, trial in sorted(tuner.oracle.trials.items()):
+        hp = trial.hyperparameters
+        values = {}
+        try:
+            values = declare_hyperparameters(hp.copy(), space)
+        except Exception:
+            values = {k: hp.values.get(k) for k in ("num_layers", "num_hiddens", "cell", "optimizer")}
+        extra_path = os.path.join(tuner.get_trial_dir(trial_id), "extra.json")
+        extra = json.load(open(extra_path)) if os.path.exists(extra_path) else {}
+        score = trial.score
+        params = extra.get("num_params")
+        if params is None and values.get("num_layers"):
+            params = build_model(model_config_for(base.replace(**values), vocab_size)).count_params()
+        rows.append({"trial_id": trial_id, **values,
+                     "epochs": hp.values.get("tuner/epochs", extra.get("epochs")),
+                     "val_perplexity": score if score is not None else math.nan,
+                     "num_params": params, "train_tokens_per_s": extra.get("tokens_per_s", math.nan),
+                     "wall_s": extra.get("wall_s", math.nan), "tuner_id": extra.get("tuner_id", ""),
+                     "status": trial.status})
+    return rows
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Trials no other trial beats on both perplexity and parameter count."""
+    done = [r for r in rows if r["status"] == "COMPLETED" and math.isfinite(r["val_perplexity"])]
+    done.sort(key=lambda r: (r["num_params"], r["val_perplexity"]))
+    front, best = [], math.inf
+    for r in done:
+        if r["val_perplexity"] < best:
+            front.append(r)
+            best = r["val_perplexity"]
+    return front
+
+
+def write_outputs(tuner_dir: str, rows: list[dict]) -> dict | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if rows:
+        fields = list(rows[0])
+        tmp = atomic.temp_path(os.path.join(tuner_dir, "trials.csv"))
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, os.path.join(tuner_dir, "trials.csv"))
+    done = [r for r in rows if r["status"] == "COMPLETED" and math.isfinite(r["val_perplexity"])]
+    front = pareto_front(rows)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.scatter([r["num_params"] for r in done], [r["val_perplexity"] for r in done], s=18, alpha=0.6,
+               label="trials")
+    ax.plot([r["num_params"] for r in front], [r["val_perplexity"] for r in front], "r-o", ms=5,
+            label="Pareto front")
+    for r in front:
+        ax.annotate(f"{r['num_layers']}×{r['num_hiddens']} {r['cell']}", (r["num_params"], r["val_perplexity"]),
+                    fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation perplexity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = atomic.temp_path(os.path.join(tuner_dir, "pareto.png")) + ".png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, os.path.join(tuner_dir, "pareto.png"))
+    if not done:
+        return None
+    best = min(done, key=lambda r: r["val_perplexity"])
+    hparams = {k: best[k] for k in ("cell", "num_layers", "num_hiddens", "dropout", "optimizer", "lr")}
+    atomic.write_text(os.path.join(tuner_dir, "best_hparams.json"), json.dumps(hparams, indent=2) + "\n")
+    return {**hparams, "val_perplexity": best["val_perplexity"], "trial_id": best["trial_id"]}
+
+
+def write_hparams_logs(tuner_dir: str, rows: list[dict]) -> None:
+    """TensorBoard HParams dashboard: one run per finished trial."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    for r in rows:
+        if r["status"] != "COMPLETED" or not math.isfinite(r["val_perplexity"]):
+            continue
+        with tf.summary.create_file_writer(os.path.join(tuner_dir, "logs", f"trial_{r['trial_id']}")).as_default():
+            hp_api.hparams({k: r[k] for k in ("cell", "num_layers", "num_hiddens", "dropout", "optimizer", "lr")
+                            if r.get(k) is not None}, trial_id=r["trial_id"])
+            tf.summary.scalar(OBJECTIVE, r["val_perplexity"], step=int(r["epochs"] or 1))
+
+
+def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, tuner_kind: str = "hyperband",
+         max_trials: int | None = None, max_epochs: int = 10, executions: int = 1,
+         time_budget_min: float | None = None) -> dict | None:
+    """Runs (or resumes, or joins as a worker) the search; the chief/single process writes the outputs."""
+    cli.quiet_tensorflow()
+    from trainer.train import configure_cpu_threads
+
+    configure_cpu_threads(base)
+    from trainer import callbacks as cb
+    from trainer.data import load_data_info, make_dataset
+
+    info = load_data_info(data_dir)
+    if base.batch_size > info.num_train:
+        raise UserError(f"--batch-size {base.batch_size} is larger than the {info.num_train} training windows")
+    os.makedirs(tuner_dir, exist_ok=True)
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+    hypermodel = make_hypermodel(base, space, info.vocab_size)
+
+    tuner = make_tuner(tuner_kind, hypermodel, tuner_dir, max_trials, max_epochs, executions, base.seed)
+    original_run_trial = tuner.run_trial
+
+    def run_trial(trial, *args, **kwargs):
+        """The stock run_trial (Hyperband's epochs/checkpoint hand-over included), plus a record of cost."""
+        with open(os.path.join(tuner_dir, "runs.log"), "a") as log:
+            log.write(f"{trial.trial_id} {tuner_id}\n")
+        start = time.perf_counter()
+        histories = original_run_trial(trial, *args, **kwargs)
+        model = hypermodel.build(trial.hyperparameters.copy())
+        logs = [h.history for h in (histories if isinstance(histories, list) else [histories])
+                if hasattr(h, "history")]
+        speeds = [l["tokens_per_s"][-1] for l in logs if l.get("tokens_per_s")]
+        atomic.write_text(os.path.join(tuner.get_trial_dir(trial.trial_id), "extra.json"), json.dumps({
+            "num_params": int(model.count_params()), "wall_s": time.perf_counter() - start,
+            "tokens_per_s": sum(speeds) / len(speeds) if speeds else math.nan, "tuner_id": tuner_id,
+            "epochs": len(logs[0].get("loss", [])) if logs else None}))
+        return histories
+
+    tuner.run_trial = run_trial
+    if time_budget_min is not None:
+        limit_by_time(tuner.oracle, time.time() + 60 * time_budget_min)
+    train_ds = make_dataset(info.train_files, info.num_steps, base.batch_size, shuffle=True, seed=base.seed,
+                            num_windows=info.num_train)
+    valid_ds = make_dataset(info.valid_files, info.num_steps, base.batch_size, shuffle=False,
+                            num_windows=info.num_valid)
+    callbacks = [cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
+                 cb.Throughput(info.num_train * info.num_steps)]
+    tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, callbacks=callbacks,
+                 verbose=base.verbose, shuffle=False)
+    if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
+        return None  # workers leave the outputs to the chief
+    rows = _trial_rows(tuner, space, base, info.vocab_size)
+    best = write_outputs(tuner_dir, rows)
+    write_hparams_logs(tuner_dir, rows)
+    return best
+
+
+def parse_args(argv):
+    p = cli.ArgumentParser(prog="trainer.tune", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--tuner-dir", required=True)
+    p.add_argument("--tuner", default="hyperband", choices=TUNERS)
+    p.add_argument("--max-trials", type=cli.positive_int)
+    p.add_argument("--max-epochs", type=cli.positive_int, default=10)
+    p.add_argument("--executions-per-trial", type=cli.positive_int, default=1)
+    p.add_argument("--min-layers", type=int, default=1)
+    p.add_argument("--max-layers", type=int, default=8)
+    p.add_argument("--min-hiddens", type=int, default=64)
+    p.add_argument("--max-hiddens", type=int, default=2048)
+    p.add_argument("--cells", nargs="+", default=["gru", "lstm"], choices=("gru", "lstm", "rnn", "scratch"))
+    p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], choices=("sgd", "adam"))
+    p.add_argument("--max-dropout", type=float, default=0.5)
+    p.add_argument("--batch-size", type=cli.positive_int, default=1024)
+    p.add_argument("--time-budget", type=float, metavar="MIN", help="stop launching trials after MIN minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        space = SearchSpace(args.min_layers, args.max_layers, args.min_hiddens, args.max_hiddens,
+                            tuple(args.cells), args.max_dropout, tuple(args.optimizers))
+        base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise UserError("--time-budget must be > 0 minutes")
+    return args, space, base
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, space, base = parse_args(argv)
+    best = tune(args.data, args.tuner_dir, base, space, args.tuner, args.max_trials, args.max_epochs,
+                args.executions_per_trial, args.time_budget)
+    if best is not None:
+        print(json.dumps({"best": best, "best_hparams": os.path.join(args.tuner_dir, "best_hparams.json")}))
+
+
+if __name__ == "__main__":
+    cli.run_main(main, sys.argv[1:])
