@@ -1,0 +1,128 @@
+"""The tuning stage: outputs, --hparams hand-over, resume after SIGKILL, chief/worker search, bad ranges."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from tests.conftest import ROOT, assert_user_error, run_cli
+from trainer.config import TrainConfig
+from trainer.train import train_and_evaluate
+from trainer.tune import SearchSpace, tune
+
+TINY_SPACE = ["--min-layers", "1", "--max-layers", "2", "--min-hiddens", "8", "--max-hiddens", "16",
+              "--batch-size", "512", "--quiet"]
+
+
+def test_tiny_search_writes_outputs_and_hparams_reproduce_the_winner(tiny_data, tmp_path):
+    space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16)
+    best = tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space,
+                "random", max_trials=3, max_epochs=1)
+    for name in ("best_hparams.json", "trials.csv", "pareto.png"):
+        assert (tmp_path / "t" / name).exists()
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    for key in ("num_layers", "num_hiddens", "val_perplexity", "num_params", "train_tokens_per_s", "wall_s"):
+        assert all(r[key] not in ("", "nan") for r in rows), key
+    assert min(float(r["val_perplexity"]) for r in rows) == pytest.approx(best["val_perplexity"])
+    assert os.listdir(tmp_path / "t" / "logs")
+    proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
+                   "--hparams", str(tmp_path / "t" / "best_hparams.json"), "--epochs", "1", "--batch-size", "512",
+                   "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = json.loads((tmp_path / "m" / "run_config.json").read_text())["model"]
+    assert {k: model[k] for k in ("cell", "num_layers", "num_hiddens")} == \
+        {k: best[k] for k in ("cell", "num_layers", "num_hiddens")}
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--min-layers", "3", "--max-layers", "2"], "--min-layers"),
+    (["--min-hiddens", "64", "--max-hiddens", "8"], "--min-hiddens"),
+    (["--min-hiddens", "0"], "must be >= 1"), (["--min-layers", "0"], "must be >= 1"),
+    (["--tuner", "grid"], "--tuner"), (["--time-budget", "0"], "time-budget")])
+def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
+    assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
+                      needle)
+
+
+def _finished(tuner_dir) -> set[str]:
+    done = set()
+    search = tuner_dir / "search"
+    for trial_dir in search.glob("trial_*"):
+        path = trial_dir / "trial.json"
+        if path.exists() and json.loads(path.read_text())["status"] == "COMPLETED":
+            done.add(json.loads(path.read_text())["trial_id"])
+    return done
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kind", ["hyperband", "random"])
+def test_sigkill_then_resume_repeats_no_finished_trial(tiny_data, tmp_path, kind):
+    tuner_dir = tmp_path / "t"
+    cmd = [sys.executable, "-m", "trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tuner_dir),
+           "--tuner", kind, "--max-trials", "5", "--max-epochs", "3", *TINY_SPACE]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None and len(_finished(tuner_dir)) < 2:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _finished(tuner_dir)
+    assert len(before) >= 2
+    snapshot = {t: (tuner_dir / "search" / f"trial_{t}" / "trial.json").read_text() for t in before}
+    finished = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    runs = Counter(line.split()[0] for line in (tuner_dir / "runs.log").read_text().splitlines())
+    assert all(runs[t] == 1 for t in before), runs  # no finished trial ran again
+    assert all((tuner_dir / "search" / f"trial_{t}" / "trial.json").read_text() == snapshot[t] for t in before)
+    rows = list(csv.DictReader(open(tuner_dir / "trials.csv")))
+    assert len(rows) == 5 and (tuner_dir / "best_hparams.json").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_chief_and_two_workers_share_the_search(tiny_data, tmp_path):
+    tuner_dir = tmp_path / "t"
+    cmd = [sys.executable, "-m", "trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tuner_dir),
+           "--tuner", "random", "--max-trials", "6", "--max-epochs", "1", *TINY_SPACE]
+    port = str(_free_port())
+    procs = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+               "KERASTUNER_ORACLE_PORT": port}
+        procs[tuner_id] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)
+        if tuner_id == "chief":
+            time.sleep(3)
+    outputs = {k: p.communicate(timeout=900)[0] for k, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), {k: o[-2000:] for k, o in outputs.items()}
+    runs = [line.split() for line in (tuner_dir / "runs.log").read_text().splitlines()]
+    by_trial = Counter(t for t, _ in runs)
+    by_worker = Counter(w for _, w in runs)
+    assert len(by_trial) == 6 and max(by_trial.values()) == 1, runs
+    assert set(by_worker) == {"tuner0", "tuner1"}, by_worker
+    rows = list(csv.DictReader(open(tuner_dir / "trials.csv")))
+    assert len(rows) == 6 and (tuner_dir / "best_hparams.json").exists()
+
+
+def test_time_budget_stops_launching_trials(tiny_data, tmp_path):
+    space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8)
+    start = time.time()
+    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space, "random",
+         max_trials=50, max_epochs=1, time_budget_min=0.05)
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert 1 <= len(rows) < 50 and time.time() - start < 120
+    assert (tmp_path / "t" / "best_hparams.json").exists()
