@@ -6,31 +6,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-CORPUS ?= timemachine
+# Pipeline knobs: unset ones take pipeline.yaml's value, then pipeline.run_all's default.
 RUN_DIR ?= runs/default
-NORMALIZE ?= d2l
-TOKENIZER ?= char
-SPLIT ?= d2l
-NUM_STEPS ?= 32
-RUNNER ?= DirectRunner
-BEAM_OPTS ?=
-CELL ?= gru
-LAYERS ?= 2
-HIDDENS ?= 32
-EPOCHS ?= 100
-BATCH ?= 1024
-LR ?= 2
-OPTIMIZER ?= sgd
-TUNE ?= 0
-TUNER ?= hyperband
-MAX_TRIALS ?= 10
-TIME_BUDGET ?= 20
+KNOBS := CORPUS=corpus RUN_DIR=run-dir NORMALIZE=normalize TOKENIZER=tokenizer SPLIT=split NUM_STEPS=num-steps \
+  RUNNER=runner BEAM_OPTS=beam-options CELL=cell LAYERS=num-layers HIDDENS=num-hiddens EPOCHS=epochs \
+  BATCH=batch-size LR=lr OPTIMIZER=optimizer TUNE=tune TUNER=tuner MAX_TRIALS=max-trials \
+  TIME_BUDGET=time-budget TUNE_EPOCHS=tune-max-epochs MODEL_NAME=model-name GRPC_PORT=grpc-port REST_PORT=rest-port
+KNOB_FLAGS = $(foreach k,$(KNOBS),$(if $($(firstword $(subst =, ,$(k)))),--$(lastword $(subst =, ,$(k)))="$($(firstword $(subst =, ,$(k))))"))
 MODEL_NAME ?= deep_rnn
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 PYTEST_ARGS ?=
 
 export PYTHONUNBUFFERED := 1
+# Offline machines: named corpora found here are copied into the cache and hash-verified.
+export DEEP_RNN_SEED_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv pipeline test test-fast test-reliability bench serve clean clean-venv
@@ -45,13 +35,7 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	@touch $@
 
 pipeline: $(STAMP)
-	$(PY) -m pipeline.run_all --corpus $(CORPUS) --run-dir $(RUN_DIR) \
-	  --normalize $(NORMALIZE) --tokenizer $(TOKENIZER) --split $(SPLIT) --num-steps $(NUM_STEPS) \
-	  --runner $(RUNNER) --beam-options "$(BEAM_OPTS)" \
-	  --cell $(CELL) --num-layers $(LAYERS) --num-hiddens $(HIDDENS) --epochs $(EPOCHS) \
-	  --batch-size $(BATCH) --lr $(LR) --optimizer $(OPTIMIZER) \
-	  --tune $(TUNE) --tuner $(TUNER) --max-trials $(MAX_TRIALS) --time-budget $(TIME_BUDGET) \
-	  --model-name $(MODEL_NAME) --grpc-port $(GRPC_PORT) --rest-port $(REST_PORT)
+	$(PY) -m pipeline.run_all $(KNOB_FLAGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,13 +1,16 @@
 """Corpus sources: local paths, globs, Beam filesystem URLs, and named corpora.
 
 Named corpora are downloaded once with `keras.utils.get_file`, verified by hash before use,
-and cached under $DEEP_RNN_CACHE (default ~/.cache/deep_rnn); tests seed that cache.
+and cached under $DEEP_RNN_CACHE (default ~/.cache/deep_rnn); tests seed that cache. Offline
+machines may point $DEEP_RNN_SEED_DIR at a folder holding <name>.txt: it is copied into the cache
+and verified like a download.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 
 from pipeline.cli import UserError
@@ -44,7 +47,10 @@ def fetch_named(name: str) -> str:
     corpus = NAMED_CORPORA[name]
     import keras  # imported here: only named corpora need it
 
-    os.makedirs(cache_dir(), exist_ok=True)  # get_file falls back to /tmp/.keras if it is missing
+    os.makedirs(os.path.join(cache_dir(), "datasets"), exist_ok=True)  # else get_file uses /tmp/.keras
+    seed = os.path.join(os.environ.get("DEEP_RNN_SEED_DIR", ""), f"{name}.txt")
+    if os.environ.get("DEEP_RNN_SEED_DIR") and os.path.exists(seed) and not os.path.exists(cached_path(name)):
+        shutil.copyfile(seed, cached_path(name))  # an offline mirror; get_file still checks the hash
 
     try:
         path = keras.utils.get_file(

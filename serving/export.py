@@ -19,6 +19,7 @@ from pipeline.cli import UserError
 SIGNATURES = ("serving_default", "sample", "score")
 FORBIDDEN_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+SOURCE_FINGERPRINT = os.path.join("assets.extra", "source_fingerprint")
 
 
 def parse_args(argv):
@@ -28,6 +29,7 @@ def parse_args(argv):
     p.add_argument("--model-name", default="deep_rnn")
     p.add_argument("--version", type=cli.positive_int, help="default: one more than the newest")
     p.add_argument("--max-chars", type=cli.positive_int, default=1000, help="largest num_chars accepted")
+    p.add_argument("--source-fingerprint", help="recorded in the version, so pipelines can skip re-exports")
     return p.parse_args(argv)
 
 
@@ -121,7 +123,7 @@ def write_models_config(export_base: str) -> str:
 
 
 def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
-                 version: int | None = None, max_chars: int = 1000) -> str:
+                 version: int | None = None, max_chars: int = 1000, source_fingerprint: str | None = None) -> str:
     """Exports RUN/model as a new version; returns the version's directory."""
     cli.quiet_tensorflow()
     import tensorflow as tf
@@ -147,6 +149,9 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
         write_warmup(tmp, model_name)
         shutil.copy(os.path.join(model_dir, "vocab.txt"), os.path.join(tmp, "assets.extra", "vocab.txt"))
         shutil.copy(os.path.join(model_dir, "run_config.json"), os.path.join(tmp, "assets.extra", "run_config.json"))
+        if source_fingerprint:
+            with open(os.path.join(tmp, SOURCE_FINGERPRINT), "w") as f:
+                f.write(source_fingerprint)
         check_portable(tmp)
         os.rename(tmp, final)
     except BaseException:
@@ -158,7 +163,8 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    path = export_model(args.model_dir, args.export_base, args.model_name, args.version, args.max_chars)
+    path = export_model(args.model_dir, args.export_base, args.model_name, args.version, args.max_chars,
+                        args.source_fingerprint)
     print(json.dumps({"exported": os.path.abspath(path), "signatures": list(SIGNATURES)}))
 
 
