@@ -64,7 +64,8 @@ class FusedRNNStack(keras.layers.Layer):
         ids = tf.cast(ids, tf.int32)
         batch = tf.shape(ids)[0]
         masks = self._dropout_masks(batch, training)
-        projected = tf.cast(cells_lib.project_ids(self.cells[0], ids), self.compute_dtype)  # [B, T, G]
+        # time-major, so each step's slice is contiguous: [T, B, G]
+        projected = tf.cast(cells_lib.project_ids(self.cells[0], tf.transpose(ids)), self.compute_dtype)
         states = [[tf.zeros((batch, self.num_hiddens), self.compute_dtype)] * cells_lib.num_states(c)
                   for c in self.cells]
 
@@ -81,10 +82,10 @@ class FusedRNNStack(keras.layers.Layer):
         steps = ids.shape[1]
         if steps is not None:  # static length: unroll, so TF can overlap layers and steps
             outputs = []
-            for xp0 in tf.unstack(projected, axis=1):
+            for xp0 in tf.unstack(projected, axis=0):
                 out, states = step(xp0, states)
                 outputs.append(out)
-            return tf.stack(outputs, axis=1)
+            return tf.transpose(tf.stack(outputs, axis=0), [1, 0, 2])  # [B, T, h]
         flat = [s for layer in states for s in layer]
 
         def scan_fn(carry, xp0):
@@ -96,7 +97,7 @@ class FusedRNNStack(keras.layers.Layer):
             out, new = step(xp0, nested)
             return out, [s for layer in new for s in layer]
 
-        outputs, _ = tf.scan(scan_fn, tf.transpose(projected, [1, 0, 2]),
+        outputs, _ = tf.scan(scan_fn, projected,
                              initializer=(tf.zeros((batch, self.num_hiddens), self.compute_dtype), flat))
         return tf.transpose(outputs, [1, 0, 2])
 
