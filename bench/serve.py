@@ -1,0 +1,131 @@
+"""Serving latency and throughput: gRPC and REST against the loaded SavedModel in-process.
+
+    python -m bench.serve [--run-dir runs/default] [--duration 20]
+Uses RUN_DIR/export when it exists, else trains and exports a default 2 × 32 GRU for a few epochs
+(latency does not depend on how well it is trained). The server is the one `make pipeline` starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from bench.common import ROOT, emit
+
+
+def percentiles(times_ms: list[float]) -> dict:
+    times_ms = sorted(times_ms)
+    return {"n": len(times_ms), "p50_ms": statistics.median(times_ms),
+            "p99_ms": times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]}
+
+
+def timed_calls(fn, n: int) -> list[float]:
+    for _ in range(10):
+        fn()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(1e3 * (time.perf_counter() - start))
+    return out
+
+
+def ensure_export(run_dir: str | None) -> str:
+    if run_dir and os.path.isdir(os.path.join(run_dir, "export", "deep_rnn")):
+        return os.path.join(run_dir, "export", "deep_rnn")
+    from pipeline import transform
+    from pipeline.preprocess import preprocess
+    from serving.export import export_model
+    from trainer.config import TrainConfig
+    from trainer.train import train_and_evaluate
+
+    work = tempfile.mkdtemp()
+    preprocess(["timemachine"], os.path.join(work, "data"), transform.PreprocessConfig(split="d2l"))
+    train_and_evaluate(TrainConfig(epochs=3, verbose=0), os.path.join(work, "data"), os.path.join(work, "model"))
+    export_model(os.path.join(work, "model"), os.path.join(work, "export"))
+    return os.path.join(work, "export", "deep_rnn")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(client, seconds: float, concurrency: int) -> dict:
+    counts, errors, stop = [0] * concurrency, [0] * concurrency, time.time() + seconds
+
+    def worker(i):
+        req = client.request("serving_default", prefix=["it has"], num_chars=20)
+        while time.time() < stop:
+            try:
+                client.stub.Predict(req, timeout=30)
+                counts[i] += 1
+            except Exception:
+                errors[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"concurrency": concurrency, "seconds": seconds, "requests": sum(counts),
+            "requests_per_s": sum(counts) / seconds, "errors": sum(errors)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    import tensorflow as tf
+
+    from serving.client import Client
+    from serving.export import versions
+
+    base = ensure_export(args.run_dir)
+    path = os.path.join(base, str(versions(base)[-1]))
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures["serving_default"]
+    prefix, num = tf.constant(["it has"]), tf.constant(20)
+    in_process = percentiles(timed_calls(lambda: fn(prefix=prefix, num_chars=num), args.calls))
+
+    grpc_port, rest_port = free_port(), free_port()
+    server = subprocess.Popen([sys.executable, "-m", "serving.server", "--model-base", base, "--port",
+                               str(grpc_port), "--rest-port", str(rest_port)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = Client(f"127.0.0.1:{grpc_port}")
+        for _ in range(240):
+            try:
+                client.generate(["it has"], 1)
+                break
+            except Exception:
+                time.sleep(0.5)
+        grpc_lat = percentiles(timed_calls(lambda: client.generate(["it has"], 20), args.calls))
+        body = json.dumps({"inputs": {"prefix": ["it has"], "num_chars": 20}}).encode()
+        url = f"http://127.0.0.1:{rest_port}/v1/models/deep_rnn:predict"
+        rest_lat = percentiles(timed_calls(lambda: urllib.request.urlopen(
+            urllib.request.Request(url, data=body, method="POST"), timeout=30).read(), args.calls))
+        throughput = [load(client, args.duration, c) for c in (1, 4, 16)]
+    finally:
+        server.terminate()
+        server.wait()
+    emit("serve", {"request": "serving_default, prefix 'it has', 20 chars", "in_process": in_process,
+                   "grpc": grpc_lat, "rest": rest_lat,
+                   "grpc_p50_over_in_process_p50": grpc_lat["p50_ms"] / in_process["p50_ms"],
+                   "throughput": throughput, "server": "serving.server (local stand-in)"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Training against the book: d2l split, deep GRU 2 × 32, 100 epochs; and a larger model's MFU.
+
+    python -m bench.train_vs_d2l [--epochs 100] [--skip-large]
+The book's own PyTorch code (d2l 1.0.3), run on this 2-core CPU, is the reference (DESIGN.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+from bench.common import emit
+from pipeline import transform
+from pipeline.preprocess import preprocess
+
+BOOK_REFERENCE = {"train_ppl": 4.11, "val_ppl": 6.41, "train_tokens_per_s": 0.34e6, "wall_s": 93,
+                  "sample": "it has ext the time travel", "source": "d2l 1.0.3 PyTorch code on this CPU (DESIGN.md)"}
+
+
+def book_config(epochs: int) -> dict:
+    from trainer.config import TrainConfig
+
+    cfg = TrainConfig(epochs=epochs, verbose=0)  # defaults are the book's deep GRU
+    data_dir = tempfile.mkdtemp()
+    preprocess(["timemachine"], os.path.join(data_dir, "data"), transform.PreprocessConfig(split="d2l"))
+    return cfg, os.path.join(data_dir, "data"), os.path.join(data_dir, "model")
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn().numpy()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def lstm_flops_per_token(vocab: int, layers: int, hidden: int) -> float:
+    """Training FLOPs per token (forward × 3): gates 2·(d_in + h)·4h per layer (one-hot input is a gather)."""
+    forward = 2 * hidden * 4 * hidden  # layer 0: recurrent part only
+    forward += (layers - 1) * 2 * (hidden + hidden) * 4 * hidden
+    forward += 2 * hidden * vocab
+    return 3.0 * forward
+
+
+def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
+    import tensorflow as tf
+
+    from trainer.config import TrainConfig
+    from trainer.data import load_data_info, make_dataset
+    from trainer.model import build_model
+    from trainer.train import compile_model, model_config_for
+
+    work = tempfile.mkdtemp()
+    preprocess([str(__import__("bench.common").common.SHARED_DATA / "tinyshakespeare.txt")],
+               os.path.join(work, "data"), transform.PreprocessConfig(normalize="none", num_steps=num_steps))
+    info = load_data_info(os.path.join(work, "data"))
+    cfg = TrainConfig(cell="lstm", num_layers=3, num_hiddens=512, batch_size=batch, optimizer="adam", lr=2e-3)
+    model = compile_model(build_model(model_config_for(cfg, info.vocab_size)), cfg)
+    ds = make_dataset(info.train_files, info.num_steps, batch, shuffle=False).take(steps + 2).cache()
+    model.fit(ds.take(2), epochs=1, verbose=0)  # trace and warm up
+    start = time.perf_counter()
+    model.fit(ds.skip(2), epochs=1, verbose=0)
+    seconds = time.perf_counter() - start
+    tokens_per_s = steps * batch * num_steps / seconds
+    flops = lstm_flops_per_token(info.vocab_size, 3, 512)
+    peak = matmul_peak_gflops()
+    return {"model": "3 x 512 LSTM, tinyshakespeare (char, no normalisation)", "vocab_size": info.vocab_size,
+            "batch": batch, "num_steps": num_steps, "params": int(model.count_params()),
+            "train_tokens_per_s": tokens_per_s, "train_flops_per_token": flops,
+            "achieved_gflops": tokens_per_s * flops / 1e9, "matmul_peak_gflops": peak,
+            "mfu": tokens_per_s * flops / 1e9 / peak, "form": model.layers[1].__class__.__name__,
+            "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--skip-large", action="store_true")
+    args = parser.parse_args()
+    from trainer.train import train_and_evaluate
+
+    cfg, data_dir, model_dir = book_config(args.epochs)
+    metrics = train_and_evaluate(cfg, data_dir, model_dir)
+    ours = {k: metrics[k] for k in ("train_ppl", "val_ppl", "best_val_ppl", "train_tokens_per_s",
+                                    "train_tokens_per_s_steady", "train_seconds", "wall_s", "sample", "form",
+                                    "epochs", "num_params")}
+    result = {"book_config": ours, "book_reference": BOOK_REFERENCE,
+              "speedup_vs_book_tokens_per_s": ours["train_tokens_per_s"] / BOOK_REFERENCE["train_tokens_per_s"],
+              "targets": {"val_ppl_le_6.4": ours["val_ppl"] <= 6.4,
+                          "tokens_per_s_ge_1.4M": ours["train_tokens_per_s"] >= 1.4e6}}
+    if not args.skip_large:
+        result["large_model"] = large_model()
+    emit("train_vs_d2l", result)
+
+
+if __name__ == "__main__":
+    main()
