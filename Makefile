@@ -11,7 +11,7 @@ RUN_DIR ?= runs/default
 KNOBS := CORPUS=corpus RUN_DIR=run-dir NORMALIZE=normalize TOKENIZER=tokenizer SPLIT=split NUM_STEPS=num-steps \
   RUNNER=runner BEAM_OPTS=beam-options CELL=cell LAYERS=num-layers HIDDENS=num-hiddens EPOCHS=epochs \
   BATCH=batch-size LR=lr OPTIMIZER=optimizer TUNE=tune TUNER=tuner MAX_TRIALS=max-trials \
-  TIME_BUDGET=time-budget TUNE_EPOCHS=tune-max-epochs MODEL_NAME=model-name GRPC_PORT=grpc-port REST_PORT=rest-port
+  TIME_BUDGET=time-budget TUNE_EPOCHS=tune-max-epochs TUNE_OPTS=tune-options MODEL_NAME=model-name GRPC_PORT=grpc-port REST_PORT=rest-port
 KNOB_FLAGS = $(foreach k,$(KNOBS),$(if $($(firstword $(subst =, ,$(k)))),--$(lastword $(subst =, ,$(k)))="$($(firstword $(subst =, ,$(k))))"))
 MODEL_NAME ?= deep_rnn
 GRPC_PORT ?= 8500

@@ -27,7 +27,7 @@ DEFAULTS = {
     "num_steps": 32, "runner": "DirectRunner", "beam_options": "",
     "cell": "gru", "num_layers": 2, "num_hiddens": 32, "epochs": 100, "batch_size": 1024, "lr": 2.0,
     "optimizer": "sgd", "tune": False, "tuner": "hyperband", "max_trials": 10, "time_budget": 20.0,
-    "tune_max_epochs": 10, "model_name": "deep_rnn", "grpc_port": 8500, "rest_port": 8501,
+    "tune_max_epochs": 10, "tune_options": "--max-layers 4 --max-hiddens 256", "model_name": "deep_rnn", "grpc_port": 8500, "rest_port": 8501,
 }
 
 
@@ -114,7 +114,7 @@ def tune_stage(cfg: dict, run_dir: str, data_fp: str) -> str | None:
         return None
     tuning = os.path.join(run_dir, "tuning")
     fp = fingerprint(data_fp, {k: cfg[k] for k in ("tuner", "max_trials", "time_budget", "tune_max_epochs",
-                                                   "batch_size")})
+                                                   "batch_size", "tune_options")})
     best = os.path.join(tuning, "best_hparams.json")
     if _read(os.path.join(tuning, "fingerprint")) == fp and os.path.exists(best):
         print("== stage tune: inputs unchanged, skipped")
@@ -126,7 +126,8 @@ def tune_stage(cfg: dict, run_dir: str, data_fp: str) -> str | None:
     run_stage("tune", "trainer.tune",
               ["--data", os.path.join(run_dir, "data"), "--tuner-dir", tuning, "--tuner", cfg["tuner"],
                "--max-trials", str(cfg["max_trials"]), "--max-epochs", str(cfg["tune_max_epochs"]),
-               "--time-budget", str(cfg["time_budget"]), "--batch-size", str(cfg["batch_size"]), "--quiet"])
+               "--time-budget", str(cfg["time_budget"]), "--batch-size", str(cfg["batch_size"]), "--quiet",
+               *cfg["tune_options"].split()])
     return best
 
 

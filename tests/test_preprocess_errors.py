@@ -76,3 +76,46 @@ def test_failed_run_keeps_previous_output(tmp_path):
     with pytest.raises(UserError):
         preprocess([str(good), str(tmp_path / "bad.txt")], str(out), transform.PreprocessConfig(num_steps=4))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_more_bad_corpora(tmp_path):
+    """Binary data and mixed encodings are refused; BOM, CRLF and a 50 MB line are processed."""
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "mixed.txt").write_bytes("café au lait ".encode() * 20 + "café".encode("latin-1"))
+    for name in ("binary.bin", "mixed.txt"):
+        with pytest.raises(UserError, match="invalid UTF-8") as err:
+            preprocess([str(tmp_path / name)], str(tmp_path / "out"), transform.PreprocessConfig())
+        assert name in str(err.value)
+        assert not (tmp_path / "out").exists()
+    (tmp_path / "bom_crlf.txt").write_bytes(b"\xef\xbb\xbf" + b"The Time Traveller\r\nwas here.\r\n" * 40)
+    meta = preprocess([str(tmp_path / "bom_crlf.txt")], str(tmp_path / "ok"),
+                      transform.PreprocessConfig(normalize="none", num_steps=8))
+    assert meta["total_tokens"] == len("The Time Traveller\nwas here.\n") * 40
+
+
+@pytest.mark.reliability
+def test_a_50mb_line_without_newline(tmp_path):
+    path = tmp_path / "line.txt"
+    with open(path, "wb") as f:
+        for _ in range(50):
+            f.write(b"abc defg hij " * 80659)  # ~1 MiB of letters and spaces, no newline
+    meta = preprocess([str(path)], str(tmp_path / "out"), transform.PreprocessConfig(num_steps=32, stride=4096))
+    assert meta["total_tokens"] == 50 * 13 * 80659 and meta["windows"]["train"] > 0
+
+
+def test_a_file_that_vanishes_mid_run(tmp_path, monkeypatch):
+    from pipeline import preprocess as stage
+
+    doomed = tmp_path / "doomed.txt"
+    doomed.write_text("some words that will not be read " * 50)
+    real = stage.sources.resolve_sources
+
+    def resolve_then_delete(srcs):
+        files = real(srcs)
+        doomed.unlink()  # gone after the checks, before Beam reads it
+        return files
+
+    monkeypatch.setattr(stage.sources, "resolve_sources", resolve_then_delete)
+    with pytest.raises(UserError, match="doomed.txt: cannot read"):
+        preprocess([str(doomed)], str(tmp_path / "out"), transform.PreprocessConfig())
+    assert not (tmp_path / "out").exists()

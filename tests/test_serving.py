@@ -230,3 +230,47 @@ def test_new_version_is_picked_up_under_load_with_no_failed_request(server, trai
     for t in threads:
         t.join()
     assert not failures and {1, 2} <= versions_seen
+
+
+@pytest.mark.reliability
+def test_burst_of_1000_requests_all_succeed(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = Client(server[0])
+    req = client.request("serving_default", prefix=["it has"], num_chars=5)
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda _: client.stub.Predict(req, timeout=120).model_spec.version.value,
+                                range(1000)))
+    assert len(results) == 1000
+    assert client.generate(["it has"], 20)
+
+
+@pytest.mark.reliability
+def test_16_clients_for_30_seconds_with_a_hot_swap(server, trained):
+    grpc_addr, _, base = server
+    client = Client(grpc_addr)
+    counts, failures, stop = [0] * 16, [], time.time() + 30
+
+    def worker(i):
+        req = client.request("serving_default", prefix=["it has"], num_chars=10)
+        while time.time() < stop:
+            try:
+                client.stub.Predict(req, timeout=60)
+                counts[i] += 1
+            except grpc.RpcError as err:
+                failures.append(err.code())
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(10)
+    export.export_model(str(trained[0]), str(base), "deep_rnn")  # swapped in under load
+    for t in threads:
+        t.join()
+    assert not failures and all(c > 0 for c in counts)
+
+
+def test_server_binds_loopback_by_default():
+    from serving.server import parse_args
+
+    assert parse_args(["--model-base", "x"]).host == "127.0.0.1"

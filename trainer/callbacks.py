@@ -47,3 +47,15 @@ class DivergenceGuard(keras.callbacks.Callback):
         if loss is not None and (not math.isfinite(loss) or loss > self.limit):
             raise TrainingDiverged(f"training diverged at epoch {epoch + 1}: loss {loss:.4g} "
                                    f"(limit {self.limit:.3g}); lower --lr or --clip-norm")
+
+
+class Deadline(keras.callbacks.Callback):
+    """Ends training at a wall-clock deadline (checked every batch), keeping the epochs done so far."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() > self.deadline:
+            self.model.stop_training = True

@@ -98,10 +98,12 @@ def make_strategy(name: str):
 
 
 def is_chief() -> bool:
-    """True unless TF_CONFIG names this process as a non-chief worker."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                                      and "chief" not in json.loads(os.environ["TF_CONFIG"]).get("cluster", {}))
+    """True unless TF_CONFIG names this process as a non-chief worker (worker 0 leads without a chief)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
+    if not task or task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
 def compile_model(model, cfg: TrainConfig):

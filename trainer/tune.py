@@ -248,14 +248,16 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         return histories
 
     tuner.run_trial = run_trial
+    callbacks = [cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
+                 cb.Throughput(info.num_train * info.num_steps)]
     if time_budget_min is not None:
-        limit_by_time(tuner.oracle, time.time() + 60 * time_budget_min)
+        deadline = time.time() + 60 * time_budget_min
+        limit_by_time(tuner.oracle, deadline)
+        callbacks.append(cb.Deadline(deadline))  # a trial in flight ends at the deadline too
     train_ds = make_dataset(info.train_files, info.num_steps, base.batch_size, shuffle=True, seed=base.seed,
                             num_windows=info.num_train)
     valid_ds = make_dataset(info.valid_files, info.num_steps, base.batch_size, shuffle=False,
                             num_windows=info.num_valid)
-    callbacks = [cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
-                 cb.Throughput(info.num_train * info.num_steps)]
     tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, callbacks=callbacks,
                  verbose=base.verbose, shuffle=False)
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
