@@ -6,6 +6,8 @@ so the fast form in trainer.model and the serving loop compute exactly what the 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -72,45 +74,77 @@ def num_states(cell) -> int:
     return 2 if cell_kind(cell) == "lstm" else 1
 
 
-def _input_bias(cell):
-    if cell_kind(cell) == "gru":
-        return cell.bias[0]  # reset_after: row 0 is the input bias, row 1 the recurrent bias
-    return cell.bias
+class CellWeights(NamedTuple):
+    """A cell's weights read once as tensors (a loop over time then reads no variable per step)."""
+
+    kind: str
+    units: int
+    kernel: tf.Tensor            # [d, gates]
+    recurrent_kernel: tf.Tensor  # [h, gates]
+    input_bias: tf.Tensor        # [gates]
+    recurrent_bias: tf.Tensor | None  # GRU (reset_after) only: [3h]
+    activation: object
 
 
-def project_ids(cell, ids):
-    """one_hot(ids) W_xh + b without the one-hot: ids [...] → [..., gates]."""
-    return tf.gather(cell.kernel, ids) + _input_bias(cell)
+def read_weights(cell, dtype=None) -> CellWeights:
+    kind = cell_kind(cell)
+
+    def read(v):
+        t = tf.convert_to_tensor(v)
+        return tf.cast(t, dtype) if dtype is not None and t.dtype != dtype else t
+
+    bias = read(cell.bias)
+    input_bias, recurrent_bias = (bias[0], bias[1]) if kind == "gru" else (bias, None)
+    return CellWeights(kind, cell.units, read(cell.kernel), read(cell.recurrent_kernel), input_bias,
+                       recurrent_bias, getattr(cell, "activation", tf.tanh))
 
 
-def project_inputs(cell, x):
-    """x [..., d] → x W_xh + b [..., gates]."""
-    return tf.matmul(x, cell.kernel) + _input_bias(cell) if x.shape.rank == 2 else \
-        tf.einsum("...d,dg->...g", x, cell.kernel) + _input_bias(cell)
+@tf.custom_gradient
+def gather_rows(table, ids):
+    """tf.gather(table, ids) whose gradient is a dense [V, G] sum, not IndexedSlices.
+
+    The optimizer then sees an ordinary dense gradient for the first layer's kernel (faster for
+    the small vocabularies of character models, measured in bench/RESULTS.md).
+    """
+    def grad(dy):  # dy [..., G] → [V, G]
+        flat = tf.reshape(dy, [-1, tf.shape(dy)[-1]])
+        return tf.math.unsorted_segment_sum(flat, tf.reshape(ids, [-1]), tf.shape(table)[0]), None
+
+    return tf.gather(table, ids), grad
 
 
-def recurrent_step(cell, xp, states):
+def project_ids(w: CellWeights, ids):
+    """one_hot(ids) W_xh + b without the one-hot: ids [...] → [..., gates] (bias added to the table rows)."""
+    return gather_rows(w.kernel + w.input_bias, ids)
+
+
+def project_inputs(w: CellWeights, x):
+    """x [B, d] → x W_xh + b [B, gates]."""
+    return tf.matmul(x, w.kernel) + w.input_bias
+
+
+def recurrent_step(w: CellWeights, xp, states):
     """One time step given the input projection xp [B, gates]; states is a list of [B, h].
 
     Returns (output [B, h], new states). Exactly the Keras cells' maths (GRU with reset_after).
     """
-    kind, units = cell_kind(cell), cell.units
-    if kind == "gru":
+    units = w.units
+    if w.kind == "gru":
         h = states[0]
-        hp = tf.matmul(h, cell.recurrent_kernel) + cell.bias[1]          # [B, 3h]
+        hp = tf.matmul(h, w.recurrent_kernel) + w.recurrent_bias              # [B, 3h]
         x_zr, x_h = tf.split(xp, [2 * units, units], axis=-1)
         h_zr, h_h = tf.split(hp, [2 * units, units], axis=-1)
         z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)
         candidate = tf.tanh(x_h + r * h_h)
-        h = candidate + z * (h - candidate)                                # z h + (1 - z) h̃
+        h = candidate + z * (h - candidate)                                    # z h + (1 - z) h̃
         return h, [h]
-    if kind == "lstm":
+    if w.kind == "lstm":
         h, c = states
-        gates = xp + tf.matmul(h, cell.recurrent_kernel)                   # [B, 4h]: i, f, c, o
+        gates = xp + tf.matmul(h, w.recurrent_kernel)                          # [B, 4h]: i, f, c, o
         i_f, g, o = tf.split(gates, [2 * units, units, units], axis=-1)
         i, f = tf.split(tf.sigmoid(i_f), 2, axis=-1)
         c = f * c + i * tf.tanh(g)
         h = tf.sigmoid(o) * tf.tanh(c)
         return h, [h, c]
-    h = cell.activation(xp + tf.matmul(states[0], cell.recurrent_kernel))   # rnn and scratch
+    h = w.activation(xp + tf.matmul(states[0], w.recurrent_kernel))           # rnn and scratch
     return h, [h]

@@ -56,8 +56,9 @@ class TextModel(tf.Module):
         new_states, out, k = [], None, 0
         for i, cell in enumerate(self.cells):
             n = cells_lib.num_states(cell)
-            xp = cells_lib.project_ids(cell, ids) if i == 0 else cells_lib.project_inputs(cell, out)
-            out, layer_states = cells_lib.recurrent_step(cell, tf.cast(xp, tf.float32), states[k:k + n])
+            w = cells_lib.read_weights(cell, tf.float32)
+            xp = cells_lib.project_ids(w, ids) if i == 0 else cells_lib.project_inputs(w, out)
+            out, layer_states = cells_lib.recurrent_step(w, xp, states[k:k + n])
             new_states += layer_states
             k += n
         logits = tf.matmul(out, tf.cast(self.dense.kernel, tf.float32)) + tf.cast(self.dense.bias, tf.float32)

@@ -64,19 +64,20 @@ class FusedRNNStack(keras.layers.Layer):
         ids = tf.cast(ids, tf.int32)
         batch = tf.shape(ids)[0]
         masks = self._dropout_masks(batch, training)
+        weights = [cells_lib.read_weights(c, self.compute_dtype) for c in self.cells]
         # time-major, so each step's slice is contiguous: [T, B, G]
-        projected = tf.cast(cells_lib.project_ids(self.cells[0], tf.transpose(ids)), self.compute_dtype)
+        projected = cells_lib.project_ids(weights[0], tf.transpose(ids))
         states = [[tf.zeros((batch, self.num_hiddens), self.compute_dtype)] * cells_lib.num_states(c)
                   for c in self.cells]
 
         def step(xp0, states):
             out = None
-            for i, cell in enumerate(self.cells):
+            for i, w in enumerate(weights):
                 if i == 0:
                     xp = xp0
                 else:
-                    xp = cells_lib.project_inputs(cell, out if masks[i] is None else out * masks[i])
-                out, states[i] = cells_lib.recurrent_step(cell, xp, states[i])
+                    xp = cells_lib.project_inputs(w, out if masks[i] is None else out * masks[i])
+                out, states[i] = cells_lib.recurrent_step(w, xp, states[i])
             return out, states
 
         steps = ids.shape[1]
