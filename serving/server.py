@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 from concurrent import futures
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pipeline import cli

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT
 
 TINY = ["--corpus", "timemachine", "--split", "holdout", "--num-steps", "16", "--num-layers", "2",
         "--num-hiddens", "16", "--batch-size", "256", "--grpc-port", "0", "--rest-port", "0"]

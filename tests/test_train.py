@@ -136,3 +136,17 @@ def test_sigkill_during_training_resumes_to_the_same_epoch_count(tiny_data, tmp_
     epochs = [int(r["epoch"]) for r in csv.DictReader(open(history))]
     assert metrics["epochs"] == 6 and sorted(set(epochs)) == list(range(6))
     assert len(epochs) <= 6 + 1  # at most the epoch in flight is repeated
+
+
+def test_mixed_precision_and_the_layers_form_export_for_cpu(tiny_data, tmp_path):
+    """bfloat16 compute on CPU (float16 on GPUs) trains; a layers-form (cuDNN-eligible) model exports portably."""
+    from serving.export import check_portable, export_model
+
+    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 1, "mixed_precision": True})
+    metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "mp"))
+    assert np.isfinite(metrics["val_ppl"])
+    import keras
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for the rest of the process
+    layers = TrainConfig(**{**TINY_TRAIN, "epochs": 1, "backend_form": "layers"})
+    assert train_and_evaluate(layers, str(tiny_data), str(tmp_path / "layers"))["form"] == "layers"
+    check_portable(export_model(str(tmp_path / "layers"), str(tmp_path / "export")))

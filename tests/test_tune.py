@@ -15,7 +15,6 @@ import pytest
 
 from tests.conftest import ROOT, assert_user_error, run_cli
 from trainer.config import TrainConfig
-from trainer.train import train_and_evaluate
 from trainer.tune import SearchSpace, tune
 
 TINY_SPACE = ["--min-layers", "1", "--max-layers", "2", "--min-hiddens", "8", "--max-hiddens", "16",

@@ -60,6 +60,7 @@ class TrainConfig:
     distribute: str = "none"     # none | mirrored | multi_worker
     mixed_precision: bool = False
     verbose: int = 1
+    time_limit_min: float | None = None  # stop after this many minutes (at a batch end), keeping the epochs run
     sample_prefix: str = "it has"
     sample_chars: int = 20
 

@@ -38,6 +38,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--backend-form", choices=("auto",) + FORMS)
     p.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"))
     p.add_argument("--mixed-precision", action="store_true", default=None)
+    p.add_argument("--time-limit-min", type=float, help="stop training after this many minutes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     return args, config_from(args)
@@ -115,8 +116,8 @@ def compile_model(model, cfg: TrainConfig):
         optimizer = keras.optimizers.SGD(learning_rate=float(cfg.lr), global_clipnorm=cfg.clip_norm or None)
     else:
         optimizer = keras.optimizers.Adam(learning_rate=float(cfg.lr), global_clipnorm=cfg.clip_norm or None)
-    if cfg.mixed_precision:
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[Perplexity(), BitsPerToken()])
@@ -195,10 +196,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     import keras
     import tensorflow as tf
 
-    from trainer import callbacks as cb
-    from trainer.data import load_data_info, make_dataset
-    from trainer.generate import TextModel
-    from trainer.model import build_model
+    from trainer.data import load_data_info
 
     info = load_data_info(data_dir)
     if cfg.batch_size > info.num_train:
@@ -216,9 +214,27 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
         atomic.write_text(os.path.join(model_dir, "vocab.txt"), vocab_lib.vocab_to_text(list(info.vocab)))
 
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.mixed_precision:
+    previous_policy = keras.mixed_precision.global_policy()
+    if cfg.mixed_precision:  # float16 on GPUs; bfloat16 elsewhere (no loss scaling needed)
         keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU")
                                                 else "mixed_bfloat16")
+    try:
+        return _train(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, started)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_dir: str, chief: bool,
+           strategy, started: float) -> dict:
+    """Builds, fits, checkpoints and evaluates; writes the artefacts when this process is the chief."""
+    import keras
+    import tensorflow as tf
+
+    from trainer import callbacks as cb
+    from trainer.data import make_dataset
+    from trainer.generate import TextModel
+    from trainer.model import build_model
+
     train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
                             num_windows=info.num_train)
     valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False,
@@ -243,6 +259,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
         keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), delete_checkpoint=False),
     ]
+    if cfg.time_limit_min:
+        callbacks.append(cb.Deadline(time.time() + 60 * cfg.time_limit_min))
     model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose,
               shuffle=False)  # tf.data shuffles
 

@@ -1,0 +1,99 @@
+"""`make bench`: runs every benchmark and writes bench/RESULTS.md from their JSON.
+
+    python -m bench.run_all [--only preprocess train_vs_d2l serve tune] [--report-only]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from bench.common import ROOT, machine
+
+BENCHES = ["preprocess", "train_vs_d2l", "serve", "tune"]
+
+
+def _f(x, digits=2):
+    return f"{x:,.{digits}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def render(results: dict) -> str:
+    m = machine()
+    lines = ["# Benchmark results", "",
+             "Written by `make bench` (`python -m bench.run_all`) from `bench/results/*.json`; each section names",
+             "the command that produced it and the machine it ran on.", ""]
+    if "preprocess" in results:
+        r = results["preprocess"]
+        lines += ["## Preprocessing (`python -m bench.preprocess`)", f"Machine: {r['machine']['cpu']}, "
+                  f"{r['machine']['cores']} cores. Holdout split, char tokens, d2l normaliser.", "",
+                  "| input | bytes | reference s | Beam direct s (ratio) | Beam 2 processes s (ratio) | reference MB/s |",
+                  "|---|---|---|---|---|---|"]
+        for key, v in r.items():
+            if isinstance(v, dict) and "reference_s" in v:
+                lines.append(f"| {key} | {v['bytes']:,} | {_f(v['reference_s'])} | {_f(v['beam_direct_s'])} "
+                             f"({_f(v['beam_direct_ratio_to_reference'])}×) | {_f(v['beam_multiprocessing_2_s'])} "
+                             f"({_f(v['beam_multiprocessing_2_ratio_to_reference'])}×) | {_f(v['reference_mb_per_s'])} |")
+        lines.append("")
+    if "train_vs_d2l" in results:
+        r = results["train_vs_d2l"]
+        ours, book = r["book_config"], r["book_reference"]
+        lines += ["## Training against the book (`python -m bench.train_vs_d2l`)",
+                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, GPU: {r['machine']['gpu']}. "
+                  "d2l split, deep GRU 2 × 32, batch 1024, SGD lr 2, clip 1, 100 epochs.", "",
+                  "| | train ppl | val ppl | train tokens/s | wall s | sample |", "|---|---|---|---|---|---|",
+                  f"| this pipeline ({ours['form']} form) | {_f(ours['train_ppl'])} | {_f(ours['val_ppl'])} "
+                  f"(best {_f(ours['best_val_ppl'])}) | {_f(ours['train_tokens_per_s'], 0)} (steady "
+                  f"{_f(ours['train_tokens_per_s_steady'], 0)}) | {_f(ours['wall_s'], 0)} | `{ours['sample']}` |",
+                  f"| book's PyTorch code (DESIGN.md) | {book['train_ppl']} | {book['val_ppl']} | "
+                  f"{_f(book['train_tokens_per_s'], 0)} | {book['wall_s']} | `{book['sample']}` |", ""]
+        if "large_model" in r:
+            lm = r["large_model"]
+            lines += [f"Larger model: {lm['model']}, batch {lm['batch']} × {lm['num_steps']} steps, "
+                      f"{lm['params']:,} parameters: {_f(lm['train_tokens_per_s'], 0)} training tokens/s, "
+                      f"{_f(lm['achieved_gflops'], 1)} GFLOP/s against a measured float32 matmul peak of "
+                      f"{_f(lm['matmul_peak_gflops'], 1)} GFLOP/s (MFU {_f(100 * lm['mfu'], 0)} %).", ""]
+    if "serve" in results:
+        r = results["serve"]
+        lines += ["## Serving (`python -m bench.serve`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} "
+                  f"cores. {r['request']}; server: {r['server']}.", "",
+                  "| path | p50 ms | p99 ms |", "|---|---|---|"]
+        for key in ("in_process", "grpc", "rest"):
+            lines.append(f"| {key} | {_f(r[key]['p50_ms'])} | {_f(r[key]['p99_ms'])} |")
+        lines += ["", f"gRPC p50 / in-process p50 = {_f(r['grpc_p50_over_in_process_p50'])}.", "",
+                  "| concurrent clients | requests/s | errors |", "|---|---|---|"]
+        lines += [f"| {t['concurrency']} | {_f(t['requests_per_s'], 1)} | {t['errors']} |" for t in r["throughput"]]
+        lines.append("")
+    if "tune" in results:
+        r = results["tune"]
+        lines += ["## Tuning (`python -m bench.tune`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. "
+                  f"{r['data']}; budget {r['budget_min']} min; space {r['search_space']}.", "",
+                  f"- best found: {r['best']} ", f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
+                  f"- relative improvement: {_f(100 * r['relative_improvement'], 1)} % (target ≥ 25 %: "
+                  f"{'met' if r['target_25pct_met'] else 'not met'})", ""]
+    missing = [b for b in BENCHES if b not in results]
+    if missing:
+        lines += ["## Not yet measured", "", ", ".join(missing) + f" (run `python -m bench.<name>`); machine here: "
+                  f"{m['cpu']}, {m['cores']} cores.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        for name in args.only:
+            subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=ROOT, check=True)
+    results = {}
+    for name in BENCHES:
+        path = ROOT / "bench" / "results" / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+    (ROOT / "bench" / "RESULTS.md").write_text(render(results))
+    print((ROOT / "bench" / "RESULTS.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

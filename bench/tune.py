@@ -1,0 +1,52 @@
+"""Tuning within a wall-clock budget against the book's 2 × 32 GRU trained for the same time.
+
+    python -m bench.tune [--budget-min 20] [--max-layers 3 --max-hiddens 512]
+Full Time Machine, holdout split. Target: tuned validation perplexity at least 25 % below the baseline's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+from bench.common import emit
+from pipeline import transform
+from pipeline.preprocess import preprocess
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget-min", type=float, default=20.0)
+    parser.add_argument("--max-layers", type=int, default=3)
+    parser.add_argument("--min-hiddens", type=int, default=32)
+    parser.add_argument("--max-hiddens", type=int, default=512)
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--tuner", default="hyperband")
+    args = parser.parse_args()
+    from trainer.config import TrainConfig
+    from trainer.train import train_and_evaluate
+    from trainer.tune import SearchSpace, tune
+
+    work = tempfile.mkdtemp()
+    data = os.path.join(work, "data")
+    preprocess(["timemachine"], data, transform.PreprocessConfig(split="holdout"))
+    start = time.perf_counter()
+    best = tune(data, os.path.join(work, "tuning"), TrainConfig(batch_size=256, verbose=0),
+                SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens),
+                args.tuner, max_trials=None, max_epochs=args.max_epochs, time_budget_min=args.budget_min)
+    tune_s = time.perf_counter() - start
+    baseline = train_and_evaluate(TrainConfig(epochs=100000, verbose=0, time_limit_min=tune_s / 60),
+                                  data, os.path.join(work, "baseline"))
+    emit("tune", {
+        "data": "timemachine, holdout split (last 10% of the text validates), num_steps 32",
+        "budget_min": args.budget_min, "tune_wall_s": tune_s,
+        "search_space": {"layers": [1, args.max_layers], "hiddens": [args.min_hiddens, args.max_hiddens],
+                         "tuner": args.tuner, "max_epochs": args.max_epochs},
+        "best": best, "baseline_2x32_gru": {k: baseline[k] for k in ("val_ppl", "best_val_ppl", "epochs", "wall_s")},
+        "relative_improvement": 1 - best["val_perplexity"] / baseline["best_val_ppl"],
+        "target_25pct_met": best["val_perplexity"] <= 0.75 * baseline["best_val_ppl"]})
+
+
+if __name__ == "__main__":
+    main()
