@@ -45,6 +45,11 @@ def _tensor_to_numpy(name: str, proto) -> np.ndarray:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid tensor: {err}") from None
 
 
+def _servable(registry: ModelRegistry, spec):
+    """The servable a request's ModelSpec names (latest version unless one is given)."""
+    return registry.get(spec.name, spec.version.value if spec.HasField("version") else None)
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, registry: ModelRegistry):
         self.registry = registry
@@ -52,7 +57,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         try:
             spec = request.model_spec
-            servable = self.registry.get(spec.name, spec.version.value if spec.HasField("version") else None)
+            servable = _servable(self.registry, spec)
             inputs = {k: _tensor_to_numpy(k, v) for k, v in request.inputs.items()}
             outputs = servable.predict(spec.signature_name, inputs, list(request.output_filter))
         except ServingError as err:
@@ -68,7 +73,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(self, request, context):
         try:
             spec = request.model_spec
-            servable = self.registry.get(spec.name, spec.version.value if spec.HasField("version") else None)
+            servable = _servable(self.registry, spec)
             if list(request.metadata_field) != ["signature_def"]:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "metadata_field must be ['signature_def']")
         except ServingError as err:
@@ -90,7 +95,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request, context):
         try:
             spec = request.model_spec
-            servable = self.registry.get(spec.name, spec.version.value if spec.HasField("version") else None)
+            servable = _servable(self.registry, spec)
         except ServingError as err:
             context.abort(err.code, err.message)
         response = get_model_status_pb2.GetModelStatusResponse()
