@@ -74,4 +74,7 @@ def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: in
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(200_000, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()  # multi-worker: shard batches, not files (a split may be one file)
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(options)

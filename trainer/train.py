@@ -92,9 +92,11 @@ def make_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise UserError("--distribute multi_worker needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Keras 3.15's fit() all-reduces an input batch to build the model and reduces scalar logs
+        # along axis 0 under MultiWorkerMirroredStrategy; both fail (keras-team/keras#20585). Refuse
+        # clearly rather than hang a cluster; see the README for the supported options.
+        raise UserError("--distribute multi_worker does not work with Keras 3.15 fit() "
+                        "(keras-team/keras#20585); use --distribute mirrored on one machine")
     return tf.distribute.get_strategy()
 
 
