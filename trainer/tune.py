@@ -68,7 +68,9 @@ def declare_hyperparameters(hp, space: SearchSpace) -> dict:
         sgd_lr = hp.Float("sgd_lr", 0.25, 4.0, sampling="log") if "sgd" in space.optimizers else None
     with hp.conditional_scope("optimizer", ["adam"]):
         adam_lr = hp.Float("adam_lr", 1e-3, 3e-2, sampling="log") if "adam" in space.optimizers else None
-    values["lr"] = sgd_lr if values["optimizer"] == "sgd" else adam_lr
+    lr = sgd_lr if values["optimizer"] == "sgd" else adam_lr
+    # KerasTuner leaves a conditional value unset while it discovers the space: use the book's lr
+    values["lr"] = lr if lr is not None else (2.0 if values["optimizer"] == "sgd" else 3e-3)
     return values
 
 
