@@ -86,17 +86,35 @@ def configure_cpu_threads(cfg: TrainConfig) -> None:
         pass
 
 
+def _patch_keras_multi_worker_logs() -> None:
+    """Keras 3.15 reduces scalar epoch logs along axis 0 under MultiWorkerMirroredStrategy, which
+    fails (keras-team/keras#20585); reduce scalars over replicas only. Applied for multi_worker only."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer.reduce_per_replica, "deep_rnn_patched", False):
+        return
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.deep_rnn_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
 def make_strategy(name: str):
     import tensorflow as tf
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        # Keras 3.15's fit() all-reduces an input batch to build the model and reduces scalar logs
-        # along axis 0 under MultiWorkerMirroredStrategy; both fail (keras-team/keras#20585). Refuse
-        # clearly rather than hang a cluster; see the README for the supported options.
-        raise UserError("--distribute multi_worker does not work with Keras 3.15 fit() "
-                        "(keras-team/keras#20585); use --distribute mirrored on one machine")
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--distribute multi_worker needs TF_CONFIG describing the cluster")
+        _patch_keras_multi_worker_logs()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -243,6 +261,12 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
                             num_windows=info.num_valid)
     with strategy.scope():
         model = compile_model(build_model(model_cfg), cfg)
+    if cfg.distribute == "multi_worker":
+        # Keras 3.15 fit() builds the model from an input batch all-reduced across workers, which
+        # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): build from a local batch.
+        with strategy.scope():
+            model._symbolic_build(data_batch=next(iter(train_ds)))
+        model._maybe_symbolic_build = lambda *args, **kwargs: None
 
     history_path = os.path.join(model_dir, "history.csv")
     checkpoints = os.path.join(work_dir, "checkpoints")
