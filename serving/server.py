@@ -297,12 +297,17 @@ def parse_args(argv):
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     p.add_argument("--max-request-bytes", type=cli.positive_int, default=DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument("--workers", type=cli.positive_int, default=16)
+    p.add_argument("--intra-op-threads", type=int, default=1,
+                   help="threads per TF op (0: TF's default). Generation runs many tiny ops, so 1 is fastest")
+    p.add_argument("--inter-op-threads", type=int, default=0, help="TF ops run in parallel (0: TF's default)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     server = Server(args.model_base, args.model_name, args.host, args.port,
                     None if args.rest_port < 0 else args.rest_port, args.poll_seconds, args.max_request_bytes,
                     args.workers)
