@@ -39,10 +39,6 @@ def tokenize(text: str, tokenizer: str) -> list[str]:
     return list(text) if tokenizer == "char" else text.split()
 
 
-def join_tokens(tokens: list[str], tokenizer: str) -> str:
-    return "".join(tokens) if tokenizer == "char" else " ".join(tokens)
-
-
 def safe_split_point(raw: str, normalizer: str, tokenizer: str) -> int:
     """Largest index p with process(raw[:p]) + process(raw[p:]) == process(raw), or 0.
 

@@ -45,7 +45,6 @@ def load_trained(model_dir: str):
     import keras
 
     import trainer.model  # noqa: F401  registers the custom layers for loading
-    import trainer.metrics  # noqa: F401
 
     paths = {n: os.path.join(model_dir, n) for n in ("model.keras", "vocab.txt", "run_config.json")}
     for name, path in paths.items():
