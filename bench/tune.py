@@ -43,9 +43,11 @@ def main() -> None:
         "budget_min": args.budget_min, "tune_wall_s": tune_s,
         "search_space": {"layers": [1, args.max_layers], "hiddens": [args.min_hiddens, args.max_hiddens],
                          "tuner": args.tuner, "max_epochs": args.max_epochs},
-        "best": best, "baseline_2x32_gru": {k: baseline[k] for k in ("val_ppl", "best_val_ppl", "epochs", "wall_s")},
-        "relative_improvement": 1 - best["val_perplexity"] / baseline["best_val_ppl"],
-        "target_25pct_met": best["val_perplexity"] <= 0.75 * baseline["best_val_ppl"]})
+        "best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
+        "trials": len(open(os.path.join(work, "tuning", "trials.csv")).read().splitlines()) - 1,
+        "baseline_2x32_gru": {k: float(baseline[k]) for k in ("val_ppl", "best_val_ppl", "epochs", "wall_s")},
+        "relative_improvement": float(1 - best["val_perplexity"] / baseline["best_val_ppl"]),
+        "target_25pct_met": bool(best["val_perplexity"] <= 0.75 * baseline["best_val_ppl"])})
 
 
 if __name__ == "__main__":
