@@ -6,6 +6,7 @@ import csv
 import html
 import json
 import os
+import re
 
 from pipeline import atomic
 
@@ -119,8 +120,6 @@ def markdown_to_html(markdown: str, run_dir: str) -> str:
 
 
 def _inline(text: str) -> str:
-    import re
-
     text = html.escape(text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)

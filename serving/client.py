@@ -18,6 +18,18 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 
+INPUT_DTYPES = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
+
+
+def predict_request(model_name: str, signature: str, **inputs) -> predict_pb2.PredictRequest:
+    """A PredictRequest for one of the signatures; inputs not named in INPUT_DTYPES are strings."""
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name, req.model_spec.signature_name = model_name, signature
+    for key, value in inputs.items():
+        req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=INPUT_DTYPES.get(key, tf.string)))
+    return req
+
+
 class Client:
     """Thin wrapper over PredictionServiceStub for the three signatures."""
 
@@ -27,12 +39,7 @@ class Client:
         self.server, self.model_name, self.timeout = server, model_name, timeout
 
     def request(self, signature: str, **inputs) -> predict_pb2.PredictRequest:
-        dtypes = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name, req.model_spec.signature_name = self.model_name, signature
-        for key, value in inputs.items():
-            req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtypes.get(key, tf.string)))
-        return req
+        return predict_request(self.model_name, signature, **inputs)
 
     def call(self, req: predict_pb2.PredictRequest) -> dict:
         try:

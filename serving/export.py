@@ -88,18 +88,16 @@ def check_portable(saved_model_dir: str) -> None:
 def write_warmup(saved_model_dir: str, model_name: str) -> None:
     """A few requests TF Serving replays at load time, so the first client does not pay for tracing."""
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.client import predict_request
 
     requests = []
     for signature, inputs in (("serving_default", {"prefix": ["it has"], "num_chars": 20}),
                               ("sample", {"prefix": ["it has"], "num_chars": 20, "temperature": 1.0,
                                           "top_k": 0, "seed": 0}),
                               ("score", {"text": ["it has been a long time"]})):
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name, req.model_spec.signature_name = model_name, signature
-        dtypes = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
-        for key, value in inputs.items():
-            req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtypes.get(key, tf.string)))
+        req = predict_request(model_name, signature, **inputs)
         requests.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
     os.makedirs(os.path.join(saved_model_dir, "assets.extra"), exist_ok=True)

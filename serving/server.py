@@ -207,7 +207,7 @@ def make_rest_handler(registry: ModelRegistry, max_request_bytes: int):
                     raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                                        f'Serving signature key "{signature}" not found.')
                 row_format = "instances" in body
-                columns = _columns(body)
+                columns = _columns(body, specs)
                 inputs = {k: _from_json(k, v, specs[k]) if k in specs else np.array(v, dtype=object)
                           for k, v in columns.items()}
                 outputs = servable.predict(signature, inputs)
@@ -223,7 +223,7 @@ def make_rest_handler(registry: ModelRegistry, max_request_bytes: int):
     return Handler
 
 
-def _columns(body: dict) -> dict:
+def _columns(body: dict, specs: dict) -> dict:
     """REST body → named inputs: columnar `inputs`, or row `instances` (scalars equal in every row)."""
     if "inputs" in body:
         if not isinstance(body["inputs"], dict):
@@ -239,7 +239,7 @@ def _columns(body: dict) -> dict:
     columns = {}
     for key in keys:
         values = [i[key] for i in instances]
-        batched = key in ("prefix", "text")
+        batched = key in specs and specs[key].shape.rank != 0  # [batch] inputs gather rows; scalars are shared
         if not batched and any(v != values[0] for v in values):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"{key!r} must be the same in every instance")
         columns[key] = values if batched else values[0]

@@ -226,7 +226,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
                   "vocab_sha256": info.vocab_sha256, "num_steps": info.num_steps,
                   "normalize": info.normalize, "tokenizer": info.tokenizer, "data_dir": os.path.abspath(data_dir)}
     chief = is_chief()
-    work_dir = model_dir if chief else os.path.join(model_dir, f"worker-{json.loads(os.environ['TF_CONFIG'])['task']['index']}")
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    work_dir = model_dir if chief else os.path.join(model_dir, f"worker-{task.get('index', 0)}")
     os.makedirs(work_dir, exist_ok=True)
     _check_resume(model_dir, run_config)
     if chief:
