@@ -125,3 +125,27 @@ def test_time_budget_stops_launching_trials(tiny_data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert 1 <= len(rows) < 50 and time.time() - start < 120
     assert (tmp_path / "t" / "best_hparams.json").exists()
+
+
+def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, monkeypatch):
+    """A crash while KerasTuner saves oracle.json/trial.json must leave the previous file whole."""
+    from keras_tuner.src import utils as kt_utils
+    from keras_tuner.src.engine import stateful
+
+    from trainer.tune import make_keras_tuner_saves_atomic
+
+    make_keras_tuner_saves_atomic()
+    path = str(tmp_path / "oracle.json")
+    kt_utils.save_json(path, {"trials": 1})
+
+    class Crash(Exception):
+        pass
+
+    def crash(*args, **kwargs):
+        raise Crash
+
+    import tensorflow as tf
+    monkeypatch.setattr(tf.io.gfile, "rename", crash)
+    with pytest.raises(Crash):
+        stateful.utils.save_json(path, {"trials": 2})  # the module KerasTuner's Stateful.save calls
+    assert json.loads(open(path).read()) == {"trials": 1}

@@ -90,9 +90,32 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int):
     return DeepRNNHyperModel()
 
 
+def make_keras_tuner_saves_atomic() -> None:
+    """KerasTuner writes oracle.json and trial.json in place, so a SIGKILL mid-write leaves an empty file
+    that makes the next run fail to reload; route its one JSON writer through temp-file-then-rename."""
+    import tensorflow as tf
+    from keras_tuner.src import utils as kt_utils
+
+    if getattr(kt_utils.save_json, "atomic", False):
+        return
+
+    def save_json_atomically(path, obj):
+        text = json.dumps(obj)
+        tmp = atomic.temp_path(path)
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        return text
+
+    save_json_atomically.atomic = True
+    kt_utils.save_json = save_json_atomically
+
+
 def make_tuner(kind: str, hypermodel, directory: str, max_trials: int | None, max_epochs: int,
                executions: int, seed: int):
     import keras_tuner as kt
+
+    make_keras_tuner_saves_atomic()
 
     objective = kt.Objective(OBJECTIVE, direction="min")
     common = dict(objective=objective, directory=directory, project_name="search", overwrite=False, seed=seed,
