@@ -99,6 +99,12 @@ def test_grpc_greedy_equals_in_process(server, exported, trained):
     assert len(served) == 26
 
 
+def test_zero_chars_returns_the_prefix(server):
+    client = Client(server[0])
+    assert client.generate(["it has", "the"], 0) == ["it has", "the"]
+    assert client.generate(["it has"], 0, temperature=0.5, seed=1) == ["it has"]
+
+
 def test_sampling_is_reproducible_with_a_seed(server):
     client = Client(server[0])
     a = client.generate(["it has", "the"], 30, temperature=1.0, seed=7)

@@ -95,8 +95,12 @@ class TextModel(tf.Module):
             next_ids = choose(logits, i)
             out = out.write(i, next_ids)
             logits, states = self.step(next_ids, states)
-        generated = tf.reshape(tf.transpose(out.stack()), [tf.shape(ids)[0], num_chars])  # [B, num_chars]
-        return tf.strings.join([prefix, self.decode(generated)], separator=self.separator)
+        batch = tf.shape(ids)[0]
+        # An empty TensorArray of unknown element shape cannot be stacked: num_chars == 0 takes the other branch.
+        generated = tf.cond(num_chars > 0, lambda: tf.transpose(out.stack()),
+                            lambda: tf.zeros([batch, 0], tf.int32))  # [B, num_chars]
+        text = tf.strings.join([prefix, self.decode(generated)], separator=self.separator)
+        return tf.where(num_chars > 0, text, prefix)
 
     # ---- the signatures ----
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prefix"),
