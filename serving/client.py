@@ -14,8 +14,11 @@ from pipeline.cli import UserError
 cli.quiet_tensorflow()
 
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from serving import tensors  # noqa: E402
 
 
 INPUT_DTYPES = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
@@ -26,7 +29,9 @@ def predict_request(model_name: str, signature: str, **inputs) -> predict_pb2.Pr
     req = predict_pb2.PredictRequest()
     req.model_spec.name, req.model_spec.signature_name = model_name, signature
     for key, value in inputs.items():
-        req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=INPUT_DTYPES.get(key, tf.string)))
+        dtype = INPUT_DTYPES.get(key, tf.string)
+        array = np.asarray(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+        req.inputs[key].CopyFrom(tensors.to_proto(array))
     return req
 
 
@@ -48,7 +53,7 @@ class Client:
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 raise UserError(f"cannot reach a model server at {self.server} (is it running?)") from None
             raise UserError(f"{err.code().name}: {err.details()}") from None
-        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return {k: tensors.to_numpy(v) for k, v in response.outputs.items()}
 
     def generate(self, prefixes: list[str], num_chars: int, temperature: float | None = None,
                  top_k: int = 0, seed: int = 0) -> list[str]:

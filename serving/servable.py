@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from serving import export
+from serving import export, tensors
 
 log = logging.getLogger("serving")
 
@@ -81,7 +81,7 @@ class Servable:
         for record in tf.data.TFRecordDataset(path):
             request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
             self.predict(request.model_spec.signature_name,
-                         {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+                         {k: tensors.to_numpy(v) for k, v in request.inputs.items()})
             count += 1
         return count
 

@@ -29,6 +29,7 @@ from google.protobuf import json_format  # noqa: E402
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,  # noqa: E402
                                      predict_pb2, prediction_service_pb2_grpc)
 
+from serving import tensors  # noqa: E402
 from serving.servable import ModelRegistry, ServingError  # noqa: E402
 
 log = logging.getLogger("serving")
@@ -40,7 +41,7 @@ _HTTP = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDIT
 
 def _tensor_to_numpy(name: str, proto) -> np.ndarray:
     try:
-        return tf.make_ndarray(proto)
+        return tensors.to_numpy(proto)
     except Exception as err:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid tensor: {err}") from None
 
@@ -67,7 +68,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = spec.signature_name or "serving_default"
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[key].CopyFrom(tensors.to_proto(value))
         return response
 
     def GetModelMetadata(self, request, context):
