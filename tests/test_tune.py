@@ -46,7 +46,8 @@ def test_tiny_search_writes_outputs_and_hparams_reproduce_the_winner(tiny_data, 
     (["--min-layers", "3", "--max-layers", "2"], "--min-layers"),
     (["--min-hiddens", "64", "--max-hiddens", "8"], "--min-hiddens"),
     (["--min-hiddens", "0"], "must be >= 1"), (["--min-layers", "0"], "must be >= 1"),
-    (["--tuner", "grid"], "--tuner"), (["--time-budget", "0"], "time-budget")])
+    (["--tuner", "grid"], "--tuner"), (["--time-budget", "0"], "time-budget"),
+    (["--early-stopping", "-1"], "--early-stopping")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
                       needle)

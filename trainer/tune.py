@@ -237,8 +237,12 @@ def write_hparams_logs(tuner_dir: str, rows: list[dict]) -> None:
 
 def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, tuner_kind: str = "hyperband",
          max_trials: int | None = None, max_epochs: int = 10, executions: int = 1,
-         time_budget_min: float | None = None) -> dict | None:
-    """Runs (or resumes, or joins as a worker) the search; the chief/single process writes the outputs."""
+         time_budget_min: float | None = None, early_stopping: int = 3) -> dict | None:
+    """Runs (or resumes, or joins as a worker) the search; the chief/single process writes the outputs.
+
+    early_stopping: a trial ends after this many epochs without a better validation perplexity (0: never),
+    so budget goes to new points instead of models that have started to overfit.
+    """
     cli.quiet_tensorflow()
     from trainer.train import configure_cpu_threads
 
@@ -253,6 +257,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     hypermodel = make_hypermodel(base, space, info.vocab_size)
 
+    if max_trials is None and time_budget_min is not None:
+        max_trials = 10**6  # the budget is the limit
     tuner = make_tuner(tuner_kind, hypermodel, tuner_dir, max_trials, max_epochs, executions, base.seed)
     original_run_trial = tuner.run_trial
 
@@ -275,6 +281,10 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     tuner.run_trial = run_trial
     callbacks = [cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
                  cb.Throughput(info.num_train * info.num_steps)]
+    if early_stopping:
+        import keras
+
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="min", patience=early_stopping))
     if time_budget_min is not None:
         deadline = time.time() + 60 * time_budget_min
         limit_by_time(tuner.oracle, deadline)
@@ -310,6 +320,8 @@ def parse_args(argv):
     p.add_argument("--max-dropout", type=float, default=0.5)
     p.add_argument("--batch-size", type=cli.positive_int, default=1024)
     p.add_argument("--time-budget", type=float, metavar="MIN", help="stop launching trials after MIN minutes")
+    p.add_argument("--early-stopping", type=int, default=3, metavar="EPOCHS",
+                   help="end a trial after EPOCHS epochs without a better validation perplexity (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -321,13 +333,15 @@ def parse_args(argv):
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
         raise UserError("--time-budget must be > 0 minutes")
+    if args.early_stopping < 0:
+        raise UserError("--early-stopping must be >= 0 epochs")
     return args, space, base
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, space, base = parse_args(argv)
     best = tune(args.data, args.tuner_dir, base, space, args.tuner, args.max_trials, args.max_epochs,
-                args.executions_per_trial, args.time_budget)
+                args.executions_per_trial, args.time_budget, args.early_stopping)
     if best is not None:
         print(json.dumps({"best": best, "best_hparams": os.path.join(args.tuner_dir, "best_hparams.json")}))
 
