@@ -42,6 +42,15 @@ def test_tiny_search_writes_outputs_and_hparams_reproduce_the_winner(tiny_data, 
         {k: best[k] for k in ("cell", "num_layers", "num_hiddens")}
 
 
+def test_bayesian_search_runs(tiny_data, tmp_path):
+    """KerasTuner's BayesianOptimization needs scipy (keras-tuner[bayesian]): it must be installed."""
+    space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16, optimizers=("adam",))
+    best = tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space,
+                "bayesian", max_trials=2, max_epochs=1)
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert len(rows) == 2 and best["optimizer"] == "adam"
+
+
 @pytest.mark.parametrize("flags,needle", [
     (["--min-layers", "3", "--max-layers", "2"], "--min-layers"),
     (["--min-hiddens", "64", "--max-hiddens", "8"], "--min-hiddens"),

@@ -61,13 +61,14 @@ class TrainConfig:
     mixed_precision: bool = False
     verbose: int = 1
     time_limit_min: float | None = None  # stop after this many minutes (at a batch end), keeping the epochs run
+    steps_per_execution: int = 1  # training steps per tf.function call (fewer Python round trips per epoch)
     sample_prefix: str = "it has"
     sample_chars: int = 20
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        for name in ("batch_size", "epochs"):
+        for name in ("batch_size", "epochs", "steps_per_execution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -39,6 +39,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"))
     p.add_argument("--mixed-precision", action="store_true", default=None)
     p.add_argument("--time-limit-min", type=float, help="stop training after this many minutes")
+    p.add_argument("--steps-per-execution", type=int,
+                   help="training steps per compiled call (Keras compile's steps_per_execution)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     return args, config_from(args)
@@ -140,7 +142,7 @@ def compile_model(model, cfg: TrainConfig):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[Perplexity(), BitsPerToken()])
+                  metrics=[Perplexity(), BitsPerToken()], steps_per_execution=cfg.steps_per_execution)
     return model
 
 
