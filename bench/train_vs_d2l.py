@@ -64,11 +64,14 @@ def shaped_matmul_gflops(m: int, k: int, n: int, count: int = 64, repeats: int =
     a, b = tf.random.normal((count, m, k)), tf.random.normal((k, n))
     fn = tf.function(lambda: [tf.matmul(a[i], b) for i in range(count)])
     fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn()
-    out[-1].numpy()
-    return 2 * m * k * n * count * repeats / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(5):  # the best of five: a generous bound on a shared, noisy machine
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = fn()
+        out[-1].numpy()
+        best = max(best, 2 * m * k * n * count * repeats / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def roofline(cfg, vocab: int) -> dict:

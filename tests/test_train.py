@@ -101,10 +101,20 @@ def test_divergence_stops_with_a_message(tiny_data, tmp_path):
         train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
 
 
+def test_steps_per_execution_trains_the_same_model(tiny_data, tmp_path):
+    """Several steps per compiled call is an execution detail: same steps, same numbers."""
+    one = train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "epochs": 1}), str(tiny_data), str(tmp_path / "a"))
+    three = train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "epochs": 1, "steps_per_execution": 3}),
+                               str(tiny_data), str(tmp_path / "b"))
+    for key in ("train_ppl", "val_ppl"):
+        assert three[key] == pytest.approx(one[key], rel=1e-4), key
+    assert three["sample"] == one["sample"]
+
+
 def test_bad_flags_exit_2(tiny_data, tmp_path):
     cases = [(["--num-layers", "0"], "num_layers"), (["--num-hiddens", "0"], "num_hiddens"),
              (["--cell", "transformer"], "--cell"), (["--batch-size", "100000"], "larger than"),
-             (["--epochs", "0"], "epochs")]
+             (["--epochs", "0"], "epochs"), (["--steps-per-execution", "0"], "steps_per_execution")]
     for flags, needle in cases:
         proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"), *flags)
         assert_user_error(proc, needle)
