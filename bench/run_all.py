@@ -11,7 +11,7 @@ import sys
 
 from bench.common import ROOT, machine
 
-BENCHES = ["preprocess", "train_vs_d2l", "serve", "tune"]
+BENCHES = ["preprocess", "train_vs_d2l", "forms", "serve", "tune"]
 
 
 def _f(x, digits=2):
@@ -47,16 +47,39 @@ def render(results: dict) -> str:
                   f"{_f(ours['train_tokens_per_s_steady'], 0)}) | {_f(ours['wall_s'], 0)} | `{ours['sample']}` |",
                   f"| book's PyTorch code (DESIGN.md) | {book['train_ppl']} | {book['val_ppl']} | "
                   f"{_f(book['train_tokens_per_s'], 0)} | {book['wall_s']} | `{book['sample']}` |", ""]
+        if "roofline" in r:
+            rl = r["roofline"]
+            lines += [f"Roofline: training costs {_f(rl['train_flops_per_token'], 0)} FLOP per token; independent "
+                      f"matmuls of the recurrence's own shape run at best {_f(rl['matmul_gflops_at_model_shape'], 1)} "
+                      f"GFLOP/s here, so the matmuls alone cap training at "
+                      f"{_f(rl['max_tokens_per_s_matmul_bound'], 0)} tokens/s (1.4 M tokens/s needs "
+                      f"{_f(rl['gflops_needed_for_1.4M_tokens_per_s'], 1)} GFLOP/s with no time left for the gate "
+                      "nonlinearities, loss, optimiser or input).", ""]
         if "large_model" in r:
             lm = r["large_model"]
             lines += [f"Larger model: {lm['model']}, batch {lm['batch']} × {lm['num_steps']} steps, "
                       f"{lm['params']:,} parameters: {_f(lm['train_tokens_per_s'], 0)} training tokens/s, "
                       f"{_f(lm['achieved_gflops'], 1)} GFLOP/s against a measured float32 matmul peak of "
                       f"{_f(lm['matmul_peak_gflops'], 1)} GFLOP/s (MFU {_f(100 * lm['mfu'], 0)} %).", ""]
+    if "forms" in results:
+        r = results["forms"]
+        lines += ["## Model forms (`python -m bench.forms`)",
+                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, GPU: {r['machine']['gpu']}. "
+                  f"Device {r['device']} (auto form here: {r['auto_form']}), batch {r['batch']} × {r['num_steps']} "
+                  f"steps, Adam, mixed precision {r['mixed_precision']}.", "",
+                  "| cell | size | form | params | train tokens/s | ms/step | CudnnRNN ops |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['cell']} | {x['size']} | {x['form']} | {x['params']:,} | {_f(x['train_tokens_per_s'], 0)} | "
+                  f"{_f(x['ms_per_step'], 1)} | {x['cudnn']} |" for x in r["rows"]]
+        if r["device"] == "CPU":
+            lines += ["", "No GPU here: the cuDNN comparison (2 × 256 and 3 × 1024, the `layers` form against the "
+                      "cell stack) runs with the same command on a GPU machine."]
+        lines.append("")
     if "serve" in results:
         r = results["serve"]
         lines += ["## Serving (`python -m bench.serve`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} "
-                  f"cores. {r['request']}; server: {r['server']}.", "",
+                  f"cores. {r['request']}; server: {r['server']}. In-process = calling the loaded SavedModel's "
+                  "signature from Python values and reading the text back, the same work the server does per request.",
+                  "",
                   "| path | p50 ms | p99 ms |", "|---|---|---|"]
         for key in ("in_process", "grpc", "rest"):
             lines.append(f"| {key} | {_f(r[key]['p50_ms'])} | {_f(r[key]['p99_ms'])} |")

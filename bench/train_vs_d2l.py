@@ -6,11 +6,14 @@ The book's own PyTorch code (d2l 1.0.3), run on this 2-core CPU, is the referenc
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
-from bench.common import emit
+from bench.common import ROOT, emit
 from pipeline import transform
 from pipeline.preprocess import preprocess
 
@@ -97,10 +100,13 @@ def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
     info = load_data_info(os.path.join(work, "data"))
     cfg = TrainConfig(cell="lstm", num_layers=3, num_hiddens=512, batch_size=batch, optimizer="adam", lr=2e-3)
     model = compile_model(build_model(model_config_for(cfg, info.vocab_size)), cfg)
-    ds = make_dataset(info.train_files, info.num_steps, batch, shuffle=False).take(steps + 2).cache()
-    model.fit(ds.take(2), epochs=1, verbose=0)  # trace and warm up
+    batches = list(make_dataset(info.train_files, info.num_steps, batch, shuffle=False).take(steps + 2))
+    for x, y in batches[:2]:  # trace and warm up
+        model.train_on_batch(x, y)
     start = time.perf_counter()
-    model.fit(ds.skip(2), epochs=1, verbose=0)
+    for x, y in batches[2:]:
+        loss = model.train_on_batch(x, y)
+    float(loss[0] if isinstance(loss, list) else loss)  # wait for the last step
     seconds = time.perf_counter() - start
     tokens_per_s = steps * batch * num_steps / seconds
     flops = lstm_flops_per_token(info.vocab_size, 3, 512)
@@ -118,7 +124,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--steps-per-execution", type=int, default=None, help="default: TrainConfig's")
+    parser.add_argument("--large-only", action="store_true", help="print only the larger model's JSON line")
     args = parser.parse_args()
+    if args.large_only:
+        print(json.dumps(large_model()))
+        return
     from trainer.train import train_and_evaluate
 
     cfg, data_dir, model_dir = book_config(args.epochs)
@@ -131,11 +141,16 @@ def main() -> None:
     ours["steps_per_execution"] = cfg.steps_per_execution
     result = {"book_config": ours, "book_reference": BOOK_REFERENCE,
               "speedup_vs_book_tokens_per_s": ours["train_tokens_per_s"] / BOOK_REFERENCE["train_tokens_per_s"],
-              "targets": {"val_ppl_le_6.4": ours["val_ppl"] <= 6.4,
+              "targets": {"val_ppl_le_6.4_exported_best_epoch": ours["best_val_ppl"] <= 6.4,
+                          "val_ppl_le_6.4_last_epoch": ours["val_ppl"] <= 6.4,
                           "tokens_per_s_ge_1.4M": ours["train_tokens_per_s"] >= 1.4e6}}
     result["roofline"] = roofline(cfg, len(open(os.path.join(data_dir, "vocab.txt")).read().splitlines()))
     if not args.skip_large:
-        result["large_model"] = large_model()
+        # A fresh process: the book run above fixed TF's thread pools at one thread per op, which suits
+        # 32-unit matmuls but would handicap the 512-unit model and its peak measurement.
+        proc = subprocess.run([sys.executable, "-m", "bench.train_vs_d2l", "--large-only"], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        result["large_model"] = json.loads(proc.stdout.strip().splitlines()[-1])
     emit("train_vs_d2l", result)
 
 
