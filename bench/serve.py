@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,12 +17,6 @@ import time
 import urllib.request
 
 from bench.common import ROOT, emit
-
-
-def percentiles(times_ms: list[float]) -> dict:
-    times_ms = sorted(times_ms)
-    return {"n": len(times_ms), "p50_ms": statistics.median(times_ms),
-            "p99_ms": times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]}
 
 
 def timed_calls(fn, n: int) -> list[float]:
@@ -51,14 +44,6 @@ def ensure_export(run_dir: str | None) -> str:
     train_and_evaluate(TrainConfig(epochs=3, verbose=0), os.path.join(work, "data"), os.path.join(work, "model"))
     export_model(os.path.join(work, "model"), os.path.join(work, "export"))
     return os.path.join(work, "export", "deep_rnn")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load(client, seconds: float, concurrency: int) -> dict:
@@ -90,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     import tensorflow as tf
 
-    from serving.client import Client
+    from serving.client import Client, free_port, latency_summary
     from serving.export import versions
 
     base = ensure_export(args.run_dir)
@@ -98,7 +83,7 @@ def main() -> None:
     loaded = tf.saved_model.load(path)
     fn = loaded.signatures["serving_default"]
     # What an in-process caller does per request, like the server: Python values in, Python bytes out.
-    in_process = percentiles(timed_calls(
+    in_process = latency_summary(timed_calls(
         lambda: fn(prefix=tf.constant(["it has"]), num_chars=tf.constant(20))["text"].numpy(), args.calls))
 
     grpc_port, rest_port = free_port(), free_port()
@@ -107,16 +92,11 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = Client(f"127.0.0.1:{grpc_port}")
-        for _ in range(240):
-            try:
-                client.generate(["it has"], 1)
-                break
-            except Exception:
-                time.sleep(0.5)
-        grpc_lat = percentiles(timed_calls(lambda: client.generate(["it has"], 20), args.calls))
+        client.wait_until_ready(120, server)
+        grpc_lat = latency_summary(timed_calls(lambda: client.generate(["it has"], 20), args.calls))
         body = json.dumps({"inputs": {"prefix": ["it has"], "num_chars": 20}}).encode()
         url = f"http://127.0.0.1:{rest_port}/v1/models/deep_rnn:predict"
-        rest_lat = percentiles(timed_calls(lambda: urllib.request.urlopen(
+        rest_lat = latency_summary(timed_calls(lambda: urllib.request.urlopen(
             urllib.request.Request(url, data=body, method="POST"), timeout=30).read(), args.calls))
         throughput = [load(client, args.duration, c) for c in (1, 4, 16)]
     finally:

@@ -57,6 +57,21 @@ def atomic_directory(final: str):
         os.rename(tmp, final)
 
 
+@contextlib.contextmanager
+def replacing(path: str, suffix: str = ""):
+    """Yields a temporary sibling path for a writer that needs a file name (savefig, model.save); it
+    replaces `path` when the block succeeds and is removed when it fails. `suffix` keeps the extension
+    that such writers read the format from."""
+    tmp = temp_path(path) + suffix
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_bytes(path: str, data: bytes) -> None:
     tmp = temp_path(path)
     with open(tmp, "wb") as f:

@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -173,18 +171,13 @@ def export_stage(cfg: dict, run_dir: str) -> str:
     return os.path.join(base, str(versions(base)[-1]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_and_query(cfg: dict, run_dir: str) -> dict:
     """Starts TF Serving (or the local stand-in), queries it over gRPC, measures latency, stops it."""
-    from serving.client import Client
+    from serving.client import Client, free_port, latency_summary
+    from serving.export import SIGNATURES, versions
 
-    grpc_port = cfg["grpc_port"] or _free_port()
-    rest_port = cfg["rest_port"] or _free_port()
+    grpc_port = cfg["grpc_port"] or free_port()
+    rest_port = cfg["rest_port"] or free_port()
     export_base = os.path.abspath(os.path.join(run_dir, "export"))
     if shutil.which("tensorflow_model_server"):
         kind = "tensorflow_model_server"
@@ -199,35 +192,21 @@ def serve_and_query(cfg: dict, run_dir: str) -> dict:
     address = f"127.0.0.1:{grpc_port}"
     client = Client(address, cfg["model_name"], timeout=30)
     try:
-        deadline = time.time() + 180
-        while True:
-            if server.poll() is not None:
-                raise UserError(f"the model server exited with code {server.returncode} (port {grpc_port} in use?)")
-            try:
-                greedy = client.generate(["it has"], 20)[0]
-                break
-            except UserError:
-                if time.time() > deadline:
-                    raise UserError(f"the model server at {address} did not become ready in 180 s") from None
-                time.sleep(0.5)
+        client.wait_until_ready(180, server)
+        greedy = client.generate(["it has"], 20)[0]
         print(f"== query over gRPC: {greedy!r}", flush=True)
         times = []
         for _ in range(100):
             start = time.perf_counter()
             client.generate(["it has"], 20)
             times.append(1e3 * (time.perf_counter() - start))
-        times.sort()
         samples = {"greedy": greedy}
         for temperature in (0.5, 1.0):
             samples[f"temperature {temperature}, seed 0"] = client.generate(["it has"], 40, temperature, 0, 0)[0]
         samples["temperature 1.0, top-k 3, seed 0"] = client.generate(["it has"], 40, 1.0, 3, 0)[0]
-        from serving.export import versions
-
         return {"server": address, "kind": kind, "samples": samples,
                 "version": versions(os.path.join(export_base, cfg["model_name"]))[-1],
-                "signatures": ["serving_default", "sample", "score"],
-                "latency": {"n": len(times), "p50_ms": statistics.median(times),
-                            "p99_ms": times[int(0.99 * (len(times) - 1))]}}
+                "signatures": list(SIGNATURES), "latency": latency_summary(times)}
     finally:
         server.terminate()
         try:

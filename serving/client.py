@@ -6,7 +6,11 @@
 """
 from __future__ import annotations
 
+import socket
+import statistics
+import subprocess
 import sys
+import time
 
 from pipeline import cli
 from pipeline.cli import UserError
@@ -22,6 +26,20 @@ from serving import tensors  # noqa: E402
 
 
 INPUT_DTYPES = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for starting a server on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def latency_summary(times_ms: list[float]) -> dict:
+    """n, p50 and p99 of request latencies in milliseconds."""
+    times_ms = sorted(times_ms)
+    return {"n": len(times_ms), "p50_ms": statistics.median(times_ms),
+            "p99_ms": times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]}
 
 
 def predict_request(model_name: str, signature: str, **inputs) -> predict_pb2.PredictRequest:
@@ -54,6 +72,22 @@ class Client:
                 raise UserError(f"cannot reach a model server at {self.server} (is it running?)") from None
             raise UserError(f"{err.code().name}: {err.details()}") from None
         return {k: tensors.to_numpy(v) for k, v in response.outputs.items()}
+
+    def wait_until_ready(self, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+        """Retries a one-character generation until the model answers; UserError if `process` (the
+        server) exits first or the timeout passes."""
+        deadline = time.time() + timeout_s
+        while True:
+            if process is not None and process.poll() is not None:
+                raise UserError(f"the model server for {self.server} exited with code {process.returncode} (port in use?)")
+            try:
+                self.generate(["it has"], 1)
+                return
+            except UserError:
+                if time.time() > deadline:
+                    raise UserError(f"the model server at {self.server} did not become ready in "
+                                    f"{timeout_s:.0f} s") from None
+                time.sleep(0.5)
 
     def generate(self, prefixes: list[str], num_chars: int, temperature: float | None = None,
                  top_k: int = 0, seed: int = 0) -> list[str]:

@@ -59,15 +59,20 @@ def load_trained(model_dir: str):
     return model, vocab, run_config
 
 
-def graph_op_types(saved_model_dir: str) -> set[str]:
-    """Every op type in a SavedModel's graph and function library (calls to library functions excluded)."""
+def read_saved_model_proto(saved_model_dir: str):
+    """saved_model.pb parsed: what saved_model_cli inspects (signature defs, graph, function library)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
+    return proto
+
+
+def graph_op_types(saved_model_dir: str) -> set[str]:
+    """Every op type in a SavedModel's graph and function library (calls to library functions excluded)."""
     types, functions = set(), set()
-    for meta in proto.meta_graphs:
+    for meta in read_saved_model_proto(saved_model_dir).meta_graphs:
         types |= {node.op for node in meta.graph_def.node}
         for fn in meta.graph_def.library.function:
             functions.add(fn.signature.name)

@@ -30,20 +30,20 @@ class Servable:
         self.loaded = tf.saved_model.load(path)
         self.functions = dict(self.loaded.signatures)
         self.input_specs = {name: fn.structured_input_signature[1] for name, fn in self.functions.items()}
-        from tensorflow.core.protobuf import saved_model_pb2
-
-        proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-            proto.ParseFromString(f.read())
-        self.signature_defs = dict(proto.meta_graphs[0].signature_def)
+        self.signature_defs = dict(export.read_saved_model_proto(path).meta_graphs[0].signature_def)
         self.signature_defs.pop("__saved_model_init_op", None)
+
+    def signature_inputs(self, signature: str) -> dict:
+        """name → TensorSpec of a signature's inputs; FAILED_PRECONDITION (as TF Serving) if there is none."""
+        specs = self.input_specs.get(signature or "serving_default")
+        if specs is None:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{signature}" not found.')
+        return specs
 
     def predict(self, signature: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
         signature = signature or "serving_default"
-        if signature not in self.functions:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f'Serving signature key "{signature}" not found.')
-        specs = self.input_specs[signature]
+        specs = self.signature_inputs(signature)
         missing, extra = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
         if missing or extra:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,

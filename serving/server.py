@@ -203,10 +203,7 @@ def make_rest_handler(registry: ModelRegistry, max_request_bytes: int):
                 if not isinstance(body, dict):
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "request body must be a JSON object")
                 signature = body.get("signature_name") or "serving_default"
-                specs = servable.input_specs.get(signature)
-                if specs is None:
-                    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                                       f'Serving signature key "{signature}" not found.')
+                specs = servable.signature_inputs(signature)
                 row_format = "instances" in body
                 columns = _columns(body, specs)
                 inputs = {k: _from_json(k, v, specs[k]) if k in specs else np.array(v, dtype=object)

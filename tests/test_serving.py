@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from serving import export
-from serving.client import Client
+from serving.client import Client, free_port
 from serving.server import Server
 
 
@@ -39,22 +39,11 @@ def server(request, exported, tmp_path_factory):
         yield f"127.0.0.1:{srv.port}", f"http://127.0.0.1:{srv.rest_port}", base
         srv.stop()
     else:
-        import socket
-        ports = []
-        for _ in range(2):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
+        ports = [free_port(), free_port()]
         proc = subprocess.Popen(["tensorflow_model_server", f"--port={ports[0]}", f"--rest_api_port={ports[1]}",
                                  f"--model_config_file={base / 'models.config'}",
                                  "--file_system_poll_wait_seconds=1"])
-        client = Client(f"127.0.0.1:{ports[0]}")
-        for _ in range(120):
-            try:
-                client.generate(["a"], 1)
-                break
-            except Exception:
-                time.sleep(0.5)
+        Client(f"127.0.0.1:{ports[0]}").wait_until_ready(60, proc)
         yield f"127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}", base
         proc.terminate()
         proc.wait()

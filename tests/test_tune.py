@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from serving.client import free_port
 from tests.conftest import ROOT, assert_user_error, run_cli
 from trainer.config import TrainConfig
 from trainer.tune import SearchSpace, tune
@@ -96,18 +96,12 @@ def test_sigkill_then_resume_repeats_no_finished_trial(tiny_data, tmp_path, kind
     assert len(rows) == 5 and (tuner_dir / "best_hparams.json").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_chief_and_two_workers_share_the_search(tiny_data, tmp_path):
     tuner_dir = tmp_path / "t"
     cmd = [sys.executable, "-m", "trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tuner_dir),
            "--tuner", "random", "--max-trials", "6", "--max-epochs", "1", *TINY_SPACE]
-    port = str(_free_port())
+    port = str(free_port())
     procs = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
         env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",

@@ -50,21 +50,20 @@ class ScratchRNNCell(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation), "sigma": self.sigma}
 
 
+CELL_CLASSES = {"gru": keras.layers.GRUCell, "lstm": keras.layers.LSTMCell, "rnn": keras.layers.SimpleRNNCell,
+                "scratch": ScratchRNNCell}
+
+
 def make_cell(kind: str, units: int, dropout: float = 0.0, name: str | None = None):
-    if kind == "gru":
-        return keras.layers.GRUCell(units, dropout=dropout, name=name)
-    if kind == "lstm":
-        return keras.layers.LSTMCell(units, dropout=dropout, name=name)
-    if kind == "rnn":
-        return keras.layers.SimpleRNNCell(units, dropout=dropout, name=name)
-    if kind == "scratch":
+    if kind not in CELL_CLASSES:
+        raise ValueError(f"unknown cell {kind!r}")
+    if kind == "scratch":  # the book's cell has no dropout of its own
         return ScratchRNNCell(units, name=name)
-    raise ValueError(f"unknown cell {kind!r}")
+    return CELL_CLASSES[kind](units, dropout=dropout, name=name)
 
 
 def cell_kind(cell) -> str:
-    for kind, cls in (("gru", keras.layers.GRUCell), ("lstm", keras.layers.LSTMCell),
-                      ("rnn", keras.layers.SimpleRNNCell), ("scratch", ScratchRNNCell)):
+    for kind, cls in CELL_CLASSES.items():
         if isinstance(cell, cls):
             return kind
     raise TypeError(f"unsupported cell {type(cell).__name__}")
@@ -113,9 +112,14 @@ def gather_rows(table, ids):
     return tf.gather(table, ids), grad
 
 
+def input_table(w: CellWeights):
+    """[V, gates]: row v is one_hot(v) W_xh + b, so a first layer's input projection is a row lookup."""
+    return w.kernel + w.input_bias
+
+
 def project_ids(w: CellWeights, ids):
     """one_hot(ids) W_xh + b without the one-hot: ids [...] → [..., gates] (bias added to the table rows)."""
-    return gather_rows(w.kernel + w.input_bias, ids)
+    return gather_rows(input_table(w), ids)
 
 
 def project_inputs(w: CellWeights, x):

@@ -51,20 +51,25 @@ class TextModel(tf.Module):
     def initial_states(self, batch):
         return [tf.zeros((batch, self.num_hiddens)) for c in self.cells for _ in range(cells_lib.num_states(c))]
 
-    def step(self, ids, states):
-        """One token per row: ids [B], flat states → (logits [B, V], new flat states)."""
+    def read_weights(self):
+        """Every weight as a float32 tensor, read once per call so the token loops read no variable."""
+        cells = [cells_lib.read_weights(cell, tf.float32) for cell in self.cells]
+        return (cells, cells_lib.input_table(cells[0]), tf.cast(self.dense.kernel, tf.float32),
+                tf.cast(self.dense.bias, tf.float32))
+
+    def step(self, ids, states, weights):
+        """One token per row: ids [B], flat states, read_weights() → (logits [B, V], new flat states)."""
+        cells, table, dense_kernel, dense_bias = weights
         new_states, out, k = [], None, 0
-        for i, cell in enumerate(self.cells):
+        for i, (cell, w) in enumerate(zip(self.cells, cells)):
             n = cells_lib.num_states(cell)
-            w = cells_lib.read_weights(cell, tf.float32)
-            xp = cells_lib.project_ids(w, ids) if i == 0 else cells_lib.project_inputs(w, out)
+            xp = tf.gather(table, ids) if i == 0 else cells_lib.project_inputs(w, out)
             out, layer_states = cells_lib.recurrent_step(w, xp, states[k:k + n])
             new_states += layer_states
             k += n
-        logits = tf.matmul(out, tf.cast(self.dense.kernel, tf.float32)) + tf.cast(self.dense.bias, tf.float32)
-        return logits, new_states
+        return tf.matmul(out, dense_kernel) + dense_bias, new_states
 
-    def warm_up(self, ids, lengths):
+    def warm_up(self, ids, lengths, weights):
         """Runs each row over its own prefix (the book's warm-up); returns its last logits and states."""
         batch = tf.shape(ids)[0]
         tf.debugging.assert_positive(lengths, message="prefix must not be empty")
@@ -73,7 +78,7 @@ class TextModel(tf.Module):
         for t in tf.range(tf.shape(ids)[1]):
             tf.autograph.experimental.set_loop_options(
                 shape_invariants=[(s, tf.TensorShape([None, self.num_hiddens])) for s in states])
-            logits, new = self.step(ids[:, t], states)
+            logits, new = self.step(ids[:, t], states, weights)
             live = (t < lengths)[:, None]
             states = [tf.where(live, n, s) for n, s in zip(new, states)]
             last = tf.where((t == lengths - 1)[:, None], logits, last)
@@ -89,12 +94,13 @@ class TextModel(tf.Module):
         num_chars = tf.cast(num_chars, tf.int32)
         self._check_num_chars(num_chars)
         ids, lengths = self.encode(prefix)
-        logits, states = self.warm_up(ids, lengths)
+        weights = self.read_weights()
+        logits, states = self.warm_up(ids, lengths, weights)
         out = tf.TensorArray(tf.int32, size=num_chars, element_shape=[None])
         for i in tf.range(num_chars):
             next_ids = choose(logits, i)
             out = out.write(i, next_ids)
-            logits, states = self.step(next_ids, states)
+            logits, states = self.step(next_ids, states, weights)
         batch = tf.shape(ids)[0]
         # An empty TensorArray of unknown element shape cannot be stacked: num_chars == 0 takes the other branch.
         generated = tf.cond(num_chars > 0, lambda: tf.transpose(out.stack()),
@@ -134,11 +140,12 @@ class TextModel(tf.Module):
         ids, lengths = self.encode(text)
         tf.debugging.assert_greater_equal(lengths, 2, message="score needs at least 2 tokens per text")
         batch = tf.shape(ids)[0]
+        weights = self.read_weights()
         states, total = self.initial_states(batch), tf.zeros((batch,))
         for t in tf.range(tf.shape(ids)[1] - 1):
             tf.autograph.experimental.set_loop_options(
                 shape_invariants=[(s, tf.TensorShape([None, self.num_hiddens])) for s in states])
-            logits, states = self.step(ids[:, t], states)
+            logits, states = self.step(ids[:, t], states, weights)
             log_probs = tf.nn.log_softmax(logits)
             picked = tf.gather(log_probs, ids[:, t + 1], batch_dims=1)
             total += tf.where(t + 1 < lengths, picked, 0.0)

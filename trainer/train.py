@@ -197,16 +197,14 @@ def plot_curves(history: list[dict], path: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = atomic.temp_path(path) + ".png"
-    fig.savefig(tmp)
+    with atomic.replacing(path, ".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def save_model(model, path: str) -> None:
-    tmp = atomic.temp_path(path) + ".keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic.replacing(path, ".keras") as tmp:
+        model.save(tmp)
 
 
 def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:

@@ -22,6 +22,7 @@ from trainer.config import TrainConfig
 
 TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_perplexity"
+HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "optimizer", "lr")  # best_hparams.json's keys
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,13 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int):
     class DeepRNNHyperModel(kt.HyperModel):
         """The trainer's own builder and compile step, with hyperparameters from the search space."""
 
+        last_num_params: int | None = None  # of the model built last, for the trial's cost record
+
         def build(self, hp):
             cfg = base.replace(**declare_hyperparameters(hp, space))
-            return compile_model(build_model(model_config_for(cfg, vocab_size)), cfg)
+            model = compile_model(build_model(model_config_for(cfg, vocab_size)), cfg)
+            self.last_num_params = int(model.count_params())
+            return model
 
     return DeepRNNHyperModel()
 
@@ -167,10 +172,14 @@ def _trial_rows(tuner, space: SearchSpace, base: TrainConfig, vocab_size: int) -
     return rows
 
 
+def _finished(rows: list[dict]) -> list[dict]:
+    """Trials that completed with a finite validation perplexity."""
+    return [r for r in rows if r["status"] == "COMPLETED" and math.isfinite(r["val_perplexity"])]
+
+
 def pareto_front(rows: list[dict]) -> list[dict]:
     """Trials no other trial beats on both perplexity and parameter count."""
-    done = [r for r in rows if r["status"] == "COMPLETED" and math.isfinite(r["val_perplexity"])]
-    done.sort(key=lambda r: (r["num_params"], r["val_perplexity"]))
+    done = sorted(_finished(rows), key=lambda r: (r["num_params"], r["val_perplexity"]))
     front, best = [], math.inf
     for r in done:
         if r["val_perplexity"] < best:
@@ -187,13 +196,11 @@ def write_outputs(tuner_dir: str, rows: list[dict]) -> dict | None:
 
     if rows:
         fields = list(rows[0])
-        tmp = atomic.temp_path(os.path.join(tuner_dir, "trials.csv"))
-        with open(tmp, "w", newline="") as f:
+        with atomic.replacing(os.path.join(tuner_dir, "trials.csv")) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, os.path.join(tuner_dir, "trials.csv"))
-    done = [r for r in rows if r["status"] == "COMPLETED" and math.isfinite(r["val_perplexity"])]
+    done = _finished(rows)
     front = pareto_front(rows)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.scatter([r["num_params"] for r in done], [r["val_perplexity"] for r in done], s=18, alpha=0.6,
@@ -209,14 +216,13 @@ def write_outputs(tuner_dir: str, rows: list[dict]) -> dict | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = atomic.temp_path(os.path.join(tuner_dir, "pareto.png")) + ".png"
-    fig.savefig(tmp)
+    with atomic.replacing(os.path.join(tuner_dir, "pareto.png"), ".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, os.path.join(tuner_dir, "pareto.png"))
     if not done:
         return None
     best = min(done, key=lambda r: r["val_perplexity"])
-    hparams = {k: best[k] for k in ("cell", "num_layers", "num_hiddens", "dropout", "optimizer", "lr")}
+    hparams = {k: best[k] for k in HPARAM_KEYS}
     atomic.write_text(os.path.join(tuner_dir, "best_hparams.json"), json.dumps(hparams, indent=2) + "\n")
     return {**hparams, "val_perplexity": best["val_perplexity"], "trial_id": best["trial_id"]}
 
@@ -226,12 +232,9 @@ def write_hparams_logs(tuner_dir: str, rows: list[dict]) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp_api
 
-    for r in rows:
-        if r["status"] != "COMPLETED" or not math.isfinite(r["val_perplexity"]):
-            continue
+    for r in _finished(rows):
         with tf.summary.create_file_writer(os.path.join(tuner_dir, "logs", f"trial_{r['trial_id']}")).as_default():
-            hp_api.hparams({k: r[k] for k in ("cell", "num_layers", "num_hiddens", "dropout", "optimizer", "lr")
-                            if r.get(k) is not None}, trial_id=r["trial_id"])
+            hp_api.hparams({k: r[k] for k in HPARAM_KEYS if r.get(k) is not None}, trial_id=r["trial_id"])
             tf.summary.scalar(OBJECTIVE, r["val_perplexity"], step=int(r["epochs"] or 1))
 
 
@@ -267,13 +270,12 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         with open(os.path.join(tuner_dir, "runs.log"), "a") as log:
             log.write(f"{trial.trial_id} {tuner_id}\n")
         start = time.perf_counter()
-        histories = original_run_trial(trial, *args, **kwargs)
-        model = hypermodel.build(trial.hyperparameters.copy())
+        histories = original_run_trial(trial, *args, **kwargs)  # builds the trial's model via hypermodel
         logs = [h.history for h in (histories if isinstance(histories, list) else [histories])
                 if hasattr(h, "history")]
         speeds = [l["tokens_per_s"][-1] for l in logs if l.get("tokens_per_s")]
         atomic.write_text(os.path.join(tuner.get_trial_dir(trial.trial_id), "extra.json"), json.dumps({
-            "num_params": int(model.count_params()), "wall_s": time.perf_counter() - start,
+            "num_params": hypermodel.last_num_params, "wall_s": time.perf_counter() - start,
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else math.nan, "tuner_id": tuner_id,
             "epochs": len(logs[0].get("loss", [])) if logs else None}))
         return histories
