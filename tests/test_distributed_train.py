@@ -1,6 +1,7 @@
 """tf.distribute: MirroredStrategy over two replicas, and two MultiWorkerMirroredStrategy workers."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -67,6 +68,11 @@ def test_two_workers_on_localhost(tiny_data, tmp_path):
     assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outputs]
     summaries = [[ln for ln in o.splitlines() if ln.startswith("train perplexity")] for o in outputs]
     assert summaries[0] and [s[0].split(",")[:2] for s in summaries] == [summaries[0][0].split(",")[:2]] * 2
+    # Each worker logs the same all-reduced epochs into its own history (the worker reads its own back).
+    columns = ("epoch", "perplexity", "val_perplexity")
+    histories = [[tuple(r[c] for c in columns) for r in csv.DictReader(open(path))]
+                 for path in (model_dir / "history.csv", model_dir / "worker-1" / "history.csv")]
+    assert len(histories[0]) == 2 and histories[0] == histories[1]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["val_ppl"] < 28
     assert (model_dir / "model.keras").exists() and (model_dir / "worker-1").is_dir()

@@ -269,7 +269,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
             model._symbolic_build(data_batch=next(iter(train_ds)))
         model._maybe_symbolic_build = lambda *args, **kwargs: None
 
-    history_path = os.path.join(model_dir, "history.csv")
+    # Each process reads back the history it wrote itself: a worker reading the chief's file could
+    # see it one epoch behind. The logs are reduced over all workers, so the files agree.
+    history_path = os.path.join(work_dir, "history.csv")
     checkpoints = os.path.join(work_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     best_so_far = min((r["val_perplexity"] for r in read_history(history_path) if "val_perplexity" in r),
@@ -278,7 +280,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     callbacks = [
         cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
         cb.Throughput(tokens_per_epoch),
-        keras.callbacks.CSVLogger(history_path if chief else os.path.join(work_dir, "history.csv"), append=True),
+        keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
                                         mode="min", save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_so_far),
