@@ -125,6 +125,45 @@ def test_bad_flags_exit_2(tiny_data, tmp_path):
 
 
 @pytest.mark.reliability
+def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """Backup and best/last checkpoints are written beside and renamed: a failure at the rename (where
+    a SIGKILL mid-write would land) keeps the previous files loadable and leaves no temporary."""
+    import keras
+
+    from trainer import callbacks as cb
+    from trainer.config import ModelConfig
+    from trainer.model import build_model
+
+    model = build_model(ModelConfig(vocab_size=5, num_hiddens=4))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    backup = cb.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    last = cb.AtomicModelCheckpoint(str(tmp_path / "last.weights.h5"))
+    for callback in (backup, last):
+        callback.set_model(model)
+    backup.on_epoch_end(0)
+    last.on_epoch_end(0, {})
+    saved = [w.copy() for w in model.get_weights()]
+
+    model.set_weights([w + 1.0 for w in saved])
+    def crash(*args):
+        raise OSError("killed")
+    monkeypatch.setattr(os, "replace", crash)
+    for save in (lambda: backup.on_epoch_end(1), lambda: last.on_epoch_end(1, {})):
+        with pytest.raises(OSError, match="killed"):
+            save()
+    monkeypatch.undo()
+
+    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    for path in (tmp_path / "backup" / "latest.weights.h5", tmp_path / "last.weights.h5"):
+        fresh = build_model(ModelConfig(vocab_size=5, num_hiddens=4))
+        fresh.load_weights(str(path))
+        for got, want in zip(fresh.get_weights(), saved):
+            np.testing.assert_array_equal(got, want)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert keras.callbacks.BackupAndRestore in type(backup).__mro__
+
+
+@pytest.mark.reliability
 def test_sigkill_during_training_resumes_to_the_same_epoch_count(tiny_data, tmp_path):
     model_dir = tmp_path / "m"
     cmd = [sys.executable, "-m", "trainer.train", "--data", str(tiny_data), "--model-dir", str(model_dir),

@@ -1,12 +1,50 @@
-"""Training callbacks that Keras does not ship: throughput and divergence."""
+"""Training callbacks that Keras does not ship (throughput, divergence, deadline), and Keras's
+checkpoint callbacks made crash-safe."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 
 import keras
 
+from pipeline import atomic
 from pipeline.cli import UserError
+
+
+def save_weights_atomically(model, path: str) -> None:
+    """model.save_weights(path), written beside and renamed: a SIGKILL mid-write (HDF5 writes are
+    many syscalls) leaves the previous file whole instead of one that fails to load."""
+    with atomic.replacing(path, ".weights.h5") as tmp:
+        model.save_weights(tmp)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint(save_weights_only=True) whose file is replaced atomically."""
+
+    def __init__(self, filepath: str, **kwargs):
+        super().__init__(filepath, save_weights_only=True, **kwargs)
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):  # also tracks the best value
+            os.makedirs(os.path.dirname(filepath) or ".", exist_ok=True)
+            save_weights_atomically(self.model, filepath)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose weights and epoch record are each replaced atomically.
+
+    Keras writes both in place: a kill while the JSON record is truncated leaves an empty file that
+    the next run cannot parse. Weights are written first, so a kill between the two repeats at most
+    the epoch in flight."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        save_weights_atomically(self.model, self._weights_path)
+        atomic.write_text(self._training_metadata_path,
+                          json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
 
 class TrainingDiverged(UserError):

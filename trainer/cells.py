@@ -1,6 +1,6 @@
 """Recurrent cells: the chapter's scratch cell, and each cell's maths split in two halves.
 
-`input_projection` (x W_xh + b, for all time steps in one matmul) and `recurrent_step` (the rest)
+`input_table` / `project_inputs` (x W_xh + b) and `recurrent_step` (the rest)
 are written against the weights of Keras's own GRUCell/LSTMCell/SimpleRNNCell and of ScratchRNNCell,
 so the fast form in trainer.model and the serving loop compute exactly what the cells compute.
 """
@@ -115,11 +115,6 @@ def gather_rows(table, ids):
 def input_table(w: CellWeights):
     """[V, gates]: row v is one_hot(v) W_xh + b, so a first layer's input projection is a row lookup."""
     return w.kernel + w.input_bias
-
-
-def project_ids(w: CellWeights, ids):
-    """one_hot(ids) W_xh + b without the one-hot: ids [...] → [..., gates] (bias added to the table rows)."""
-    return gather_rows(input_table(w), ids)
 
 
 def project_inputs(w: CellWeights, x):

@@ -1,10 +1,35 @@
-"""Streaming per-token metrics: perplexity = exp(total loss / total tokens), and bits per token."""
+"""Per-token cross-entropy (the loss) and streaming metrics over it: perplexity, bits per token."""
 from __future__ import annotations
 
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+
+def token_cross_entropy(labels, logits):
+    """labels [B, T] int, logits [B, T, V] → per-token cross-entropy [B, T] (float32).
+
+    logsumexp(logits) − logits·one_hot(label): the same number as sparse softmax cross-entropy,
+    but about twice as fast on CPU for character vocabularies as TF's fused
+    SparseSoftmaxCrossEntropyWithLogits kernel (fwd + bwd, [1024, 35, 28]: 4.5–6 ms against 8.6–10.6).
+    The one-hot product (not a gather) keeps the gradient elementwise, with no segment sum.
+    """
+    logits = tf.cast(logits, tf.float32)
+    picked = tf.reduce_sum(logits * tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1]), axis=-1)
+    return tf.reduce_logsumexp(logits, axis=-1) - picked
+
+
+@keras.saving.register_keras_serializable(package="deep_rnn")
+class TokenCrossEntropy(keras.losses.Loss):
+    """The training loss: mean per-token cross-entropy from logits (see token_cross_entropy)."""
+
+    def __init__(self, name: str = "token_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return token_cross_entropy(y_true, y_pred)
 
 
 class _TokenCrossEntropy(keras.metrics.Metric):
@@ -16,7 +41,7 @@ class _TokenCrossEntropy(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        ce = keras.losses.sparse_categorical_crossentropy(y_true, ops.cast(y_pred, "float32"), from_logits=True)
+        ce = token_cross_entropy(y_true, y_pred)
         self.total.assign_add(ops.sum(ce))
         self.count.assign_add(ops.cast(ops.size(ce), "float32"))
 

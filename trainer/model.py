@@ -4,9 +4,10 @@ Three forms of the same network, with one weight layout (per layer: kernel, recu
 bias; then the output layer), so weights move between them with set_weights:
 - "stacked": keras.layers.RNN over StackedRNNCells — the book's concise design;
 - "layers":  one keras.layers.GRU/LSTM/SimpleRNN per depth — what reaches cuDNN on a GPU;
-- "fused":   FusedRNNStack — input projections for all steps in one gather/matmul, the time
-             loop unrolled in the graph doing only the recurrent part, layers interleaved so
-             layer l+1 at step t runs beside layer l at step t+1. The fastest form on CPU.
+- "fused":   FusedRNNStack — the first layer's one-hot projection precomputed as a [V, gates]
+             table and looked up per step (no [T, B, gates] tensor to copy), the time loop
+             unrolled in the graph doing only the recurrent part, layers interleaved so layer l+1
+             at step t runs beside layer l at step t+1. The fastest form on CPU.
 """
 from __future__ import annotations
 
@@ -65,16 +66,17 @@ class FusedRNNStack(keras.layers.Layer):
         batch = tf.shape(ids)[0]
         masks = self._dropout_masks(batch, training)
         weights = [cells_lib.read_weights(c, self.compute_dtype) for c in self.cells]
-        # time-major, so each step's slice is contiguous: [T, B, G]
-        projected = cells_lib.project_ids(weights[0], tf.transpose(ids))
+        table = cells_lib.input_table(weights[0])  # [V, G]: the first layer's projection is a row lookup
+        ids_by_step = tf.transpose(ids)              # [T, B]: each step's ids contiguous
         states = [[tf.zeros((batch, self.num_hiddens), self.compute_dtype)] * cells_lib.num_states(c)
                   for c in self.cells]
 
-        def step(xp0, states):
+        def step(step_ids, states):
+            # step_ids [B]; the lookup happens per step, so no [T, B, G] projection is materialised
             out = None
             for i, w in enumerate(weights):
                 if i == 0:
-                    xp = xp0
+                    xp = cells_lib.gather_rows(table, step_ids)
                 else:
                     xp = cells_lib.project_inputs(w, out if masks[i] is None else out * masks[i])
                 out, states[i] = cells_lib.recurrent_step(w, xp, states[i])
@@ -83,22 +85,22 @@ class FusedRNNStack(keras.layers.Layer):
         steps = ids.shape[1]
         if steps is not None:  # static length: unroll, so TF can overlap layers and steps
             outputs = []
-            for xp0 in tf.unstack(projected, axis=0):
-                out, states = step(xp0, states)
+            for step_ids in tf.unstack(ids_by_step, axis=0):
+                out, states = step(step_ids, states)
                 outputs.append(out)
             return tf.transpose(tf.stack(outputs, axis=0), [1, 0, 2])  # [B, T, h]
         flat = [s for layer in states for s in layer]
 
-        def scan_fn(carry, xp0):
+        def scan_fn(carry, step_ids):
             nested, k = [], 0
             for c in self.cells:
                 n = cells_lib.num_states(c)
                 nested.append(list(carry[1][k:k + n]))
                 k += n
-            out, new = step(xp0, nested)
+            out, new = step(step_ids, nested)
             return out, [s for layer in new for s in layer]
 
-        outputs, _ = tf.scan(scan_fn, projected,
+        outputs, _ = tf.scan(scan_fn, ids_by_step,
                              initializer=(tf.zeros((batch, self.num_hiddens), self.compute_dtype), flat))
         return tf.transpose(outputs, [1, 0, 2])
 

@@ -132,7 +132,7 @@ def is_chief() -> bool:
 def compile_model(model, cfg: TrainConfig):
     import keras
 
-    from trainer.metrics import BitsPerToken, Perplexity
+    from trainer.metrics import BitsPerToken, Perplexity, TokenCrossEntropy
 
     if cfg.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate=float(cfg.lr), global_clipnorm=cfg.clip_norm or None)
@@ -141,7 +141,7 @@ def compile_model(model, cfg: TrainConfig):
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
     model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  loss=TokenCrossEntropy(),
                   metrics=[Perplexity(), BitsPerToken()], steps_per_execution=cfg.steps_per_execution)
     return model
 
@@ -281,12 +281,11 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
         cb.Throughput(tokens_per_epoch),
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
-                                        mode="min", save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_so_far),
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), save_weights_only=True),
+        cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
+                                 mode="min", save_best_only=True, initial_value_threshold=best_so_far),
+        cb.AtomicModelCheckpoint(os.path.join(checkpoints, "last.weights.h5")),
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
-        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), delete_checkpoint=False),
+        cb.AtomicBackupAndRestore(os.path.join(work_dir, "backup"), delete_checkpoint=False),
     ]
     if cfg.time_limit_min:
         callbacks.append(cb.Deadline(time.time() + 60 * cfg.time_limit_min))
