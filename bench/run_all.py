@@ -83,7 +83,14 @@ def render(results: dict) -> str:
                   "| path | p50 ms | p99 ms |", "|---|---|---|"]
         for key in ("in_process", "grpc", "rest"):
             lines.append(f"| {key} | {_f(r[key]['p50_ms'])} | {_f(r[key]['p99_ms'])} |")
-        lines += ["", f"gRPC p50 / in-process p50 = {_f(r['grpc_p50_over_in_process_p50'])}.", "",
+        if "grpc_round_trip_no_model" in r:
+            lines.append(f"| gRPC round trip, no model (GetModelStatus) | {_f(r['grpc_round_trip_no_model']['p50_ms'])} "
+                         f"| {_f(r['grpc_round_trip_no_model']['p99_ms'])} |")
+        lines += ["", f"gRPC p50 / in-process p50 = {_f(r['grpc_p50_over_in_process_p50'])}."]
+        if "ratio_floor_from_round_trip" in r:
+            lines.append(f"A server that added only one bare round trip to the in-process call would reach "
+                         f"{_f(r['ratio_floor_from_round_trip'])}: the floor of this Python gRPC stack on this machine.")
+        lines += ["",
                   "| concurrent clients | requests/s | errors |", "|---|---|---|"]
         lines += [f"| {t['concurrency']} | {_f(t['requests_per_s'], 1)} | {t['errors']} |" for t in r["throughput"]]
         lines.append("")
