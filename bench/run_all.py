@@ -1,6 +1,6 @@
 """`make bench`: runs every benchmark and writes bench/RESULTS.md from their JSON.
 
-    python -m bench.run_all [--only preprocess train_vs_d2l serve tune] [--report-only]
+    python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune] [--report-only]
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 
 from bench.common import ROOT, machine
 
-BENCHES = ["preprocess", "train_vs_d2l", "forms", "serve", "tune"]
+BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune"]
 
 
 def _f(x, digits=2):
@@ -61,6 +61,17 @@ def render(results: dict) -> str:
                       f"{lm['params']:,} parameters: {_f(lm['train_tokens_per_s'], 0)} training tokens/s, "
                       f"{_f(lm['achieved_gflops'], 1)} GFLOP/s against a measured float32 matmul peak of "
                       f"{_f(lm['matmul_peak_gflops'], 1)} GFLOP/s (MFU {_f(100 * lm['mfu'], 0)} %).", ""]
+    if "train_profile" in results:
+        r = results["train_profile"]
+        lines += ["## Where a training step's time goes (`python -m bench.train_profile`)",
+                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['model']}: "
+                  f"{_f(r['ms_per_step'], 1)} ms per step ({_f(r['tokens_per_s'], 0)} tokens/s), "
+                  f"{_f(r['ops_per_step'], 0)} TF ops per step, {_f(r['cores_busy'], 2)} cores busy on average "
+                  "(op time over wall time, under the profiler).", "",
+                  "| op type | ms per step (CPU time) | share of op time | ops per step |", "|---|---|---|---|"]
+        lines += [f"| {o['op']} | {_f(o['ms_per_step'], 1)} | {_f(100 * o['share'], 1)} % | {_f(o['per_step'], 0)} |"
+                  for o in r["by_op_type"]]
+        lines.append("")
     if "forms" in results:
         r = results["forms"]
         lines += ["## Model forms (`python -m bench.forms`)",

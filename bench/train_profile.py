@@ -1,0 +1,93 @@
+"""Where a training step's time goes: TensorFlow op time by op type for the book's deep GRU.
+
+    python -m bench.train_profile [--steps 10] [--form auto]
+Profiles `train_on_batch` on one batch of the book's shape (1024 × 35 tokens, vocabulary 28, 2 × 32
+GRU, SGD with clipping, the trainer's own loss and metrics) with tf.profiler, then sums the host
+plane's op events by type. Random token ids: op times do not depend on the values.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import tempfile
+import time
+
+from bench.common import emit
+
+
+def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
+    """(op type → total ms, op type → count) over the TF op events of the host plane."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    path = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    millis, counts = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # ops are "node_name:OpType"; runtime events are "Class::Method" or "EagerLocalExecute: Op"
+                if ":" not in name or "::" in name or ": " in name:
+                    continue
+                op_type = name.rsplit(":", 1)[1]
+                millis[op_type] += event.duration_ps / 1e9
+                counts[op_type] += 1
+    return millis, counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--form", default="auto")
+    args = parser.parse_args()
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer.config import ModelConfig, TrainConfig
+    from trainer.model import build_model, resolve_form
+    from trainer.train import compile_model, configure_cpu_threads
+
+    cfg = TrainConfig(verbose=0)  # the book's defaults: 2 × 32 GRU, batch 1024, SGD lr 2, clip 1
+    configure_cpu_threads(cfg)
+    form = resolve_form(args.form, cfg.cell)
+    model = compile_model(build_model(ModelConfig(vocab_size=28, cell=cfg.cell, num_layers=cfg.num_layers,
+                                                  num_hiddens=cfg.num_hiddens, form=form)), cfg)
+    rng = np.random.default_rng(0)
+    x, y = (tf.constant(rng.integers(0, 28, (cfg.batch_size, 35)), tf.int32) for _ in range(2))
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        model.train_on_batch(x, y)
+    unprofiled_ms = 1e3 * (time.perf_counter() - start) / args.steps
+
+    logdir = tempfile.mkdtemp()
+    tf.profiler.experimental.start(logdir)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        model.train_on_batch(x, y)
+    profiled_ms = 1e3 * (time.perf_counter() - start) / args.steps
+    tf.profiler.experimental.stop()
+    millis, counts = op_times(logdir)
+    total = sum(millis.values())
+    emit("train_profile", {
+        "model": f"{cfg.cell} {cfg.num_layers} x {cfg.num_hiddens}, form {form}, batch {cfg.batch_size} x 35",
+        "ms_per_step": unprofiled_ms, "tokens_per_s": cfg.batch_size * 35 / unprofiled_ms * 1e3,
+        "ms_per_step_profiled": profiled_ms,
+        "op_ms_per_step": total / args.steps,
+        "ops_per_step": sum(counts.values()) / args.steps,
+        "cores_busy": total / args.steps / profiled_ms,
+        "by_op_type": [{"op": op, "ms_per_step": ms / args.steps, "share": ms / total,
+                        "per_step": counts[op] / args.steps} for op, ms in millis.most_common(12)],
+    })
+
+
+if __name__ == "__main__":
+    main()
