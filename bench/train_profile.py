@@ -14,8 +14,6 @@ import os
 import tempfile
 import time
 
-from bench.common import emit
-
 
 def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
     """(op type → total ms, op type → count) over the TF op events of the host plane."""
@@ -50,6 +48,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
+    from bench.common import emit  # here, not at import: bench.common sets benchmark-only environment
     from trainer.config import ModelConfig, TrainConfig
     from trainer.model import build_model, resolve_form
     from trainer.train import compile_model, configure_cpu_threads
