@@ -49,15 +49,16 @@ def main() -> None:
     import tensorflow as tf
 
     from bench.common import emit  # here, not at import: bench.common sets benchmark-only environment
-    from trainer.config import ModelConfig, TrainConfig
-    from trainer.model import build_model, resolve_form
-    from trainer.train import compile_model, configure_cpu_threads
+    from trainer.config import TrainConfig
+    from trainer.model import build_model
+    from trainer.train import compile_model, configure_cpu_threads, model_config_for
 
-    cfg = TrainConfig(verbose=0)  # the book's defaults: 2 × 32 GRU, batch 1024, SGD lr 2, clip 1
+    # the book's defaults: 2 × 32 GRU, batch 1024, SGD lr 2, clip 1; its vocabulary has 28 tokens
+    cfg = TrainConfig(verbose=0, backend_form=args.form)
     configure_cpu_threads(cfg)
-    form = resolve_form(args.form, cfg.cell)
-    model = compile_model(build_model(ModelConfig(vocab_size=28, cell=cfg.cell, num_layers=cfg.num_layers,
-                                                  num_hiddens=cfg.num_hiddens, form=form)), cfg)
+    model_cfg = model_config_for(cfg, 28)
+    form = model_cfg.form
+    model = compile_model(build_model(model_cfg), cfg)
     rng = np.random.default_rng(0)
     x, y = (tf.constant(rng.integers(0, 28, (cfg.batch_size, 35)), tf.int32) for _ in range(2))
     for _ in range(3):

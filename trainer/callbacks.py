@@ -80,6 +80,11 @@ class DivergenceGuard(keras.callbacks.Callback):
         super().__init__()
         self.limit = limit
 
+    @classmethod
+    def for_vocabulary(cls, vocab_size: int) -> "DivergenceGuard":
+        """A limit well above a uniform guess's loss, log(vocab_size), so only a real blow-up trips it."""
+        return cls(limit=max(20.0, 4 * math.log(vocab_size)))
+
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and (not math.isfinite(loss) or loss > self.limit):

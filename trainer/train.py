@@ -278,7 +278,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
                       default=None)
     tokens_per_epoch = info.num_train * info.num_steps
     callbacks = [
-        cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
+        cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         cb.Throughput(tokens_per_epoch),
         keras.callbacks.CSVLogger(history_path, append=True),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",

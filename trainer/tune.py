@@ -281,7 +281,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         return histories
 
     tuner.run_trial = run_trial
-    callbacks = [cb.DivergenceGuard(limit=max(20.0, 4 * math.log(info.vocab_size))),
+    callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size),
                  cb.Throughput(info.num_train * info.num_steps)]
     if early_stopping:
         import keras
