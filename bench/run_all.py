@@ -71,6 +71,9 @@ def render(results: dict) -> str:
                   "| op type | ms per step (CPU time) | share of op time | ops per step |", "|---|---|---|---|"]
         lines += [f"| {o['op']} | {_f(o['ms_per_step'], 1)} | {_f(100 * o['share'], 1)} % | {_f(o['per_step'], 0)} |"
                   for o in r["by_op_type"]]
+        if "loss_fwd_bwd_ms" in r:
+            lines += ["", "Loss, forward + backward on logits [1024, 35, 28]: " + ", ".join(
+                f"`{name}` {_f(ms)} ms" for name, ms in r["loss_fwd_bwd_ms"].items()) + "."]
         lines.append("")
     if "forms" in results:
         r = results["forms"]

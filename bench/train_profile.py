@@ -3,7 +3,8 @@
     python -m bench.train_profile [--steps 10] [--form auto]
 Profiles `train_on_batch` on one batch of the book's shape (1024 × 35 tokens, vocabulary 28, 2 × 32
 GRU, SGD with clipping, the trainer's own loss and metrics) with tf.profiler, then sums the host
-plane's op events by type. Random token ids: op times do not depend on the values.
+plane's op events by type. Random token ids: op times do not depend on the values. Also times the
+trainer's loss against TF's fused sparse cross-entropy kernel on logits of the same shape.
 """
 from __future__ import annotations
 
@@ -38,6 +39,35 @@ def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
                 millis[op_type] += event.duration_ps / 1e9
                 counts[op_type] += 1
     return millis, counts
+
+
+def loss_kernel_ms(batch: int, steps: int, vocab: int, repeats: int = 30) -> dict:
+    """Forward + backward ms of the trainer's token_cross_entropy and of TF's fused sparse kernel."""
+    import tensorflow as tf
+
+    from trainer.metrics import token_cross_entropy
+
+    logits = tf.random.normal((batch, steps, vocab))
+    labels = tf.random.uniform((batch, steps), 0, vocab, tf.int32)
+    kernels = {"token_cross_entropy": lambda l: token_cross_entropy(labels, l),
+               "sparse_softmax_cross_entropy_with_logits":
+                   lambda l: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, l)}
+    out = {}
+    for name, kernel in kernels.items():
+        @tf.function
+        def loss_and_grad(l, kernel=kernel):
+            with tf.GradientTape() as tape:
+                tape.watch(l)
+                loss = tf.reduce_mean(kernel(l))
+            return loss, tape.gradient(loss, l)
+
+        loss_and_grad(logits)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            result = loss_and_grad(logits)
+        result[0].numpy()
+        out[name] = 1e3 * (time.perf_counter() - start) / repeats
+    return out
 
 
 def main() -> None:
@@ -77,6 +107,7 @@ def main() -> None:
     tf.profiler.experimental.stop()
     millis, counts = op_times(logdir)
     total = sum(millis.values())
+    losses = loss_kernel_ms(cfg.batch_size, 35, 28)
     emit("train_profile", {
         "model": f"{cfg.cell} {cfg.num_layers} x {cfg.num_hiddens}, form {form}, batch {cfg.batch_size} x 35",
         "ms_per_step": unprofiled_ms, "tokens_per_s": cfg.batch_size * 35 / unprofiled_ms * 1e3,
@@ -86,6 +117,7 @@ def main() -> None:
         "cores_busy": total / args.steps / profiled_ms,
         "by_op_type": [{"op": op, "ms_per_step": ms / args.steps, "share": ms / total,
                         "per_step": counts[op] / args.steps} for op, ms in millis.most_common(12)],
+        "loss_fwd_bwd_ms": losses,
     })
 
 

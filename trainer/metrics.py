@@ -11,10 +11,10 @@ from keras import ops
 def token_cross_entropy(labels, logits):
     """labels [B, T] int, logits [B, T, V] → per-token cross-entropy [B, T] (float32).
 
-    logsumexp(logits) − logits·one_hot(label): the same number as sparse softmax cross-entropy,
-    but about twice as fast on CPU for character vocabularies as TF's fused
-    SparseSoftmaxCrossEntropyWithLogits kernel (fwd + bwd, [1024, 35, 28]: 4.5–6 ms against 8.6–10.6).
-    The one-hot product (not a gather) keeps the gradient elementwise, with no segment sum.
+    logsumexp(logits) − logits·one_hot(label): the same number as sparse softmax cross-entropy, and
+    faster on CPU for character vocabularies than TF's fused SparseSoftmaxCrossEntropyWithLogits
+    kernel (`python -m bench.train_profile` times both; figures in bench/RESULTS.md). The one-hot
+    product (not a gather) keeps the gradient elementwise, with no segment sum.
     """
     logits = tf.cast(logits, tf.float32)
     picked = tf.reduce_sum(logits * tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1]), axis=-1)
