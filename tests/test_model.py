@@ -79,6 +79,21 @@ def test_all_forms_compute_the_same_function(cell):
         np.testing.assert_allclose(np.asarray(traced), reference, atol=2e-6, err_msg=form)
 
 
+def test_dropout_acts_on_the_top_layers_outputs_at_every_depth():
+    """Dropout is on every non-recurrent connection, the outputs into the logits included, so a one-layer
+    model is regularised too; it is inert at inference and adds no weights."""
+    ids = np.random.default_rng(3).integers(0, 11, (4, 7)).astype("int32")
+    for layers in (1, 2):
+        for form in ("stacked", "layers", "fused"):
+            model = build_model(ModelConfig(11, num_layers=layers, num_hiddens=8, dropout=0.5, form=form))
+            plain = build_model(ModelConfig(11, num_layers=layers, num_hiddens=8, form=form))
+            assert model.count_params() == plain.count_params()
+            plain.set_weights(model.get_weights())
+            np.testing.assert_allclose(np.asarray(model(ids)), np.asarray(plain(ids)), atol=1e-6)
+            dropped = np.asarray(model(ids, training=True))
+            assert not np.allclose(dropped, np.asarray(model(ids)), atol=1e-3), (layers, form)
+
+
 def test_weight_count_matches_the_book():
     # GRU layer: 3 gates × (d·h + h·h + 2h) with Keras's reset_after double bias; output h·V + V
     model = build_model(ModelConfig(28, cell="gru", num_layers=2, num_hiddens=32, form="fused"))

@@ -40,6 +40,7 @@ def test_perplexity_is_a_streaming_token_metric(trained, tiny_data):
     import tensorflow as tf
 
     from trainer.data import load_data_info, make_dataset
+    from trainer.metrics import perplexity_by_position
 
     model_dir, _ = trained
     model = keras.models.load_model(model_dir / "model.keras")
@@ -51,6 +52,10 @@ def test_perplexity_is_a_streaming_token_metric(trained, tiny_data):
     history = list(csv.DictReader(open(model_dir / "history.csv")))
     best = min(float(r["val_perplexity"]) for r in history)
     np.testing.assert_allclose(np.exp(total / count), best, rtol=1e-4)
+    by_position = perplexity_by_position(model, make_dataset(info.valid_files, info.num_steps, 300, shuffle=False))
+    assert len(by_position) == info.num_steps
+    np.testing.assert_allclose(np.exp(np.mean(np.log(by_position))), best, rtol=1e-4)
+    assert by_position[0] > by_position[-1]  # one character of context predicts worse than fifteen
 
 
 def test_greedy_text_equals_the_keras_model(trained):
@@ -111,10 +116,33 @@ def test_steps_per_execution_trains_the_same_model(tiny_data, tmp_path):
     assert three["sample"] == one["sample"]
 
 
+def test_fixed_size_epochs_repeat_the_windows_and_lr_halves_on_a_plateau(tiny_data, tmp_path):
+    """--steps-per-epoch: the training stream repeats and an epoch is that many batches; with
+    --reduce-lr-patience 1 an lr too small to move val perplexity by 1e-4 is halved after one flat epoch."""
+    import tensorflow as tf
+
+    from trainer.data import load_data_info
+    from trainer.train import fit_data
+
+    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3, "steps_per_epoch": 2, "optimizer": "adam", "lr": 1e-9,
+                         "reduce_lr_patience": 1})
+    info = load_data_info(str(tiny_data))
+    train_ds, valid_ds, tokens_per_epoch = fit_data(cfg, info)
+    assert train_ds.cardinality() == tf.data.INFINITE_CARDINALITY and valid_ds.cardinality() > 0
+    assert tokens_per_epoch == 2 * cfg.batch_size * info.num_steps
+    assert fit_data(cfg.replace(steps_per_epoch=None), info)[2] == info.num_train * info.num_steps
+    metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
+    assert metrics["epochs"] == 3 and metrics["hparams"]["steps_per_epoch"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "m" / "history.csv")))
+    lrs = [float(r["learning_rate"]) for r in rows]
+    assert lrs[0] == pytest.approx(1e-9) and lrs[-1] == pytest.approx(0.5e-9), lrs
+
+
 def test_bad_flags_exit_2(tiny_data, tmp_path):
     cases = [(["--num-layers", "0"], "num_layers"), (["--num-hiddens", "0"], "num_hiddens"),
              (["--cell", "transformer"], "--cell"), (["--batch-size", "100000"], "larger than"),
-             (["--epochs", "0"], "epochs"), (["--steps-per-execution", "0"], "steps_per_execution")]
+             (["--epochs", "0"], "epochs"), (["--steps-per-execution", "0"], "steps_per_execution"),
+             (["--steps-per-epoch", "0"], "steps_per_epoch"), (["--reduce-lr-patience", "-1"], "reduce_lr_patience")]
     for flags, needle in cases:
         proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"), *flags)
         assert_user_error(proc, needle)

@@ -42,13 +42,15 @@ def test_tiny_search_writes_outputs_and_hparams_reproduce_the_winner(tiny_data, 
         {k: best[k] for k in ("cell", "num_layers", "num_hiddens")}
 
 
-def test_bayesian_search_runs(tiny_data, tmp_path):
-    """KerasTuner's BayesianOptimization needs scipy (keras-tuner[bayesian]): it must be installed."""
+def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_path):
+    """KerasTuner's BayesianOptimization needs scipy (keras-tuner[bayesian]): it must be installed.
+    Trials take the trainer's epoch size and lr schedule (fit_data, lr_schedule_callbacks)."""
     space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16, optimizers=("adam",))
-    best = tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space,
-                "bayesian", max_trials=2, max_epochs=1)
+    base = TrainConfig(batch_size=512, verbose=0, steps_per_epoch=3, reduce_lr_patience=1)
+    best = tune(str(tiny_data), str(tmp_path / "t"), base, space, "bayesian", max_trials=2, max_epochs=2)
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert len(rows) == 2 and best["optimizer"] == "adam"
+    assert all(r["status"] == "COMPLETED" and int(r["epochs"]) == 2 for r in rows)
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -56,7 +58,8 @@ def test_bayesian_search_runs(tiny_data, tmp_path):
     (["--min-hiddens", "64", "--max-hiddens", "8"], "--min-hiddens"),
     (["--min-hiddens", "0"], "must be >= 1"), (["--min-layers", "0"], "must be >= 1"),
     (["--tuner", "grid"], "--tuner"), (["--time-budget", "0"], "time-budget"),
-    (["--early-stopping", "-1"], "--early-stopping")])
+    (["--early-stopping", "-1"], "--early-stopping"), (["--steps-per-epoch", "0"], "--steps-per-epoch"),
+    (["--reduce-lr-patience", "-1"], "reduce_lr_patience")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
                       needle)

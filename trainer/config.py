@@ -62,6 +62,10 @@ class TrainConfig:
     verbose: int = 1
     time_limit_min: float | None = None  # stop after this many minutes (at a batch end), keeping the epochs run
     steps_per_execution: int = 1  # training steps per tf.function call (fewer Python round trips per epoch)
+    # Batches per epoch; None is one pass over the training windows. Set it below a pass over windows made
+    # with a small --stride and the data repeats: every epoch is a fresh sample of window offsets.
+    steps_per_epoch: int | None = None
+    reduce_lr_patience: int = 0  # halve lr after this many epochs without a better val perplexity (0: never)
     sample_prefix: str = "it has"
     sample_chars: int = 20
 
@@ -71,6 +75,10 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "steps_per_execution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.reduce_lr_patience < 0:
+            raise ValueError(f"reduce_lr_patience must be >= 0, got {self.reduce_lr_patience}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.backend_form not in ("auto",) + FORMS:
@@ -80,7 +88,7 @@ class TrainConfig:
 
     def hparams(self) -> dict:
         keys = ("cell", "num_layers", "num_hiddens", "dropout", "batch_size", "epochs", "optimizer", "lr",
-                "clip_norm", "seed")
+                "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> "TrainConfig":

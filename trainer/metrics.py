@@ -69,3 +69,17 @@ class BitsPerToken(_TokenCrossEntropy):
 
     def result(self):
         return self.mean_loss() / math.log(2.0)
+
+
+def perplexity_by_position(model, dataset) -> list[float]:
+    """Perplexity at each window position over a dataset of (ids [B, T], targets [B, T]) batches.
+
+    Every window starts from a zero state, so the first targets are predicted from one or two
+    characters of context; this shows how much of a windowed perplexity that start costs.
+    """
+    total, count = None, 0
+    for ids, targets in dataset:
+        ce = token_cross_entropy(targets, model(ids, training=False))  # [B, T]
+        total = tf.reduce_sum(ce, axis=0) + (0.0 if total is None else total)
+        count += int(tf.shape(ce)[0])
+    return [math.exp(float(v) / count) for v in total]

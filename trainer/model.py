@@ -131,6 +131,8 @@ def build_model(cfg: ModelConfig) -> keras.Model:
             if i and cfg.dropout:  # same mask at every step, like the cells' input dropout
                 hidden = keras.layers.Dropout(cfg.dropout, noise_shape=(None, 1, cfg.num_hiddens))(hidden)
             hidden = _LAYER_CLASSES[cfg.cell](cfg.num_hiddens, return_sequences=True, name=f"rnn_{i}")(hidden)
+    if cfg.dropout:  # on the top layer's outputs too: every non-recurrent connection (Zaremba et al., 2014)
+        hidden = keras.layers.Dropout(cfg.dropout, name="output_dropout")(hidden)
     logits = keras.layers.Dense(cfg.vocab_size, dtype="float32", name="logits")(hidden)
     return keras.Model(ids, logits, name=f"deep_{cfg.cell}_{cfg.num_layers}x{cfg.num_hiddens}")
 

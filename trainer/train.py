@@ -41,6 +41,10 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--time-limit-min", type=float, help="stop training after this many minutes")
     p.add_argument("--steps-per-execution", type=int,
                    help="training steps per compiled call (Keras compile's steps_per_execution)")
+    p.add_argument("--steps-per-epoch", type=int,
+                   help="batches per epoch (default: one pass over the windows); the data repeats")
+    p.add_argument("--reduce-lr-patience", type=int, metavar="EPOCHS",
+                   help="halve the learning rate after EPOCHS epochs without a better validation perplexity")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     return args, config_from(args)
@@ -144,6 +148,34 @@ def compile_model(model, cfg: TrainConfig):
                   loss=TokenCrossEntropy(),
                   metrics=[Perplexity(), BitsPerToken()], steps_per_execution=cfg.steps_per_execution)
     return model
+
+
+def fit_data(cfg: TrainConfig, info):
+    """(training batches, validation batches, training tokens per epoch) for fit(), shared with the tuner.
+
+    With cfg.steps_per_epoch the training windows repeat, so an epoch is that many batches drawn from a
+    reshuffled stream: windows made with a small --stride give every epoch fresh window offsets while
+    keeping epochs, and so validation, early stopping and lr patience, at a fixed size."""
+    from trainer.data import make_dataset
+
+    train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                            num_windows=info.num_train)
+    if cfg.steps_per_epoch:
+        train_ds = train_ds.repeat()
+    valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False,
+                            num_windows=info.num_valid)
+    windows = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch else info.num_train
+    return train_ds, valid_ds, windows * info.num_steps
+
+
+def lr_schedule_callbacks(cfg: TrainConfig) -> list:
+    """ReduceLROnPlateau on validation perplexity when cfg.reduce_lr_patience is set (down to lr / 32)."""
+    import keras
+
+    if not cfg.reduce_lr_patience:
+        return []
+    return [keras.callbacks.ReduceLROnPlateau(monitor="val_perplexity", mode="min", factor=0.5,
+                                              patience=cfg.reduce_lr_patience, min_lr=cfg.lr / 32, verbose=0)]
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
@@ -252,14 +284,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     import tensorflow as tf
 
     from trainer import callbacks as cb
-    from trainer.data import make_dataset
     from trainer.generate import TextModel
     from trainer.model import build_model
 
-    train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                            num_windows=info.num_train)
-    valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False,
-                            num_windows=info.num_valid)
+    train_ds, valid_ds, tokens_per_epoch = fit_data(cfg, info)
     with strategy.scope():
         model = compile_model(build_model(model_cfg), cfg)
     if cfg.distribute == "multi_worker":
@@ -276,10 +304,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     os.makedirs(checkpoints, exist_ok=True)
     best_so_far = min((r["val_perplexity"] for r in read_history(history_path) if "val_perplexity" in r),
                       default=None)
-    tokens_per_epoch = info.num_train * info.num_steps
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         cb.Throughput(tokens_per_epoch),
+        *lr_schedule_callbacks(cfg),  # before the logger: it adds the epoch's learning_rate to the logs
         keras.callbacks.CSVLogger(history_path, append=True),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
                                  mode="min", save_best_only=True, initial_value_threshold=best_so_far),
@@ -289,8 +317,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     ]
     if cfg.time_limit_min:
         callbacks.append(cb.Deadline(time.time() + 60 * cfg.time_limit_min))
-    model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose,
-              shuffle=False)  # tf.data shuffles
+    model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+              callbacks=callbacks, verbose=cfg.verbose, shuffle=False)  # tf.data shuffles
 
     history = read_history(history_path)
     if not history:

@@ -251,7 +251,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
 
     configure_cpu_threads(base)
     from trainer import callbacks as cb
-    from trainer.data import load_data_info, make_dataset
+    from trainer.data import load_data_info
+    from trainer.train import fit_data, lr_schedule_callbacks
 
     info = load_data_info(data_dir)
     if base.batch_size > info.num_train:
@@ -281,8 +282,9 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         return histories
 
     tuner.run_trial = run_trial
-    callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size),
-                 cb.Throughput(info.num_train * info.num_steps)]
+    train_ds, valid_ds, tokens_per_epoch = fit_data(base, info)
+    callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), cb.Throughput(tokens_per_epoch),
+                 *lr_schedule_callbacks(base)]
     if early_stopping:
         import keras
 
@@ -291,12 +293,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         deadline = time.time() + 60 * time_budget_min
         limit_by_time(tuner.oracle, deadline)
         callbacks.append(cb.Deadline(deadline))  # a trial in flight ends at the deadline too
-    train_ds = make_dataset(info.train_files, info.num_steps, base.batch_size, shuffle=True, seed=base.seed,
-                            num_windows=info.num_train)
-    valid_ds = make_dataset(info.valid_files, info.num_steps, base.batch_size, shuffle=False,
-                            num_windows=info.num_valid)
-    tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, callbacks=callbacks,
-                 verbose=base.verbose, shuffle=False)
+    tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, steps_per_epoch=base.steps_per_epoch,
+                 callbacks=callbacks, verbose=base.verbose, shuffle=False)
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
         return None  # workers leave the outputs to the chief
     rows = _trial_rows(tuner, space, base, info.vocab_size)
@@ -324,13 +322,18 @@ def parse_args(argv):
     p.add_argument("--time-budget", type=float, metavar="MIN", help="stop launching trials after MIN minutes")
     p.add_argument("--early-stopping", type=int, default=3, metavar="EPOCHS",
                    help="end a trial after EPOCHS epochs without a better validation perplexity (0: off)")
+    p.add_argument("--steps-per-epoch", type=cli.positive_int,
+                   help="batches per trial epoch (default: one pass over the windows); the data repeats")
+    p.add_argument("--reduce-lr-patience", type=int, default=0, metavar="EPOCHS",
+                   help="halve a trial's lr after EPOCHS epochs without a better validation perplexity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
         space = SearchSpace(args.min_layers, args.max_layers, args.min_hiddens, args.max_hiddens,
                             tuple(args.cells), args.max_dropout, tuple(args.optimizers))
-        base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1)
+        base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
+                           steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
