@@ -1,6 +1,6 @@
 """`make bench`: runs every benchmark and writes bench/RESULTS.md from their JSON.
 
-    python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune] [--report-only]
+    python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune tune_ceiling] [--report-only]
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 
 from bench.common import ROOT, machine
 
-BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune"]
+BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_ceiling"]
 
 
 def _f(x, digits=2):
@@ -111,10 +111,38 @@ def render(results: dict) -> str:
     if "tune" in results:
         r = results["tune"]
         lines += ["## Tuning (`python -m bench.tune`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. "
-                  f"{r['data']}; budget {r['budget_min']} min; space {r['search_space']}.", "",
-                  f"- best found: {r['best']} ", f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
+                  f"{r['data']}; budget {r['budget_min']} min; space {r['search_space']}.", ""]
+        if "search_best" in r:  # search for a share of the budget, then train the winner for the rest
+            final = r.get("final_training")
+            lines += [f"- search ({_f(r['search_wall_s'], 0)} s, {r['trials']} trials), best trial: {r['search_best']}",
+                      f"- the winner trained for the rest of the budget: {final}",
+                      f"- tuned model's validation perplexity: {_f(r['tuned_val_ppl'])} (search and training "
+                      f"{_f(r['tuned_wall_s'], 0)} s)"]
+        else:
+            lines.append(f"- best found: {r['best']}")
+        lines += [f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
                   f"- relative improvement: {_f(100 * r['relative_improvement'], 1)} % (target ≥ 25 %: "
-                  f"{'met' if r['target_25pct_met'] else 'not met'})", ""]
+                  f"{'met' if r['target_25pct_met'] else 'not met'})"]
+        profiles = r.get("val_ppl_by_context") or {}
+        if profiles.get("baseline"):
+            keys = list(profiles["baseline"])
+            lines += ["", "Validation perplexity by characters of context (every window starts from a zero state):", "",
+                      "| model | " + " | ".join(k.replace("context_", "").replace("_", "–") for k in keys) + " |",
+                      "|---" * (len(keys) + 1) + "|"]
+            lines += [f"| {name} | " + " | ".join(_f(p[k]) for k in keys) + " |"
+                      for name, p in profiles.items() if p]
+        lines.append("")
+    if "tune_ceiling" in results:
+        r = results["tune_ceiling"]
+        lines += ["## The tuned model with more time (`python -m bench.tune_ceiling`)",
+                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; {r['hparams']}.", "",
+                  f"- {r['epochs']} epochs ({_f(r['epochs'] / r['epochs_in_budget'], 1)}× the {_f(r['epochs_in_budget'], 0)} "
+                  f"the budget allowed, {_f(r['wall_s'], 0)} s): best validation perplexity {_f(r['best_val_ppl'])} "
+                  f"(epoch {r['best_epoch']}; last {_f(r['val_ppl'])}, train {_f(r['train_ppl'])})",
+                  f"- within the budget: {_f(r['budget_val_ppl'])}; the 25 % target asks for ≤ {_f(r['target_val_ppl'])}: "
+                  f"{'reached' if r['target_reached'] else 'not reached'} with the extra time",
+                  f"- by characters of context: " + ", ".join(f"{k.replace('context_', '').replace('_', '–')}: {_f(v)}"
+                                                              for k, v in r["val_ppl_by_context"].items()), ""]
     missing = [b for b in BENCHES if b not in results]
     if missing:
         lines += ["## Not yet measured", "", ", ".join(missing) + f" (run `python -m bench.<name>`); machine here: "

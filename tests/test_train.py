@@ -127,15 +127,34 @@ def test_fixed_size_epochs_repeat_the_windows_and_lr_halves_on_a_plateau(tiny_da
     cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3, "steps_per_epoch": 2, "optimizer": "adam", "lr": 1e-9,
                          "reduce_lr_patience": 1})
     info = load_data_info(str(tiny_data))
-    train_ds, valid_ds, tokens_per_epoch = fit_data(cfg, info)
+    train_ds, valid_ds, throughput = fit_data(cfg, info)
     assert train_ds.cardinality() == tf.data.INFINITE_CARDINALITY and valid_ds.cardinality() > 0
-    assert tokens_per_epoch == 2 * cfg.batch_size * info.num_steps
-    assert fit_data(cfg.replace(steps_per_epoch=None), info)[2] == info.num_train * info.num_steps
+    assert throughput.tokens_per_epoch == 2 * cfg.batch_size * info.num_steps
+    assert fit_data(cfg.replace(steps_per_epoch=None), info)[2].tokens_per_epoch == info.num_train * info.num_steps
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
     assert metrics["epochs"] == 3 and metrics["hparams"]["steps_per_epoch"] == 2
     rows = list(csv.DictReader(open(tmp_path / "m" / "history.csv")))
     lrs = [float(r["learning_rate"]) for r in rows]
     assert lrs[0] == pytest.approx(1e-9) and lrs[-1] == pytest.approx(0.5e-9), lrs
+
+
+def test_throughput_counts_the_batches_an_epoch_ran():
+    """An epoch a Deadline cuts short after 3 of 10 batches is credited with 3 batches of tokens, and a
+    short last batch does not push an epoch past its token count."""
+    from trainer.callbacks import Throughput
+
+    throughput = Throughput(tokens_per_epoch=950, tokens_per_batch=100)
+    logs = {}
+    throughput.on_epoch_begin(0)
+    for batch in range(3):
+        throughput.on_train_batch_end(batch)
+    throughput.on_test_begin()
+    throughput.on_epoch_end(0, logs)
+    assert logs["tokens_per_s"] * logs["train_seconds"] == pytest.approx(300)
+    throughput.on_epoch_begin(1)
+    throughput.on_train_batch_end(9)  # steps_per_execution: one call for the last steps of the epoch
+    throughput.on_epoch_end(1, logs)
+    assert logs["tokens_per_s"] * logs["train_seconds"] == pytest.approx(950)
 
 
 def test_bad_flags_exit_2(tiny_data, tmp_path):

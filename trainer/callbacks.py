@@ -52,15 +52,23 @@ class TrainingDiverged(UserError):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Adds `train_seconds` and `tokens_per_s` (training steps only, no validation) to each epoch's logs."""
+    """Adds `train_seconds` and `tokens_per_s` (training steps only, no validation) to each epoch's logs.
 
-    def __init__(self, tokens_per_epoch: int):
+    Tokens are counted from the batches run (a whole batch of tokens_per_batch each, capped at
+    tokens_per_epoch for a short last batch), so an epoch that a Deadline cuts short is not credited
+    with a whole epoch of tokens."""
+
+    def __init__(self, tokens_per_epoch: int, tokens_per_batch: int):
         super().__init__()
-        self.tokens_per_epoch = tokens_per_epoch
+        self.tokens_per_epoch, self.tokens_per_batch = tokens_per_epoch, tokens_per_batch
         self._start = self._train_end = None
+        self._batches = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._train_end = time.perf_counter(), None
+        self._start, self._train_end, self._batches = time.perf_counter(), None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches = batch + 1  # the index of the last step run (several with steps_per_execution)
 
     def on_test_begin(self, logs=None):
         if self._start is not None and self._train_end is None:
@@ -70,7 +78,10 @@ class Throughput(keras.callbacks.Callback):
         seconds = (self._train_end or time.perf_counter()) - self._start
         if logs is not None:
             logs["train_seconds"] = seconds
-            logs["tokens_per_s"] = self.tokens_per_epoch / seconds
+            logs["tokens_per_s"] = self.tokens_this_epoch() / seconds
+
+    def tokens_this_epoch(self) -> int:
+        return min(self.tokens_per_epoch, self._batches * self.tokens_per_batch)
 
 
 class DivergenceGuard(keras.callbacks.Callback):

@@ -11,7 +11,9 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A deep RNN language model: one-hot tokens → L recurrent layers of h units → logits."""
+    """A deep RNN language model: one-hot tokens → L recurrent layers of h units → logits.
+
+    dropout acts on every non-recurrent connection: between layers and before the logits."""
 
     vocab_size: int
     cell: str = "gru"

@@ -151,11 +151,12 @@ def compile_model(model, cfg: TrainConfig):
 
 
 def fit_data(cfg: TrainConfig, info):
-    """(training batches, validation batches, training tokens per epoch) for fit(), shared with the tuner.
+    """(training batches, validation batches, Throughput callback) for fit(), shared with the tuner.
 
     With cfg.steps_per_epoch the training windows repeat, so an epoch is that many batches drawn from a
     reshuffled stream: windows made with a small --stride give every epoch fresh window offsets while
     keeping epochs, and so validation, early stopping and lr patience, at a fixed size."""
+    from trainer import callbacks as cb
     from trainer.data import make_dataset
 
     train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
@@ -165,7 +166,9 @@ def fit_data(cfg: TrainConfig, info):
     valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False,
                             num_windows=info.num_valid)
     windows = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch else info.num_train
-    return train_ds, valid_ds, windows * info.num_steps
+    throughput = cb.Throughput(tokens_per_epoch=windows * info.num_steps,
+                               tokens_per_batch=cfg.batch_size * info.num_steps)
+    return train_ds, valid_ds, throughput
 
 
 def lr_schedule_callbacks(cfg: TrainConfig) -> list:
@@ -287,7 +290,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     from trainer.generate import TextModel
     from trainer.model import build_model
 
-    train_ds, valid_ds, tokens_per_epoch = fit_data(cfg, info)
+    train_ds, valid_ds, throughput = fit_data(cfg, info)
     with strategy.scope():
         model = compile_model(build_model(model_cfg), cfg)
     if cfg.distribute == "multi_worker":
@@ -306,7 +309,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
                       default=None)
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
-        cb.Throughput(tokens_per_epoch),
+        throughput,
         *lr_schedule_callbacks(cfg),  # before the logger: it adds the epoch's learning_rate to the logs
         keras.callbacks.CSVLogger(history_path, append=True),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
@@ -332,12 +335,14 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     best = min(history, key=lambda r: r.get("val_perplexity", math.inf))
     steady = [r["tokens_per_s"] for r in history[1:] if "tokens_per_s" in r] or [last.get("tokens_per_s", 0.0)]
     train_seconds = sum(r.get("train_seconds", 0.0) for r in history)
+    trained_tokens = sum(r["tokens_per_s"] * r["train_seconds"] for r in history
+                         if "tokens_per_s" in r and "train_seconds" in r)
     metrics = {
         "train_ppl": last["perplexity"], "val_ppl": last["val_perplexity"],
         "train_bpc": last["bits_per_token"], "val_bpc": last["val_bits_per_token"],
         "best_val_ppl": best["val_perplexity"], "best_epoch": int(best["epoch"]) + 1,
         "epochs": len(history),
-        "train_tokens_per_s": tokens_per_epoch * len(history) / train_seconds if train_seconds else 0.0,
+        "train_tokens_per_s": trained_tokens / train_seconds if train_seconds else 0.0,
         "train_tokens_per_s_steady": sorted(steady)[len(steady) // 2],
         "train_seconds": train_seconds, "wall_s": time.perf_counter() - started,
         "hparams": cfg.hparams(), "form": model_cfg.form, "num_params": int(model.count_params()),

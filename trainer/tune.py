@@ -282,8 +282,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         return histories
 
     tuner.run_trial = run_trial
-    train_ds, valid_ds, tokens_per_epoch = fit_data(base, info)
-    callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), cb.Throughput(tokens_per_epoch),
+    train_ds, valid_ds, throughput = fit_data(base, info)
+    callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput,
                  *lr_schedule_callbacks(base)]
     if early_stopping:
         import keras
