@@ -27,10 +27,13 @@ def main() -> None:
     from trainer.train import train_and_evaluate
     from trainer.tune import HPARAM_KEYS
 
-    tuned = json.loads((ROOT / "bench" / "results" / "tune.json").read_text())
+    path = ROOT / "bench" / "results" / "tune.json"
+    if not path.exists():
+        parser.error(f"{path}: not found; run python -m bench.tune first")
+    tuned = json.loads(path.read_text())
     final = tuned.get("final_training")
     if not final:
-        raise SystemExit("bench/results/tune.json has no final_training: run python -m bench.tune first")
+        parser.error("bench/results/tune.json has no final_training: run python -m bench.tune first")
     space = tuned["search_space"]
     stride = int(tuned["data"].rsplit("windows every ", 1)[1].split()[0])
     work = tempfile.mkdtemp()
