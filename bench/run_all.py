@@ -112,15 +112,11 @@ def render(results: dict) -> str:
         r = results["tune"]
         lines += ["## Tuning (`python -m bench.tune`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. "
                   f"{r['data']}; budget {r['budget_min']} min; space {r['search_space']}.", ""]
-        if "search_best" in r:  # search for a share of the budget, then train the winner for the rest
-            final = r.get("final_training")
-            lines += [f"- search ({_f(r['search_wall_s'], 0)} s, {r['trials']} trials), best trial: {r['search_best']}",
-                      f"- the winner trained for the rest of the budget: {final}",
-                      f"- tuned model's validation perplexity: {_f(r['tuned_val_ppl'])} (search and training "
-                      f"{_f(r['tuned_wall_s'], 0)} s)"]
-        else:
-            lines.append(f"- best found: {r['best']}")
-        lines += [f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
+        lines += [f"- search ({_f(r['search_wall_s'], 0)} s, {r['trials']} trials), best trial: {r['search_best']}",
+                  f"- the winner trained for the rest of the budget: {r['final_training']}",
+                  f"- tuned model's validation perplexity: {_f(r['tuned_val_ppl'])} (search and training "
+                  f"{_f(r['tuned_wall_s'], 0)} s)",
+                  f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
                   f"- relative improvement: {_f(100 * r['relative_improvement'], 1)} % (target ≥ 25 %: "
                   f"{'met' if r['target_25pct_met'] else 'not met'})"]
         profiles = r.get("val_ppl_by_context") or {}

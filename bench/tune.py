@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--max-layers", type=int, default=3)
     parser.add_argument("--min-hiddens", type=int, default=64)
     parser.add_argument("--max-hiddens", type=int, default=256,
-                        help="a 3 × 256 epoch trains in ~10 s on 2 cores; 3 × 512 is 4× the work")
+                        help="bench.tune's 3 × 256 GRU ran 42 epochs in 722 s here; 3 × 512 is 4× the work")
     parser.add_argument("--max-epochs", type=int, default=40)
     parser.add_argument("--early-stopping", type=int, default=4)
     parser.add_argument("--reduce-lr-patience", type=int, default=2)
