@@ -130,15 +130,24 @@ def render(results: dict) -> str:
         lines.append("")
     if "tune_ceiling" in results:
         r = results["tune_ceiling"]
+        c = r["compute"]
         lines += ["## The tuned model with more time (`python -m bench.tune_ceiling`)",
-                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; {r['hparams']}.", "",
-                  f"- {r['epochs']} epochs ({_f(r['epochs'] / r['epochs_in_budget'], 1)}× the {_f(r['epochs_in_budget'], 0)} "
-                  f"the budget allowed, {_f(r['wall_s'], 0)} s): best validation perplexity {_f(r['best_val_ppl'])} "
-                  f"(epoch {r['best_epoch']}; last {_f(r['val_ppl'])}, train {_f(r['train_ppl'])})",
-                  f"- within the budget: {_f(r['budget_val_ppl'])}; the 25 % target asks for ≤ {_f(r['target_val_ppl'])}: "
+                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; {r['hparams']}, batch "
+                  f"{r['batch_size']}, {r['steps_per_epoch']} steps an epoch; {_f(r['epochs_factor'], 1)}× the "
+                  f"{_f(r['epochs_in_budget'], 0)} epochs the budget allowed, no time limit.", "",
+                  "| dropout | epochs | wall s | best val ppl (epoch) | last val ppl | train ppl | "
+                  + " | ".join(k.replace("context_", "ctx ").replace("_", "–") for k in r["runs"][0]["val_ppl_by_context"])
+                  + " |", "|---" * (6 + len(r["runs"][0]["val_ppl_by_context"])) + "|"]
+        lines += [f"| {d['dropout']} | {d['epochs']} | {_f(d['wall_s'], 0)} | {_f(d['best_val_ppl'])} ({d['best_epoch']}) | "
+                  f"{_f(d['val_ppl'])} | {_f(d['train_ppl'])} | "
+                  + " | ".join(_f(v) for v in d["val_ppl_by_context"].values()) + " |" for d in r["runs"]]
+        lines += ["", f"- best: {_f(r['best_val_ppl'])} (dropout {r['best_dropout']}); within the budget: "
+                  f"{_f(r['budget_val_ppl'])}; the 25 % target asks for ≤ {_f(r['target_val_ppl'])}: "
                   f"{'reached' if r['target_reached'] else 'not reached'} with the extra time",
-                  f"- by characters of context: " + ", ".join(f"{k.replace('context_', '').replace('_', '–')}: {_f(v)}"
-                                                              for k, v in r["val_ppl_by_context"].items()), ""]
+                  f"- compute: {_f(c['training_gflop_per_token'] * 1e3, 2)} MFLOP of matrix products per trained token × "
+                  f"{_f(c['train_tokens_per_s'], 0)} tokens/s (median of the runs) = {_f(c['training_gflops'], 1)} GFLOP/s, "
+                  f"{_f(100 * c['share_of_matmul_rate'], 0)} % of this CPU's dense float32 matmul rate through "
+                  f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)", ""]
     missing = [b for b in BENCHES if b not in results]
     if missing:
         lines += ["## Not yet measured", "", ", ".join(missing) + f" (run `python -m bench.<name>`); machine here: "
