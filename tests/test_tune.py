@@ -59,7 +59,7 @@ def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_p
     (["--min-hiddens", "0"], "must be >= 1"), (["--min-layers", "0"], "must be >= 1"),
     (["--tuner", "grid"], "--tuner"), (["--time-budget", "0"], "time-budget"),
     (["--early-stopping", "-1"], "--early-stopping"), (["--steps-per-epoch", "0"], "--steps-per-epoch"),
-    (["--reduce-lr-patience", "-1"], "reduce_lr_patience")])
+    (["--reduce-lr-patience", "-1"], "reduce_lr_patience"), (["--max-dropout", "1"], "--max-dropout")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
                       needle)

@@ -44,6 +44,8 @@ class SearchSpace:
             raise ValueError(f"--min-layers {self.min_layers} > --max-layers {self.max_layers}")
         if self.min_hiddens > self.max_hiddens:
             raise ValueError(f"--min-hiddens {self.min_hiddens} > --max-hiddens {self.max_hiddens}")
+        if not 0.0 <= self.max_dropout < 1.0:
+            raise ValueError(f"--max-dropout must be in [0, 1), got {self.max_dropout}")
 
     def widths(self) -> list[int]:
         """Powers of two within the range, plus its ends: log-spaced widths."""
