@@ -22,7 +22,7 @@ from bench.tune import context_profile
 from pipeline import transform
 from pipeline.preprocess import preprocess
 
-GATES = {"gru": 3, "lstm": 4, "rnn": 1}
+GATES = {"gru": 3, "lstm": 4, "rnn": 1, "scratch": 1}
 
 
 def training_flops_per_token(cell: str, num_layers: int, num_hiddens: int, vocab_size: int) -> float:

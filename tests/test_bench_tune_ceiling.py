@@ -11,7 +11,7 @@ def test_training_flops_per_token_matches_a_hand_count():
     assert training_flops_per_token("gru", 3, 256, 28) == 6 * (3 * 256 * 768 + 2 * 256 * 768 + 256 * 28)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn", "scratch"])
 def test_training_flops_per_token_counts_every_weight_matrix_the_fused_form_multiplies(cell):
     from bench.tune_ceiling import training_flops_per_token
     from trainer.config import ModelConfig
