@@ -16,8 +16,24 @@ import tempfile
 import time
 
 
+_ONEDNN_LAYOUT_OPS = ("_MklToTf", "_MklInputConversion")  # oneDNN's own layout conversions: no TF op behind them
+
+
+def tf_op_type(op_type: str) -> str:
+    """The TF op a oneDNN graph rewrite replaced: `_MklMatMul` → `MatMul`, `_MklNativeFusedMatMul` → `_FusedMatMul`.
+
+    With oneDNN on (the default on Intel CPUs with AVX-512), grappler's MKL layout pass renames ops in the
+    executed graph, so the profiler records `MatMul:_MklMatMul`; other CPUs record `MatMul:MatMul`.
+    """
+    if not op_type.startswith("_Mkl") or op_type in _ONEDNN_LAYOUT_OPS:
+        return op_type
+    base = op_type[len("_Mkl"):]
+    base = base[len("Native"):] if base.startswith("Native") else base
+    return "_" + base if base.startswith("Fused") else base
+
+
 def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
-    """(op type → total ms, op type → count) over the TF op events of the host plane."""
+    """(op type → total ms, op type → count) over the TF op events of the host plane, oneDNN names mapped back."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     path = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
@@ -35,7 +51,7 @@ def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
                 # ops are "node_name:OpType"; runtime events are "Class::Method" or "EagerLocalExecute: Op"
                 if ":" not in name or "::" in name or ": " in name:
                     continue
-                op_type = name.rsplit(":", 1)[1]
+                op_type = tf_op_type(name.rsplit(":", 1)[1])
                 millis[op_type] += event.duration_ps / 1e9
                 counts[op_type] += 1
     return millis, counts

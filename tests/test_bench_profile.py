@@ -18,3 +18,13 @@ def test_op_times_counts_the_ops_that_ran(tmp_path):
     assert counts["MatMul"] == 3 and counts["Tanh"] == 3
     assert millis["MatMul"] > 0
     assert not {"Process", "Record", "StartRegion", "Run"} & set(counts)  # runtime events are not ops
+
+
+def test_onednn_rewritten_op_types_map_back_to_their_tf_op():
+    """Op types as the profiler recorded them on an Intel Xeon with oneDNN's rewrites (TF 2.21)."""
+    from bench.train_profile import tf_op_type
+
+    recorded = {"_MklMatMul": "MatMul", "_MklNativeFusedMatMul": "_FusedMatMul", "_MklFusedMatMul": "_FusedMatMul",
+                "_MklBatchMatMulV2": "BatchMatMulV2", "_MklNativeConv2D": "Conv2D", "_MklEinsum": "Einsum",
+                "_MklToTf": "_MklToTf", "MatMul": "MatMul", "Tanh": "Tanh", "_FusedMatMul": "_FusedMatMul"}
+    assert {name: tf_op_type(name) for name in recorded} == recorded
