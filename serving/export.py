@@ -6,6 +6,7 @@ never sees half a version. Signatures: serving_default (greedy), sample, score (
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,10 +14,14 @@ import shutil
 import sys
 from typing import Sequence
 
+import numpy as np
+
 from pipeline import atomic, cli, vocab as vocab_lib
 from pipeline.cli import UserError
+from trainer.config import DEFAULT_LIMITS, ServingLimits
 
 SIGNATURES = ("serving_default", "sample", "score")
+LIMITS_FILE = os.path.join("assets.extra", "serving_limits.json")
 FORBIDDEN_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 SOURCE_FINGERPRINT = os.path.join("assets.extra", "source_fingerprint")
@@ -28,7 +33,12 @@ def parse_args(argv):
     p.add_argument("--export-base", required=True)
     p.add_argument("--model-name", default="deep_rnn")
     p.add_argument("--version", type=cli.positive_int, help="default: one more than the newest")
-    p.add_argument("--max-chars", type=cli.positive_int, default=1000, help="largest num_chars accepted")
+    p.add_argument("--max-chars", type=cli.positive_int, default=DEFAULT_LIMITS.max_chars,
+                   help="largest num_chars a row may ask for (default %(default)s); checked in the graph")
+    p.add_argument("--max-batch-size", type=cli.positive_int, default=DEFAULT_LIMITS.max_batch_size,
+                   help="most rows (prefixes or texts) in one request (default %(default)s); checked in the graph")
+    p.add_argument("--max-input-tokens", type=cli.positive_int, default=DEFAULT_LIMITS.max_input_tokens,
+                   help="longest prefix or scored text, in tokens (default %(default)s); checked in the graph")
     p.add_argument("--source-fingerprint", help="recorded in the version, so pipelines can skip re-exports")
     return p.parse_args(argv)
 
@@ -90,25 +100,43 @@ def check_portable(saved_model_dir: str) -> None:
         raise UserError(f"export would contain ops the C++ runtime cannot serve: {', '.join(bad)}")
 
 
+def warmup_requests(model_name: str) -> list:
+    """PredictRequests for every signature, in the shapes both REST formats produce: scalars shared by all
+    rows (columnar `inputs`, gRPC) and one value per row (`instances`, which TF Serving stacks)."""
+    from serving.client import predict_request
+
+    scalar_sample = {"temperature": 1.0, "top_k": 0, "seed": 0}
+    row_sample = {"temperature": [1.0, 0.5], "top_k": [0, 3], "seed": [0, 1]}
+    cases = [("serving_default", {"prefix": ["it has"], "num_chars": 20}),
+             ("serving_default", {"prefix": ["it has", "the time"], "num_chars": [20, 5]}),
+             ("sample", {"prefix": ["it has"], "num_chars": 20, **scalar_sample}),
+             ("sample", {"prefix": ["it has", "the time"], "num_chars": [20, 0], **row_sample}),
+             ("score", {"text": ["it has been a long time", "the time traveller"]})]
+    return [predict_request(model_name, signature, **inputs) for signature, inputs in cases]
+
+
 def write_warmup(saved_model_dir: str, model_name: str) -> None:
-    """A few requests TF Serving replays at load time, so the first client does not pay for tracing."""
+    """The requests TF Serving replays at load time, so the first client does not pay for tracing."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from serving.client import predict_request
-
-    requests = []
-    for signature, inputs in (("serving_default", {"prefix": ["it has"], "num_chars": 20}),
-                              ("sample", {"prefix": ["it has"], "num_chars": 20, "temperature": 1.0,
-                                          "top_k": 0, "seed": 0}),
-                              ("score", {"text": ["it has been a long time"]})):
-        req = predict_request(model_name, signature, **inputs)
-        requests.append(prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
     os.makedirs(os.path.join(saved_model_dir, "assets.extra"), exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(saved_model_dir, WARMUP_FILE)) as writer:
-        for data in requests:
-            writer.write(data)
+        for req in warmup_requests(model_name):
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+
+
+def read_warmup(saved_model_dir: str) -> list:
+    """The PredictRequests in a version's warm-up file (none when it has no file)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    if not os.path.exists(path):
+        return []
+    return [prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+            for record in tf.data.TFRecordDataset(path)]
 
 
 def write_models_config(export_base: str) -> str:
@@ -124,16 +152,81 @@ def write_models_config(export_base: str) -> str:
     return path
 
 
+def check_model_name(model_name: str) -> None:
+    """A model name is one plain path component: it becomes a directory under the export base."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", model_name) or model_name in (".", ".."):
+        raise UserError(f"--model-name {model_name!r}: use letters, digits, '_', '.', '-', not starting with '.' or '-'")
+
+
+def _outputs_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind in "fc":
+        return a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def run_in_session_loader(saved_model_dir: str, requests) -> list[dict]:
+    """Each PredictRequest run the way TF Serving runs it: TF1 session loader (SavedModelBundle), every
+    input fed and every output fetched by the signature's tensor names."""
+    import tensorflow as tf
+    from tensorflow.python.util import deprecation
+
+    from serving import tensors
+
+    results = []
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        with deprecation.silence():  # the TF1 loader is deprecated in Python, yet it is what TF Serving runs
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], saved_model_dir)
+        for req in requests:
+            signature = meta_graph.signature_def[req.model_spec.signature_name or "serving_default"]
+            feeds = {signature.inputs[k].name: tensors.to_numpy(v) for k, v in req.inputs.items()}
+            names = sorted(signature.outputs)
+            values = session.run([signature.outputs[k].name for k in names], feeds)
+            results.append(dict(zip(names, values)))
+    return results
+
+
+def run_in_tf2_loader(saved_model_dir: str, requests) -> list[dict]:
+    """The same requests through tf.saved_model.load's concrete signature functions."""
+    import tensorflow as tf
+
+    from serving import tensors
+
+    signatures = tf.saved_model.load(saved_model_dir).signatures
+    return [{k: v.numpy() for k, v in signatures[req.model_spec.signature_name or "serving_default"](
+        **{k: tf.constant(tensors.to_numpy(v)) for k, v in req.inputs.items()}).items()} for req in requests]
+
+
+def validate_version(saved_model_dir: str) -> int:
+    """TFX InfraValidator's idea: every warm-up request must run in the session loader TF Serving uses and
+    give what the TF2 loader gives. Returns the number of requests checked; UserError says what failed."""
+    import tensorflow as tf
+
+    requests = read_warmup(saved_model_dir)
+    if not requests:
+        raise UserError(f"{saved_model_dir}: no warm-up requests to validate with")
+    try:
+        in_session = run_in_session_loader(saved_model_dir, requests)
+    except (tf.errors.OpError, KeyError, ValueError, RuntimeError) as err:
+        first = " ".join(str(err).split())[:400]
+        raise UserError(f"export refused: TF Serving's session loader cannot run it: {first}") from None
+    for req, session_out, tf2_out in zip(requests, in_session, run_in_tf2_loader(saved_model_dir, requests)):
+        differ = sorted(k for k in tf2_out if k not in session_out or not _outputs_equal(session_out[k], tf2_out[k]))
+        if differ or set(session_out) != set(tf2_out):
+            raise UserError(f"export refused: signature {req.model_spec.signature_name!r} gives different "
+                            f"{', '.join(differ) or 'outputs'} in the session loader than in the TF2 loader")
+    return len(requests)
+
+
 def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
-                 version: int | None = None, max_chars: int = 1000, source_fingerprint: str | None = None) -> str:
-    """Exports RUN/model as a new version; returns the version's directory."""
+                 version: int | None = None, limits: ServingLimits = DEFAULT_LIMITS,
+                 source_fingerprint: str | None = None) -> str:
+    """Exports RUN/model as a new version, published only once it runs in TF Serving's loader; returns its directory."""
     cli.quiet_tensorflow()
     import tensorflow as tf
 
     from trainer.generate import TextModel
 
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
-        raise UserError(f"--model-name {model_name!r}: use letters, digits, '_', '.', '-'")
+    check_model_name(model_name)
     model, vocab, run_config = load_trained(model_dir)
     model_base = os.path.join(export_base, model_name)
     os.makedirs(model_base, exist_ok=True)
@@ -142,7 +235,7 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
     final = os.path.join(model_base, str(version))
     if os.path.exists(final):
         raise UserError(f"{final} already exists; versions are immutable, pick another --version")
-    module = TextModel(model, vocab, run_config["normalize"], run_config["tokenizer"], max_chars=max_chars)
+    module = TextModel(model, vocab, run_config["normalize"], run_config["tokenizer"], limits)
     atomic.clean_stale(os.path.join(model_base, ".staging"))
     tmp = atomic.temp_path(os.path.join(model_base, ".staging"))  # not an integer: servers ignore it
     try:
@@ -151,10 +244,13 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
         write_warmup(tmp, model_name)
         shutil.copy(os.path.join(model_dir, "vocab.txt"), os.path.join(tmp, "assets.extra", "vocab.txt"))
         shutil.copy(os.path.join(model_dir, "run_config.json"), os.path.join(tmp, "assets.extra", "run_config.json"))
+        with open(os.path.join(tmp, LIMITS_FILE), "w") as f:
+            json.dump(dataclasses.asdict(limits), f, indent=2)
         if source_fingerprint:
             with open(os.path.join(tmp, SOURCE_FINGERPRINT), "w") as f:
                 f.write(source_fingerprint)
         check_portable(tmp)
+        validate_version(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,7 +261,8 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    path = export_model(args.model_dir, args.export_base, args.model_name, args.version, args.max_chars,
+    limits = ServingLimits(args.max_batch_size, args.max_input_tokens, args.max_chars)
+    path = export_model(args.model_dir, args.export_base, args.model_name, args.version, limits,
                         args.source_fingerprint)
     print(json.dumps({"exported": os.path.abspath(path), "signatures": list(SIGNATURES)}))
 

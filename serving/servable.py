@@ -1,17 +1,32 @@
-"""A loaded SavedModel version and the models registry that follows TF Serving's latest-version policy."""
+"""Loaded SavedModel versions and the registry that follows TF Serving's model config and version policies.
+
+A version is loaded the way tensorflow_model_server loads it: the session-based SavedModelBundle
+(TF1 loader), inputs fed and outputs fetched by the signature's tensor names, warm-up records replayed
+at load and the load failed on the first error. A version that fails to load is remembered with a
+fingerprint of its files and not retried until they change (with a growing back-off), and what the failed
+load allocated is released, so a broken directory cannot grow the server's memory.
+"""
 from __future__ import annotations
 
+import dataclasses
+import gc
 import logging
 import os
 import threading
+import time
 
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.python.util import deprecation
 
 from serving import export, tensors
 
 log = logging.getLogger("serving")
+
+# ModelVersionStatus.State values (tensorflow_serving/apis/get_model_status.proto)
+START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
 
 
 class ServingError(Exception):
@@ -22,108 +37,245 @@ class ServingError(Exception):
         self.code, self.message = code, message
 
 
+def invalid(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 class Servable:
-    """One version of a SavedModel with its signatures, validating inputs like TF Serving does."""
+    """One version in its own graph and session, validating requests like TF Serving's predict_util."""
 
-    def __init__(self, path: str, version: int):
+    def __init__(self, path: str, version: int, session_config: tf.compat.v1.ConfigProto | None = None):
         self.path, self.version = path, version
-        self.loaded = tf.saved_model.load(path)
-        self.functions = dict(self.loaded.signatures)
-        self.input_specs = {name: fn.structured_input_signature[1] for name, fn in self.functions.items()}
-        self.signature_defs = dict(export.read_saved_model_proto(path).meta_graphs[0].signature_def)
-        self.signature_defs.pop("__saved_model_init_op", None)
-
-    def signature_inputs(self, signature: str) -> dict:
-        """name → TensorSpec of a signature's inputs; FAILED_PRECONDITION (as TF Serving) if there is none."""
-        specs = self.input_specs.get(signature or "serving_default")
-        if specs is None:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f'Serving signature key "{signature}" not found.')
-        return specs
-
-    def predict(self, signature: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
-        signature = signature or "serving_default"
-        specs = self.signature_inputs(signature)
-        missing, extra = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
-        if missing or extra:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input keys for signature {signature!r} must be {sorted(specs)}; "
-                               f"missing {missing}, unexpected {extra}")
-        tensors = {}
-        for name, spec in specs.items():
-            value = inputs[name]
-            if not _dtype_matches(value, spec.dtype):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input {name!r} must be {spec.dtype.name}, got {value.dtype}")
-            if not spec.shape.is_compatible_with(value.shape):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input {name!r} must have shape {spec.shape}, got {list(value.shape)}")
-            tensors[name] = tf.constant(value, dtype=spec.dtype)
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
         try:
-            outputs = self.functions[signature](**tensors)
-        except tf.errors.InvalidArgumentError as err:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _first_line(err.message)) from None
-        except tf.errors.OpError as err:
-            raise ServingError(grpc.StatusCode.INTERNAL, _first_line(err.message)) from None
-        unknown = sorted(set(output_filter) - set(outputs))
+            with deprecation.silence():
+                meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+        except BaseException:
+            self.close()
+            raise
+        self.signature_defs = {k: v for k, v in meta_graph.signature_def.items() if k != "__saved_model_init_op"}
+
+    def close(self) -> None:
+        self.session.close()
+        self.graph = None
+
+    def signature(self, name: str):
+        """The SignatureDef a request names; FAILED_PRECONDITION with TF Serving's words if there is none."""
+        name = name or "serving_default"
+        if name not in self.signature_defs:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+        return self.signature_defs[name]
+
+    def predict(self, signature_name: str, inputs: dict, output_filter=()) -> dict[str, np.ndarray]:
+        """inputs: name → TensorProto (gRPC) or numpy array (REST, already typed); returns name → array."""
+        signature = self.signature(signature_name)
+        sent, wanted = set(inputs), set(signature.inputs)
+        if sent != wanted:
+            raise invalid(f"input size does not match signature: {len(sent)}!={len(wanted)} "
+                          f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
+                          f"Sent extra: {{{','.join(sorted(sent - wanted))}}}. "
+                          f"Missing but required: {{{','.join(sorted(wanted - sent))}}}.")
+        feeds = {}
+        for name, value in inputs.items():
+            info = signature.inputs[name]
+            if not isinstance(value, np.ndarray):
+                if value.dtype != info.dtype:
+                    raise invalid(f"Expects arg[{name}] to be {_dtype_name(info.dtype)} but "
+                                  f"{_dtype_name(value.dtype)} is provided")
+                try:
+                    value = tensors.to_numpy(value)
+                except ValueError as err:
+                    raise invalid(f"tensor parsing error: {name}: {err}") from None
+            expected = tf.TensorShape(info.tensor_shape)
+            if not expected.is_compatible_with(value.shape):
+                raise invalid(f"input {name!r} must have shape {expected}, got {list(value.shape)}")
+            feeds[info.name] = value
+        unknown = sorted(set(output_filter) - set(signature.outputs))
         if unknown:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown outputs {unknown}")
-        return {k: v.numpy() for k, v in outputs.items() if not output_filter or k in output_filter}
+            raise invalid(f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in "
+                          f"the set {{{','.join(sorted(signature.outputs))}}}.")
+        names = sorted(output_filter or signature.outputs)
+        try:
+            values = self.session.run([signature.outputs[k].name for k in names], feeds)
+        except tf.errors.OpError as err:
+            raise ServingError(_GRPC_CODES.get(err.error_code, grpc.StatusCode.INTERNAL),
+                               _first_line(err.message)) from None
+        return dict(zip(names, values))
 
     def warm_up(self) -> int:
-        """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does at load."""
-        from tensorflow_serving.apis import prediction_log_pb2
+        """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does at load; raises on the first error."""
+        requests = export.read_warmup(self.path)
+        for request in requests:
+            self.predict(request.model_spec.signature_name, dict(request.inputs))
+        return len(requests)
 
-        path = os.path.join(self.path, export.WARMUP_FILE)
-        if not os.path.exists(path):
-            return 0
-        count = 0
-        for record in tf.data.TFRecordDataset(path):
-            request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
-            self.predict(request.model_spec.signature_name,
-                         {k: tensors.to_numpy(v) for k, v in request.inputs.items()})
-            count += 1
-        return count
+
+def _dtype_name(enum: int) -> str:
+    return tf.dtypes.as_dtype(enum).name if enum != types_pb2.DT_INVALID else "invalid"
 
 
 def _first_line(message: str) -> str:
+    """The line of a TF error that says what was wrong (an assertion's message), not "Graph execution error"."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     asserts = [ln for ln in lines if "assertion failed" in ln or "must" in ln]
-    return (asserts or lines or ["error"])[0][:500]
+    useful = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "[["))]
+    return (asserts or useful or lines or ["error"])[0][:500]
 
 
-def _dtype_matches(value: np.ndarray, dtype: tf.DType) -> bool:
-    if dtype == tf.string:
-        return value.dtype == object or value.dtype.kind in ("S", "U")
-    return value.dtype == dtype.as_numpy_dtype
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One entry of TF Serving's model_config_list: name, base path, version policy and labels."""
+
+    name: str
+    base_path: str
+    policy: str = "latest"            # latest | all | specific
+    num_versions: int = 1             # latest: how many of the newest versions to serve
+    versions: tuple[int, ...] = ()    # specific: which versions
+    labels: tuple[tuple[str, int], ...] = ()
+
+    def aspired(self, on_disk: list[int]) -> list[int]:
+        if self.policy == "all":
+            return list(on_disk)
+        if self.policy == "specific":
+            return [v for v in on_disk if v in self.versions]
+        return list(on_disk[-self.num_versions:])
+
+
+def read_model_config_file(path: str) -> list[ModelConfig]:
+    """TF Serving's --model_config_file (ModelServerConfig text proto) → ModelConfigs."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    with open(path) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    models = []
+    for entry in config.model_config_list.config:
+        base = entry.base_path if os.path.isabs(entry.base_path) else os.path.join(os.path.dirname(path), entry.base_path)
+        policy = entry.model_version_policy.WhichOneof("policy_choice") or "latest"
+        models.append(ModelConfig(
+            name=entry.name, base_path=base, policy=policy,
+            num_versions=max(1, entry.model_version_policy.latest.num_versions) if policy == "latest" else 1,
+            versions=tuple(entry.model_version_policy.specific.versions),
+            labels=tuple(sorted(entry.version_labels.items()))))
+    return models
+
+
+def version_fingerprint(path: str) -> tuple:
+    """(relative path, size, mtime) of every file in a version directory: changes when the files do."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+@dataclasses.dataclass
+class _Failure:
+    fingerprint: tuple
+    retry_after: float
+    delay: float
+
+
+class Model:
+    """The versions of one model: loads what the policy aspires to, unloads the rest once a newer one serves."""
+
+    MAX_BACKOFF_S = 300.0
+
+    def __init__(self, config: ModelConfig, session_config=None, poll_seconds: float = 1.0):
+        self.config, self.session_config, self.poll_seconds = config, session_config, poll_seconds
+        self.available: dict[int, Servable] = {}   # replaced whole, never mutated: readers need no lock
+        self.states: dict[int, tuple[int, str]] = {}  # version → (state, error message), END ones kept
+        self.failures: dict[int, _Failure] = {}
+
+    def poll_once(self) -> None:
+        on_disk = export.versions(self.config.base_path)
+        aspired = self.config.aspired(on_disk)
+        available = dict(self.available)
+        for version in aspired:
+            if version not in available:
+                servable = self._try_load(version)
+                if servable is not None:
+                    available[version] = servable
+        if any(v in available for v in aspired) or not aspired:  # availability first: unload only when replaced
+            for version in [v for v in available if v not in aspired]:
+                del available[version]
+                self.states[version] = (END, "")
+                log.info("unloaded %s version %s", self.config.name, version)
+        self.available = available
+        for version in list(self.failures):
+            if version not in on_disk:  # the directory went away: forget it
+                del self.failures[version]
+
+    def _try_load(self, version: int) -> Servable | None:
+        path = os.path.join(self.config.base_path, str(version))
+        fingerprint = version_fingerprint(path)
+        failure = self.failures.get(version)
+        if failure and (failure.fingerprint == fingerprint or time.monotonic() < failure.retry_after):
+            return None  # same files as the failed load, or still backing off
+        self.states[version] = (LOADING, "")
+        servable = None
+        try:
+            servable = Servable(path, version, self.session_config)
+            warmed = servable.warm_up()
+        except Exception as err:  # a broken version must not take the server down
+            if servable is not None:
+                servable.close()
+            servable = None
+            gc.collect()  # the failed graph and session go now, not at some later collection
+            delay = min(self.MAX_BACKOFF_S, 2 * failure.delay if failure else max(self.poll_seconds, 1.0))
+            self.failures[version] = _Failure(fingerprint, time.monotonic() + delay, delay)
+            message = " ".join(str(err).split())[:500]
+            self.states[version] = (END, message)
+            log.error("cannot load %s version %s (not retried until its files change): %s",
+                      self.config.name, version, message)
+            return None
+        self.failures.pop(version, None)
+        self.states[version] = (AVAILABLE, "")
+        log.info("serving %s version %s (%d warm-up requests)", self.config.name, version, warmed)
+        return servable
+
+    def resolve(self, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a ModelSpec names, with TF Serving's errors."""
+        if version is not None and label:
+            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+        if label:
+            labels = dict(self.config.labels)
+            if label not in labels:
+                raise invalid(f"Unrecognized servable version label: {label}")
+            version = labels[label]
+        available = self.available
+        if version is None:
+            if not available:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Latest({self.config.name})")
+            return available[max(available)]
+        if version not in available:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Specific({self.config.name}, {version})")
+        return available[version]
 
 
 class ModelRegistry:
-    """Serves the newest complete version under base_path; polls for new ones and unloads old ones."""
+    """Every configured model, polled for new and removed versions on one background thread."""
 
-    def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0):
-        self.name, self.base_path, self.poll_seconds = name, base_path, poll_seconds
-        self.current: Servable | None = None
+    def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0, session_config=None):
+        self.models = {c.name: Model(c, session_config, poll_seconds) for c in configs}
+        self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
 
     def poll_once(self) -> None:
-        newest = (export.versions(self.base_path) or [None])[-1]
-        current = self.current.version if self.current else None
-        if newest == current:
-            return
-        if newest is None:
-            log.warning("no version left under %s; unloading %s", self.base_path, current)
-            self.current = None
-            return
-        try:
-            servable = Servable(os.path.join(self.base_path, str(newest)), newest)
-            warmed = servable.warm_up()
-        except Exception as err:  # a broken version must not take the server down
-            log.error("cannot load %s version %s: %s", self.name, newest, err)
-            return
-        self.current = servable  # atomic swap; in-flight requests keep their reference
-        log.info("serving %s version %s (%d warmup requests; unloaded %s)", self.name, newest, warmed, current)
+        for model in self.models.values():
+            model.poll_once()
 
     def start(self) -> None:
         self.poll_once()
@@ -134,13 +286,15 @@ class ModelRegistry:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception:  # the poller must survive anything a directory can do
+                log.exception("version poll failed")
 
-    def get(self, name: str, version: int | None = None) -> Servable:
-        servable = self.current
-        if name != self.name or servable is None:
+    def model(self, name: str) -> Model:
+        if name not in self.models:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
-        if version is not None and version != servable.version:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: Specific({name}, {version})")
-        return servable
+        return self.models[name]
+
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        return self.model(name).resolve(version, label)

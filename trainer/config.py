@@ -95,3 +95,24 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one request may ask of an exported model; enforced in the graph, so TF Serving enforces it too.
+
+    Checked before anything is allocated from the request's numbers: a request over a limit is an
+    InvalidArgument error, never an allocation of batch × num_chars (issue: one request crashed the server).
+    """
+
+    max_batch_size: int = 64        # rows (prefixes or texts) per request
+    max_input_tokens: int = 20000   # tokens of one prefix or scored text
+    max_chars: int = 1000           # num_chars of one row
+
+    def __post_init__(self):
+        for name, value in dataclasses.asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**31 - 1:
+                raise ValueError(f"{name} must be an integer in [1, 2^31 - 1], got {value!r}")
+
+
+DEFAULT_LIMITS = ServingLimits()
