@@ -57,7 +57,7 @@ class Servable:
         except BaseException:
             self.close()
             raise
-        self.signature_defs = {k: v for k, v in meta_graph.signature_def.items() if k != "__saved_model_init_op"}
+        self.signature_defs = dict(meta_graph.signature_def)  # all of them, as TF Serving's metadata lists them
 
     def close(self) -> None:
         self.session.close()

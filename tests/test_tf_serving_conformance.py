@@ -1,0 +1,391 @@
+"""The stand-in answers as TensorFlow Serving does: a client written from TF Serving's documentation works unchanged.
+
+Each case names the TF Serving document or source it comes from:
+- [REST] https://www.tensorflow.org/tfx/serving/api_rest (request/response formats, b64, labels, errors)
+- [json_tensor.cc] tensorflow_serving/util/json_tensor.cc (row/columnar parsing and printing)
+- [rest_util.cc] tensorflow_serving/model_servers/http_rest_api_util.cc (paths, version/label parsing)
+- [http_server.cc] tensorflow_serving/model_servers/http_server.cc (gRPC status → HTTP code)
+- [handler_test.cc] tensorflow_serving/model_servers/http_rest_api_handler_test.cc
+- [predict.proto] tensorflow_serving/apis/predict.proto, model.proto, get_model_status.proto
+- [predict_util.cc] tensorflow_serving/servables/tensorflow/predict_util.cc (input/output checks)
+- [classifier.cc] / [regressor.cc] / [multi_inference.cc] tensorflow_serving/servables/tensorflow/
+- [config] tensorflow_serving/config/model_server_config.proto (version policies, labels)
+When `tensorflow_model_server` is on PATH the same cases also run against it.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, inference_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
+                                     regression_pb2)
+
+from serving.client import free_port
+from serving.server import Server
+
+MODELS_CONFIG = """model_config_list {{
+  config {{
+    name: "deep_rnn"
+    base_path: "{base}/deep_rnn"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+  config {{
+    name: "latest_rnn"
+    base_path: "{base}/latest_rnn"
+    model_platform: "tensorflow"
+  }}
+}}
+"""
+
+
+# ---- a client written from TF Serving's documentation, used for both servers ----
+def rest(url: str, body=None, raw: bytes | None = None, method: str | None = None, headers=None):
+    """(HTTP status, parsed JSON body) of one REST call."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        return err.code, json.loads(text) if text.strip().startswith(b"{") else {"raw": text.decode(errors="replace")}
+
+
+def string_tensor(values) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[v.encode() for v in values])
+    proto.tensor_shape.dim.add(size=len(values))
+    return proto
+
+
+def int_scalar(value: int, dtype=types_pb2.DT_INT32) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    (proto.int64_val if dtype == types_pb2.DT_INT64 else proto.int_val).append(value)
+    return proto
+
+
+def predict(channel, signature: str, inputs: dict, name="deep_rnn", version=None, label=None, output_filter=()):
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name, req.model_spec.signature_name = name, signature
+    if version is not None:
+        req.model_spec.version.value = version
+    if label:
+        req.model_spec.version_label = label
+    for key, proto in inputs.items():
+        req.inputs[key].CopyFrom(proto)
+    req.output_filter.extend(output_filter)
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=60)
+
+
+def status_of(channel, name: str, version=None):
+    req = get_model_status_pb2.GetModelStatusRequest()
+    req.model_spec.name = name
+    if version is not None:
+        req.model_spec.version.value = version
+    return model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(req, timeout=30)
+
+
+def _kinds():
+    return ["stand-in"] + (["tensorflow_model_server"] if shutil.which("tensorflow_model_server") else [])
+
+
+@pytest.fixture(scope="module", params=_kinds())
+def served(request, exported, tmp_path_factory):
+    """(grpc channel, REST base URL, export base) with deep_rnn v1+v2 (specific policy, labels) and latest_rnn v1."""
+    base = tmp_path_factory.mktemp("conformance")
+    for name, versions in (("deep_rnn", (1, 2)), ("latest_rnn", (1,))):
+        for v in versions:
+            shutil.copytree(exported / "deep_rnn" / "1", base / name / str(v))
+    config = base / "models.config"
+    config.write_text(MODELS_CONFIG.format(base=base))
+    if request.param == "stand-in":
+        server = Server(model_config_file=str(config), port=0, rest_port=0, poll_seconds=0.2,
+                        max_request_bytes=1 << 20)
+        grpc_port, rest_port, stop = server.port, server.rest_port, server.stop
+    else:
+        grpc_port, rest_port = free_port(), free_port()
+        proc = subprocess.Popen(["tensorflow_model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+                                 f"--model_config_file={config}", "--file_system_poll_wait_seconds=1"])
+        stop = proc.terminate
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    deadline = time.time() + 120
+    while True:
+        try:
+            states = {s.version: s.state for s in status_of(channel, "deep_rnn").model_version_status}
+            if states.get(1) == states.get(2) == get_model_status_pb2.ModelVersionStatus.AVAILABLE:
+                break
+        except grpc.RpcError:
+            pass
+        assert time.time() < deadline, "server never loaded both versions"
+        time.sleep(0.5)
+    yield channel, f"http://127.0.0.1:{rest_port}", base
+    stop()
+
+
+# ---- REST ----
+def test_rest_row_format_stacks_every_input_and_returns_unnamed_predictions(served):
+    """[REST] 'instances': each named input is stacked across rows, so a per-row num_chars is [N];
+    [json_tensor.cc] one output → 'predictions' is a plain list."""
+    _, url, _ = served
+    code, body = rest(f"{url}/v1/models/deep_rnn:predict", {"instances": [
+        {"prefix": "it has", "num_chars": 20}, {"prefix": "the", "num_chars": 5}]})
+    assert code == 200, body
+    assert isinstance(body["predictions"][0], str) and len(body["predictions"][1]) == len("the") + 5
+    code, columnar = rest(f"{url}/v1/models/deep_rnn:predict", {"inputs": {"prefix": ["it has"], "num_chars": 20}})
+    assert code == 200 and columnar == {"outputs": [body["predictions"][0]]}  # [json_tensor.cc] columnar: no name
+
+
+def test_rest_sample_in_row_format(served):
+    """[REST] a sampled generation per row: temperature, top_k and seed are stacked like every input."""
+    _, url, _ = served
+    rows = [{"prefix": "it has", "num_chars": 12, "temperature": 0.8, "top_k": 3, "seed": 7},
+            {"prefix": "it has", "num_chars": 12, "temperature": 0.8, "top_k": 3, "seed": 7}]
+    code, body = rest(f"{url}/v1/models/deep_rnn:predict", {"signature_name": "sample", "instances": rows})
+    assert code == 200, body
+    assert body["predictions"][0] == body["predictions"][1]  # same row, same seed: same text
+
+
+def test_rest_multiple_outputs_are_named_objects_in_both_formats(served):
+    """[json_tensor.cc] several outputs: row format gives one object per row, columnar one object of lists."""
+    _, url, _ = served
+    code, rows = rest(f"{url}/v1/models/deep_rnn:predict",
+                      {"signature_name": "score", "instances": ["the time traveller", "it has"]})
+    assert code == 200, rows
+    assert set(rows["predictions"][0]) == {"log_likelihood", "num_tokens", "perplexity"}
+    assert rows["predictions"][0]["num_tokens"] == 17  # single-input shorthand: plain values as instances
+    code, cols = rest(f"{url}/v1/models/deep_rnn:predict",
+                      {"signature_name": "score", "inputs": ["the time traveller", "it has"]})
+    assert code == 200 and cols["outputs"]["num_tokens"] == [17, 5]
+    assert cols["outputs"]["perplexity"][0] == rows["predictions"][0]["perplexity"]
+
+
+def test_rest_floats_are_printed_as_their_shortest_float32_text(served):
+    """[json_tensor.cc] WriteDecimal: shortest text that reads back as the same float32."""
+    channel, url, _ = served
+    _, body = rest(f"{url}/v1/models/deep_rnn:predict", {"signature_name": "score", "inputs": ["it has been"]})
+    grpc_value = predict(channel, "score", {"text": string_tensor(["it has been"])}).outputs["perplexity"].float_val[0]
+    assert body["outputs"]["perplexity"][0] == float(str(np.float32(grpc_value)))
+
+
+def test_rest_b64_strings(served):
+    """[REST] binary values as {"b64": ...}; the same text plain or base64-encoded gives the same answer."""
+    _, url, _ = served
+    encoded = {"b64": base64.b64encode(b"it has").decode()}
+    code, body = rest(f"{url}/v1/models/deep_rnn:predict", {"instances": [{"prefix": encoded, "num_chars": 5}]})
+    _, plain = rest(f"{url}/v1/models/deep_rnn:predict", {"instances": [{"prefix": "it has", "num_chars": 5}]})
+    assert code == 200 and body == plain
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"instances": [{"prefix": "a", "num_chars": 1}], "inputs": {"prefix": ["a"], "num_chars": 1}},
+     "only one of 'inputs' or 'instances'"),                                                   # [json_tensor.cc]
+    ({"signature_name": 100, "inputs": {}}, "'signature_name' key must be a string value."),   # [handler_test.cc]
+    ({"signature_name": ["score"], "inputs": {}}, "'signature_name' key must be a string value."),
+    ({"instances": []}, "No values in 'instances' array"),                                     # [json_tensor.cc]
+    ({"inputs": {"prefix": ["a"]}}, "Missing named input: num_chars"),                         # [json_tensor.cc]
+    ({"instances": [{"prefix": "a"}]}, "keys must be equal to"),                               # [json_tensor.cc]
+    ({"instances": ["a", "b"]}, "instances is a plain list"),                                  # [json_tensor.cc]
+    ({"inputs": {"prefix": ["a"], "num_chars": 2.5}}, "is not of expected type: int32"),      # [handler_test.cc]
+    ({"inputs": {"prefix": [["a"], "b"], "num_chars": 1}}, "found at incorrect level"),        # [json_tensor.cc]
+    ({"signature_name": "nope", "inputs": {}}, 'Serving signature name: "nope" not found'),   # [handler]
+    ({}, "Missing 'inputs' or 'instances' key"),                                               # [json_tensor.cc]
+])
+def test_rest_malformed_bodies_are_400_with_tf_servings_reason(served, body, needle):
+    _, url, _ = served
+    code, answer = rest(f"{url}/v1/models/deep_rnn:predict", body)
+    assert code == 400 and needle in answer["error"], answer
+
+
+def test_rest_body_errors(served):
+    """[handler_test.cc] empty document, badly formatted JSON, a top level that is not an object."""
+    _, url, _ = served
+    predict_url = f"{url}/v1/models/deep_rnn:predict"
+    assert rest(predict_url, raw=b"", method="POST")[1]["error"] == "JSON Parse error: The document is empty"
+    assert "JSON Parse error" in rest(predict_url, raw=b"instances = [1, 2]")[1]["error"]
+    assert rest(predict_url, raw=b"[1, 2]")[0] == 400
+    assert rest(predict_url, raw=b"[" * 100000)[0] == 400  # nested too deeply: an answer, not a dropped connection
+
+
+def test_rest_status_json(served):
+    """[REST] model status: proto JSON with json_name fields, versions as strings, status always printed."""
+    _, url, _ = served
+    code, body = rest(f"{url}/v1/models/deep_rnn/versions/1")
+    assert code == 200
+    assert body == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                              "status": {"error_code": "OK", "error_message": ""}}]}
+    code, body = rest(f"{url}/v1/models/deep_rnn/labels/canary")
+    assert code == 200 and body["model_version_status"][0]["version"] == "2"
+    assert rest(f"{url}/v1/models")[1]["error"] == "Missing model name in request."  # [handler_test.cc]
+
+
+def test_rest_metadata_uses_proto_field_names_and_lists_every_signature(served):
+    """[rest_util.cc] ToJsonString(GetModelMetadataResponse): preserve_proto_field_names, every signature_def."""
+    _, url, _ = served
+    code, body = rest(f"{url}/v1/models/deep_rnn/versions/2/metadata")
+    assert code == 200
+    assert body["model_spec"] == {"name": "deep_rnn", "version": "2", "signature_name": ""}
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "sample", "score", "__saved_model_init_op"} <= set(signatures)
+    score = signatures["score"]
+    assert score["method_name"] == "tensorflow/serving/predict"
+    assert score["inputs"]["text"]["dtype"] == "DT_STRING"
+    assert score["inputs"]["text"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
+
+
+def test_rest_versions_and_labels(served):
+    """[REST] /versions/N and /labels/L paths; [handler_test.cc] an unknown label is INVALID_ARGUMENT (400)."""
+    _, url, _ = served
+    body = {"inputs": {"prefix": ["it has"], "num_chars": 3}}
+    assert rest(f"{url}/v1/models/deep_rnn/versions/1:predict", body)[0] == 200
+    assert rest(f"{url}/v1/models/deep_rnn/labels/stable:predict", body)[0] == 200
+    code, answer = rest(f"{url}/v1/models/deep_rnn/labels/nope:predict", body)
+    assert code == 400 and "Unrecognized servable version label: nope" in answer["error"]
+    assert rest(f"{url}/v1/models/deep_rnn/versions/7:predict", body)[0] == 404
+    code, answer = rest(f"{url}/v1/models/deep_rnn/versions/{'9' * 5000}:predict", body)
+    assert code == 400 and "Failed to convert version" in answer["error"]  # [handler_test.cc]
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/foo"), ("POST", "/v1/foo"), ("POST", "/v1/models"),
+                                          ("GET", "/v1/models/deep_rnn:predict"),
+                                          ("GET", "/v1/models/debug/model_name"),
+                                          ("POST", "/v1/models/deep_rnn/metadata"),
+                                          ("POST", "/v1/models/deep_rnn/versions/1/labels/x:predict")])
+def test_rest_malformed_paths(served, method, path):
+    """[handler_test.cc] UnsupportedApiCalls: 'Malformed request', INVALID_ARGUMENT → 400."""
+    _, url, _ = served
+    code, answer = rest(url + path, raw=b"{}" if method == "POST" else None, method=method)
+    assert code == 400 and "Malformed request" in answer["error"], answer
+
+
+def test_rest_classify_and_regress_explain_why_not(served):
+    """[classifier.cc] / [regressor.cc]: a predict signature is no classification/regression signature."""
+    _, url, _ = served
+    code, answer = rest(f"{url}/v1/models/deep_rnn:classify", {"examples": [{"x": 1.0}]})
+    assert code == 400 and answer["error"] == "Expected one input Tensor."
+    code, answer = rest(f"{url}/v1/models/deep_rnn:regress", {"signature_name": "score", "examples": [{"x": 1.0}]})
+    assert code == 400 and answer["error"] == "Expected one output Tensor."
+    code, answer = rest(f"{url}/v1/models/deep_rnn:classify", {"signature_name": "score", "examples": [{}]})
+    assert code == 400 and answer["error"] == "Expected one or two output Tensors, found 3"
+
+
+def test_rest_content_length_abuse_gets_an_answer(served):
+    """Bad Content-Length headers are a 400 answer, never a hang or a 200."""
+    _, url, _ = served
+    host, port = url.rsplit("/", 1)[1].split(":")
+    for header in (b"abc", b"-1"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + header +
+                         b"\r\n\r\n{}")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400"), header
+
+
+# ---- gRPC ----
+def test_grpc_outputs_fill_typed_fields(served):
+    """[predict.proto] TF Serving answers with typed fields (AsProtoField), not tensor_content."""
+    channel = served[0]
+    scored = predict(channel, "score", {"text": string_tensor(["the time traveller"])})
+    assert scored.outputs["num_tokens"].int_val[0] == 17
+    assert 1.0 < scored.outputs["perplexity"].float_val[0] < 100
+    assert len(scored.outputs["log_likelihood"].float_val) == 1
+    text = predict(channel, "serving_default", {"prefix": string_tensor(["it has"]), "num_chars": int_scalar(20)})
+    assert len(text.outputs["text"].string_val[0]) == 26
+    assert text.model_spec.version.value == 2 and text.model_spec.signature_name == "serving_default"
+
+
+def test_grpc_version_labels_and_output_filter(served):
+    """[predict.proto] ModelSpec.version_label; PredictRequest.output_filter; [predict_util.cc] unknown alias."""
+    channel = served[0]
+    stable = predict(channel, "score", {"text": string_tensor(["it has been"])}, label="stable",
+                     output_filter=["perplexity"])
+    assert stable.model_spec.version.value == 1 and set(stable.outputs) == {"perplexity"}
+    with pytest.raises(grpc.RpcError) as err:
+        predict(channel, "score", {"text": string_tensor(["it has"])}, output_filter=["nope"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "output tensor alias not found" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        predict(channel, "score", {"text": string_tensor(["it has"])}, label="nope")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_unknown_signature_is_failed_precondition(served):
+    """[predict_util.cc] 'Serving signature key "nope" not found.' is FAILED_PRECONDITION."""
+    with pytest.raises(grpc.RpcError) as err:
+        predict(served[0], "nope", {"text": string_tensor(["it has"])})
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert 'Serving signature key "nope" not found.' in err.value.details()
+
+
+def test_grpc_classify_regress_and_multi_inference(served):
+    """[classifier.cc] [regressor.cc] [multi_inference.cc]: INVALID_ARGUMENT / UNIMPLEMENTED with their reasons."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(served[0])
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = "deep_rnn"
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name, regress.model_spec.signature_name = "deep_rnn", "score"
+    multi = inference_pb2.MultiInferenceRequest()
+    task = multi.tasks.add(method_name="tensorflow/serving/predict")
+    task.model_spec.name = "deep_rnn"
+    for call, req, code, reason in ((stub.Classify, classify, grpc.StatusCode.INVALID_ARGUMENT, "Expected one input Tensor."),
+                                    (stub.Regress, regress, grpc.StatusCode.INVALID_ARGUMENT, "Expected one output Tensor."),
+                                    (stub.MultiInference, multi, grpc.StatusCode.UNIMPLEMENTED,
+                                     "Unsupported signature method_name: tensorflow/serving/predict")):
+        with pytest.raises(grpc.RpcError) as err:
+            call(req, timeout=30)
+        assert err.value.code() == code and reason in err.value.details()
+
+
+def test_grpc_metadata_lists_every_signature(served):
+    """[predict.proto] GetModelMetadata: signature_def map with every SignatureDef of the MetaGraph."""
+    req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    req.model_spec.name = "deep_rnn"
+    req.model_spec.version_label = "stable"
+    resp = prediction_service_pb2_grpc.PredictionServiceStub(served[0]).GetModelMetadata(req, timeout=30)
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    resp.metadata["signature_def"].Unpack(sigs)
+    assert resp.model_spec.version.value == 1
+    assert {"serving_default", "sample", "score", "__saved_model_init_op"} <= set(sigs.signature_def)
+
+
+def test_grpc_garbage_bytes_are_invalid_argument(served):
+    channel = served[0]
+    call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+    with pytest.raises(grpc.RpcError) as err:
+        call(b"\xff\xff\xff\xff\x0f garbage", timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_specific_policy_serves_both_versions_and_latest_policy_keeps_unloaded_versions_as_end(served):
+    """[config] specific policy: both versions AVAILABLE; latest policy: a superseded version is listed as END."""
+    channel, _, base = served
+    states = {s.version: s.state for s in status_of(channel, "deep_rnn").model_version_status}
+    assert states == {1: get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+                      2: get_model_status_pb2.ModelVersionStatus.AVAILABLE}
+    shutil.copytree(base / "latest_rnn" / "1", base / "latest_rnn" / ".tmp-2")
+    (base / "latest_rnn" / ".tmp-2").rename(base / "latest_rnn" / "2")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        states = {s.version: s.state for s in status_of(channel, "latest_rnn").model_version_status}
+        if states.get(1) == get_model_status_pb2.ModelVersionStatus.END:
+            break
+        time.sleep(0.3)
+    assert states == {1: get_model_status_pb2.ModelVersionStatus.END,
+                      2: get_model_status_pb2.ModelVersionStatus.AVAILABLE}
+    with pytest.raises(grpc.RpcError) as err:
+        status_of(channel, "latest_rnn", version=9)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        predict(channel, "score", {"text": string_tensor(["it has"])}, name="latest_rnn", version=1)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
