@@ -35,19 +35,42 @@ def temp_path(final: str) -> str:
     return f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+MARKER = ".deep_rnn-output"  # in every directory atomic_directory writes: proof that replacing it loses nothing
+
+
+def check_replaceable(final: str) -> None:
+    """UserError unless `final` is absent, an empty directory, or a directory this project wrote (marker inside)."""
+    from pipeline.cli import UserError
+
+    if not os.path.lexists(final):
+        return
+    if not os.path.isdir(final) or os.path.islink(final):
+        raise UserError(f"{final}: exists and is not a directory; refusing to replace it")
+    if os.listdir(final) and not os.path.isfile(os.path.join(final, MARKER)):
+        raise UserError(f"{final}: is a non-empty directory this pipeline did not write; refusing to replace it "
+                        f"(choose a new output directory, or empty this one)")
+
+
 @contextlib.contextmanager
-def atomic_directory(final: str):
-    """Yields a fresh sibling directory that replaces `final` only if the block succeeds."""
+def atomic_directory(final: str, stage: str = "output"):
+    """Yields a fresh sibling directory that replaces `final` only if the block succeeds.
+
+    An existing `final` is replaced only when this project wrote it (its MARKER file), so a mistyped
+    --output can never delete a user's files."""
     final = os.path.abspath(final)
+    check_replaceable(final)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     clean_stale(final)
     tmp = temp_path(final)
     os.makedirs(tmp)
     try:
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            f.write(f"{stage}\n")
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    check_replaceable(final)  # again: something may have appeared there while the block ran
     if os.path.exists(final):
         old = f"{final}.old-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)

@@ -36,21 +36,33 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--decode-errors", choices=("strict", "replace"), default="strict")
     p.add_argument("--records-per-shard", type=cli.positive_int, default=100_000)
     args, beam_args = p.parse_known_args(argv)
-    cfg = transform.PreprocessConfig(
-        normalize=args.normalize, tokenizer=args.tokenizer, num_steps=args.num_steps, split=args.split,
-        valid_fraction=args.valid_fraction, stride=args.stride, num_train=args.num_train,
-        num_val=args.num_val, min_freq=args.min_freq, max_tokens=args.max_tokens,
-        decode_errors=args.decode_errors, records_per_shard=args.records_per_shard)
+    try:
+        cfg = transform.PreprocessConfig(
+            normalize=args.normalize, tokenizer=args.tokenizer, num_steps=args.num_steps, split=args.split,
+            valid_fraction=args.valid_fraction, stride=args.stride, num_train=args.num_train,
+            num_val=args.num_val, min_freq=args.min_freq, max_tokens=args.max_tokens,
+            decode_errors=args.decode_errors, records_per_shard=args.records_per_shard)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     return args, cfg, beam_args
 
 
 def _beam_options(beam_args: Sequence[str]):
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     bad = [a for a in beam_args if not a.startswith("--")]
     if bad:
         raise UserError(f"unexpected argument {bad[0]!r}")
-    return PipelineOptions(list(beam_args))
+    options = PipelineOptions(list(beam_args))
+    runner = options.view_as(StandardOptions).runner
+    if runner:
+        from apache_beam.runners.runner import create_runner
+
+        try:
+            create_runner(runner)
+        except (ValueError, ImportError) as err:
+            raise UserError(f"--runner={runner}: {' '.join(str(err).split())[:300]}") from None
+    return options
 
 
 def run_beam(files: list[str], out_dir: str, cfg: transform.PreprocessConfig, beam_args: Sequence[str]) -> dict:
@@ -77,6 +89,10 @@ def check_facts(facts: dict, cfg: transform.PreprocessConfig) -> dict[str, int]:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise UserError(errors[0] + more)
     total = facts["vocab"]["total_tokens"]
+    size = len(facts["vocab"]["vocab"])
+    if size > transform.MAX_VOCAB:
+        raise UserError(f"the vocabulary has {size} tokens, more than the {transform.MAX_VOCAB} a model can take; "
+                        f"cap it with --max-tokens or --min-freq")
     if total == 0:
         raise UserError("the corpus is empty after normalisation: no tokens to learn from")
     counts = {split: sum(s["records"] for s in facts["shards"] if s["split"] == split) for split in ("train", "valid")}
@@ -117,6 +133,19 @@ def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.Prepr
     return metadata
 
 
+def check_output_apart_from_inputs(output: str, files: Sequence[str]) -> None:
+    """UserError when the output directory equals, contains or lies inside an input: replacing it would
+    delete the corpus (or, with --output ., the working directory)."""
+    out = os.path.realpath(output)
+    for path in files:
+        if "://" in path:
+            continue
+        src = os.path.realpath(path)
+        if out == src or src.startswith(out + os.sep) or out.startswith(src + os.sep):
+            raise UserError(f"--output {output}: holds the input {path}; choose an output directory apart from "
+                            f"the corpus")
+
+
 def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConfig,
                beam_args: Sequence[str] = ()) -> dict:
     """The whole stage: resolve sources, run Beam, validate, write metadata; atomic on `output`."""
@@ -125,7 +154,9 @@ def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConf
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"{output}: exists and is not a directory")
     files = sources.resolve_sources(list(corpus))
-    with atomic.atomic_directory(output) as tmp:
+    check_output_apart_from_inputs(output, files)
+    atomic.check_replaceable(os.path.abspath(output))  # before Beam runs, not after minutes of work
+    with atomic.atomic_directory(output, "pipeline.preprocess") as tmp:
         facts = run_beam(files, tmp, cfg, beam_args)
         counts = check_facts(facts, cfg)
         return write_metadata(tmp, facts, counts, cfg, beam_args)

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 
 from pipeline.cli import UserError
@@ -75,6 +76,8 @@ def _check_local_file(path: str, shown: str) -> None:
         raise UserError(f"{shown}: is a directory, not a text file (use a glob such as {shown}/*.txt)")
     if not os.path.exists(path):
         raise UserError(f"{shown}: no such file")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block forever, /dev/zero never ends
+        raise UserError(f"{shown}: is not a regular file (a pipe, device or socket cannot be a corpus)")
     try:
         with open(path, "rb") as f:
             f.read(1)
@@ -110,6 +113,8 @@ def resolve_sources(sources: list[str]) -> list[str]:
         else:
             _check_local_file(src, src)
             files.append(os.path.abspath(src))
-    if len(set(files)) != len(files):
-        raise UserError("the same file is named twice among --corpus sources")
+    local = [os.path.realpath(f) for f in files if not _is_url(f)]  # one file by path, glob or link is one file
+    if len(set(local)) != len(local):
+        twice = next(f for f in local if local.count(f) > 1)
+        raise UserError(f"{twice}: named twice among --corpus sources (by path, glob or link)")
     return files

@@ -15,6 +15,8 @@ import numpy as np
 from pipeline import records, text
 
 READ_BYTES = 8 << 20  # read and normalise documents in 8 MiB pieces
+MAX_NUM_STEPS = 1 << 16  # window length; longer windows are no use to an RNN trained by truncated BPTT
+MAX_VOCAB = 1 << 21      # ids are int32 one-hot rows: a larger vocabulary cannot be trained on one machine
 
 
 class CorpusError(Exception):
@@ -35,6 +37,20 @@ class PreprocessConfig:
     max_tokens: int | None = None
     decode_errors: str = "strict"  # strict | replace
     records_per_shard: int = 100_000
+
+    def __post_init__(self):
+        """ValueError naming the field for values no corpus can use (the CLI turns it into one line, exit 2)."""
+        bounds = {"num_steps": (1, MAX_NUM_STEPS), "stride": (1, MAX_NUM_STEPS), "num_train": (1, 10**9),
+                  "num_val": (1, 10**9), "min_freq": (1, 2**62), "max_tokens": (2, MAX_VOCAB),
+                  "records_per_shard": (1, 10**8)}
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if value is None and name in ("stride", "max_tokens"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value!r}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"--valid-fraction must be strictly between 0 and 1, got {self.valid_fraction}")
 
     @property
     def window_stride(self) -> int:

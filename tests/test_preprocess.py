@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.atomic import MARKER
+
 from pipeline import records, sources, text, transform, vocab as vocab_lib
 from pipeline.preprocess import preprocess
 from pipeline.reference import preprocess_reference
@@ -26,7 +28,7 @@ def read_windows(data_dir: Path, split: str) -> np.ndarray:
 
 def file_bytes(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.name != "metadata.json"}
+            if p.name not in ("metadata.json", MARKER)}  # the marker says who wrote the directory, not data
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def _cases(tmp_path):
         "empty": ([str(tmp_path / "empty.txt")], "empty"),
         "whitespace": ([str(tmp_path / "spaces.txt")], "too short"),
         "directory": ([str(tmp_path / "adir")], "is a directory"),
-        "unreadable": ([str(sock_path)], "cannot read"),
+        "unreadable": ([str(sock_path)], "not a regular file"),
         "invalid_utf8": ([str(tmp_path / "badutf8.txt")], "invalid UTF-8"),
         "too_short": ([str(tmp_path / "short.txt")], "too short"),
     }, sock
