@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline import atomic, cli, vocab as vocab_lib
+from pipeline import atomic, cli, locks, vocab as vocab_lib
 from pipeline.cli import UserError
 from trainer.config import DEFAULT_LIMITS, ServingLimits
 
@@ -60,12 +60,21 @@ def load_trained(model_dir: str):
     for name, path in paths.items():
         if not os.path.exists(path):
             raise UserError(f"{model_dir}: no {name}; has trainer.train finished there?")
-    with open(paths["run_config.json"]) as f:
-        run_config = json.load(f)
-    vocab = vocab_lib.read_vocab(paths["vocab.txt"])
-    if vocab_lib.vocab_sha256(vocab) != run_config["vocab_sha256"]:
+    try:
+        with open(paths["run_config.json"]) as f:
+            run_config = json.load(f)
+        vocab = vocab_lib.read_vocab(paths["vocab.txt"])
+        trained_sha256 = run_config["vocab_sha256"]
+        run_config["normalize"], run_config["tokenizer"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{model_dir}: run_config.json or vocab.txt is damaged ({type(err).__name__}: {err})") from None
+    if vocab_lib.vocab_sha256(vocab) != trained_sha256:
         raise UserError(f"{model_dir}: vocab.txt does not match the vocabulary the model was trained with")
-    model = keras.models.load_model(paths["model.keras"], compile=False, safe_mode=True)
+    try:
+        model = keras.models.load_model(paths["model.keras"], compile=False, safe_mode=True)
+    except Exception as err:  # zip, HDF5 or config errors: all mean the same to the user
+        raise UserError(f"{paths['model.keras']}: cannot load ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:200]})") from None
     return model, vocab, run_config
 
 
@@ -222,14 +231,25 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
                  source_fingerprint: str | None = None) -> str:
     """Exports RUN/model as a new version, published only once it runs in TF Serving's loader; returns its directory."""
     cli.quiet_tensorflow()
+    check_model_name(model_name)
+    for path, flag in ((model_dir, "--model-dir"), (export_base, "--export-base")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{flag} {path}: exists and is not a directory")
+    model, vocab, run_config = load_trained(model_dir)
+    model_base = os.path.join(export_base, model_name)
+    os.makedirs(model_base, exist_ok=True)
+    with locks.exclusive(model_base, "serving.export"):  # two exports must not pick the same version
+        return _export_locked(model, vocab, run_config, model_dir, export_base, model_base, version, limits,
+                              source_fingerprint)
+
+
+def _export_locked(model, vocab, run_config, model_dir, export_base, model_base, version, limits,
+                   source_fingerprint) -> str:
     import tensorflow as tf
 
     from trainer.generate import TextModel
 
-    check_model_name(model_name)
-    model, vocab, run_config = load_trained(model_dir)
-    model_base = os.path.join(export_base, model_name)
-    os.makedirs(model_base, exist_ok=True)
+    model_name = os.path.basename(model_base)
     existing = versions(model_base)
     version = version or (existing[-1] + 1 if existing else 1)
     final = os.path.join(model_base, str(version))

@@ -47,6 +47,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                           json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
 
+class LearningRateLog(keras.callbacks.Callback):
+    """Puts the epoch's learning rate in the logs on every run, so history.csv keeps one set of columns
+    whether or not --reduce-lr-patience is given (CSVLogger appends under the header it found)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "learning_rate" not in logs:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN/inf or exploded; the run stops before the bad state is backed up."""
 

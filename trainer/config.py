@@ -2,11 +2,32 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 
 CELLS = ("gru", "lstm", "rnn", "scratch")
 FORMS = ("stacked", "layers", "fused")  # see trainer.model
 OPTIMIZERS = ("sgd", "adam")
+
+
+def _check_types(config) -> None:
+    """TypeError naming the field when a value (e.g. from an --hparams JSON file) has the wrong type."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, hint = getattr(config, field.name), hints[field.name]
+        allowed = typing.get_args(hint) or (hint,)
+        if value is None and type(None) in allowed:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        elif float in allowed:
+            ok = isinstance(value, (int, float))
+        else:
+            ok = isinstance(value, tuple(t for t in allowed if isinstance(t, type)))
+        if not ok:
+            raise TypeError(f"{field.name} must be {' or '.join(getattr(t, '__name__', str(t)) for t in allowed)}, "
+                            f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,7 @@ class TrainConfig:
     sample_chars: int = 20
 
     def __post_init__(self):
+        _check_types(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name in ("batch_size", "epochs", "steps_per_execution"):
@@ -81,8 +103,19 @@ class TrainConfig:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if self.reduce_lr_patience < 0:
             raise ValueError(f"reduce_lr_patience must be >= 0, got {self.reduce_lr_patience}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.clip_norm < math.inf:
+            raise ValueError(f"clip_norm must be >= 0 (0: no clipping), got {self.clip_norm}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2^32), got {self.seed}")
+        if self.time_limit_min is not None and not 0 < self.time_limit_min < math.inf:
+            raise ValueError(f"time_limit_min must be > 0, got {self.time_limit_min}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("num_layers", "num_hiddens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.backend_form not in ("auto",) + FORMS:
             raise ValueError(f"unknown backend form {self.backend_form!r}")
         if self.distribute not in ("none", "mirrored", "multi_worker"):

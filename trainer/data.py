@@ -43,20 +43,46 @@ def load_data_info(data_dir: str) -> DataInfo:
     for name, path in paths.items():
         if not os.path.exists(path):
             raise UserError(f"{data_dir}: no {name}; is this the output of pipeline.preprocess?")
-    with open(paths["metadata.json"]) as f:
-        meta = json.load(f)
-    vocab = vocab_lib.read_vocab(paths["vocab.txt"])
+    try:
+        with open(paths["metadata.json"]) as f:
+            meta = json.load(f)
+        vocab = vocab_lib.read_vocab(paths["vocab.txt"])
+        num_steps, vocab_size = int(meta["num_steps"]), int(meta["vocab_size"])
+        num_train, num_valid = int(meta["windows"]["train"]), int(meta["windows"]["valid"])
+        normalize, tokenizer = str(meta["normalize"]), str(meta["tokenizer"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{data_dir}: metadata.json or vocab.txt is damaged ({type(err).__name__}: {err}); "
+                        f"run pipeline.preprocess again") from None
+    if num_steps < 1 or num_train < 1 or num_valid < 1:
+        raise UserError(f"{data_dir}: metadata.json lists no windows (num_steps {num_steps}, "
+                        f"train {num_train}, valid {num_valid}); run pipeline.preprocess again")
     files = {split: tuple(sorted(glob.glob(os.path.join(data_dir, f"{split}-*.tfrecord"))))
              for split in ("train", "valid")}
     for split, found in files.items():
         if not found:
             raise UserError(f"{data_dir}: no {split}-*.tfrecord records")
-    if len(vocab) != meta["vocab_size"]:
-        raise UserError(f"{data_dir}: vocab.txt has {len(vocab)} tokens, metadata says {meta['vocab_size']}")
-    return DataInfo(data_dir=data_dir, vocab=tuple(vocab), num_steps=int(meta["num_steps"]),
-                    normalize=meta["normalize"], tokenizer=meta["tokenizer"],
-                    train_files=files["train"], valid_files=files["valid"],
-                    num_train=int(meta["windows"]["train"]), num_valid=int(meta["windows"]["valid"]))
+    if len(vocab) != vocab_size:
+        raise UserError(f"{data_dir}: vocab.txt has {len(vocab)} tokens, metadata says {vocab_size}")
+    return DataInfo(data_dir=data_dir, vocab=tuple(vocab), num_steps=num_steps, normalize=normalize,
+                    tokenizer=tokenizer, train_files=files["train"], valid_files=files["valid"],
+                    num_train=num_train, num_valid=num_valid)
+
+
+def check_records(info: DataInfo) -> None:
+    """Reads every record once (TFRecord CRCs checked): a truncated or corrupted shard, or a count that
+    disagrees with metadata.json, is a UserError naming the file before any training starts."""
+    for files, expected, split in ((info.train_files, info.num_train, "train"),
+                                   (info.valid_files, info.num_valid, "valid")):
+        count = 0
+        for path in files:
+            try:
+                count += int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+                first = " ".join(err.message.split())[:200]
+                raise UserError(f"{path}: damaged TFRecord file ({first}); run pipeline.preprocess again") from None
+        if count != expected:
+            raise UserError(f"{info.data_dir}: {count} {split} windows in the records, metadata.json says {expected}; "
+                            f"run pipeline.preprocess again")
 
 
 def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: int = 0,

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from pipeline import atomic, cli, vocab as vocab_lib
+from pipeline import atomic, cli, locks, vocab as vocab_lib
 from pipeline.cli import UserError
 from trainer.config import CELLS, FORMS, OPTIMIZERS, ModelConfig, TrainConfig
 
@@ -56,9 +56,12 @@ def config_from(args) -> TrainConfig:
     if args.hparams:
         try:
             with open(args.hparams) as f:
-                values.update(json.load(f))
+                loaded = json.load(f)
         except (OSError, ValueError) as err:
             raise UserError(f"{args.hparams}: cannot read hyperparameters: {err}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{args.hparams}: must hold a JSON object of hyperparameters, not {type(loaded).__name__}")
+        values.update(loaded)
     fields = TrainConfig.__dataclass_fields__
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -71,7 +74,7 @@ def config_from(args) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as err:
-        raise UserError(str(err)) from None
+        raise UserError(f"{args.hparams + ': ' if args.hparams else ''}{err}") from None
 
 
 def configure_cpu_threads(cfg: TrainConfig) -> None:
@@ -197,8 +200,14 @@ def _check_resume(model_dir: str, run_config: dict) -> None:
     path = os.path.join(model_dir, RUN_CONFIG)
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        previous = json.load(f)
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+        if not isinstance(previous, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({err}); cannot tell whether resuming is safe: use a new --model-dir "
+                        f"or delete it") from None
     for key, what in (("vocab_sha256", "vocabulary"), ("num_steps", "num_steps"), ("architecture", "architecture")):
         if previous.get(key) != run_config[key]:
             raise UserError(f"refusing to resume in {model_dir}: the {what} changed "
@@ -212,7 +221,14 @@ def read_history(path: str) -> list[dict]:
     rows = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            rows[int(row["epoch"])] = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            values = {}
+            for key, value in row.items():
+                try:
+                    values[key] = float(value)
+                except (TypeError, ValueError):  # a short row, an extra column, a repeated header
+                    continue
+            if "epoch" in values and "perplexity" in values:
+                rows[int(values["epoch"])] = values
     return [rows[e] for e in sorted(rows)]
 
 
@@ -251,9 +267,10 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     import keras
     import tensorflow as tf
 
-    from trainer.data import load_data_info
+    from trainer.data import check_records, load_data_info
 
     info = load_data_info(data_dir)
+    check_records(info)
     if cfg.batch_size > info.num_train:
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {info.num_train} training windows")
     model_cfg = model_config_for(cfg, info.vocab_size)
@@ -263,7 +280,17 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     chief = is_chief()
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
     work_dir = model_dir if chief else os.path.join(model_dir, f"worker-{task.get('index', 0)}")
-    os.makedirs(work_dir, exist_ok=True)
+    for path in (model_dir, work_dir):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{path}: exists and is not a directory")
+    with locks.exclusive(work_dir, "trainer.train"):
+        return _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, started, run_config)
+
+
+def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, started, run_config) -> dict:
+    import keras
+    import tensorflow as tf
+
     _check_resume(model_dir, run_config)
     if chief:
         atomic.write_text(os.path.join(model_dir, RUN_CONFIG), json.dumps(run_config, indent=2) + "\n")
@@ -311,6 +338,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
         *lr_schedule_callbacks(cfg),  # before the logger: it adds the epoch's learning_rate to the logs
+        cb.LearningRateLog(),          # the same column when it is not there
         keras.callbacks.CSVLogger(history_path, append=True),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
                                  mode="min", save_best_only=True, initial_value_threshold=best_so_far),

@@ -253,10 +253,11 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
 
     configure_cpu_threads(base)
     from trainer import callbacks as cb
-    from trainer.data import load_data_info
+    from trainer.data import check_records, load_data_info
     from trainer.train import fit_data, lr_schedule_callbacks
 
     info = load_data_info(data_dir)
+    check_records(info)
     if base.batch_size > info.num_train:
         raise UserError(f"--batch-size {base.batch_size} is larger than the {info.num_train} training windows")
     os.makedirs(tuner_dir, exist_ok=True)
@@ -349,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, space, base = parse_args(argv)
     best = tune(args.data, args.tuner_dir, base, space, args.tuner, args.max_trials, args.max_epochs,
                 args.executions_per_trial, args.time_budget, args.early_stopping)
+    worker = os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ
+    if best is None and not worker:
+        raise UserError(f"{args.tuner_dir}: no trial finished, so there is no best_hparams.json "
+                        f"(each trial's error is in the log above)")
     if best is not None:
         print(json.dumps({"best": best, "best_hparams": os.path.join(args.tuner_dir, "best_hparams.json")}))
 
