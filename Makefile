@@ -55,7 +55,7 @@ serve: $(STAMP)
 	    --model_config_file=$(abspath $(RUN_DIR))/export/models.config; \
 	else \
 	  echo "tensorflow_model_server not on PATH: serving with the local stand-in (serving.server)"; \
-	  $(PY) -m serving.server --model-base $(RUN_DIR)/export/$(MODEL_NAME) --model-name $(MODEL_NAME) \
+	  $(PY) -m serving.server --model-config-file $(abspath $(RUN_DIR))/export/models.config \
 	    --port $(GRPC_PORT) --rest-port $(REST_PORT); \
 	fi
 

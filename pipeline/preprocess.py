@@ -156,10 +156,20 @@ def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConf
     files = sources.resolve_sources(list(corpus))
     check_output_apart_from_inputs(output, files)
     atomic.check_replaceable(os.path.abspath(output))  # before Beam runs, not after minutes of work
-    with atomic.atomic_directory(output, "pipeline.preprocess") as tmp:
-        facts = run_beam(files, tmp, cfg, beam_args)
-        counts = check_facts(facts, cfg)
-        return write_metadata(tmp, facts, counts, cfg, beam_args)
+    parent = os.path.dirname(os.path.abspath(output))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {output}: cannot create {parent}: {err.strerror or err}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--output {output}: {parent} is not writable")
+    try:
+        with atomic.atomic_directory(output, "pipeline.preprocess") as tmp:
+            facts = run_beam(files, tmp, cfg, beam_args)
+            counts = check_facts(facts, cfg)
+            return write_metadata(tmp, facts, counts, cfg, beam_args)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+        raise UserError(f"--output {output}: cannot write: {err.strerror or err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

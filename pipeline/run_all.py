@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from pipeline import atomic, cli
+from pipeline import atomic, cli, locks
 from pipeline.cli import UserError
 
 DEFAULTS = {
@@ -178,6 +178,8 @@ def serve_and_query(cfg: dict, run_dir: str) -> dict:
 
     grpc_port = cfg["grpc_port"] or free_port()
     rest_port = cfg["rest_port"] or free_port()
+    for port, knob in ((grpc_port, "GRPC_PORT"), (rest_port, "REST_PORT")):
+        check_port_free(port, knob)  # else the report would describe whatever already listens there
     export_base = os.path.abspath(os.path.join(run_dir, "export"))
     if shutil.which("tensorflow_model_server"):
         kind = "tensorflow_model_server"
@@ -185,14 +187,19 @@ def serve_and_query(cfg: dict, run_dir: str) -> dict:
                f"--model_config_file={export_base}/models.config"]
     else:
         kind = "serving.server (local stand-in; tensorflow_model_server not installed)"
-        cmd = [sys.executable, "-m", "serving.server", "--model-base", os.path.join(export_base, cfg["model_name"]),
-               "--model-name", cfg["model_name"], "--port", str(grpc_port), "--rest-port", str(rest_port)]
+        cmd = [sys.executable, "-m", "serving.server", "--model-config-file", f"{export_base}/models.config",
+               "--port", str(grpc_port), "--rest-port", str(rest_port)]
+    expected_version = versions(os.path.join(export_base, cfg["model_name"]))[-1]
     print(f"\n== stage serve: {' '.join(cmd)}", flush=True)
     server = subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdout=subprocess.DEVNULL)
     address = f"127.0.0.1:{grpc_port}"
     client = Client(address, cfg["model_name"], timeout=30)
     try:
         client.wait_until_ready(180, server)
+        served = client.served_version()
+        if server.poll() is not None or served != expected_version:
+            raise UserError(f"the server answering on {address} is not the one this run started (it serves "
+                            f"version {served}, this run exported {expected_version}); free GRPC_PORT {grpc_port}")
         greedy = client.generate(["it has"], 20)[0]
         print(f"== query over gRPC: {greedy!r}", flush=True)
         times = []
@@ -205,7 +212,7 @@ def serve_and_query(cfg: dict, run_dir: str) -> dict:
             samples[f"temperature {temperature}, seed 0"] = client.generate(["it has"], 40, temperature, 0, 0)[0]
         samples["temperature 1.0, top-k 3, seed 0"] = client.generate(["it has"], 40, 1.0, 3, 0)[0]
         return {"server": address, "kind": kind, "samples": samples,
-                "version": versions(os.path.join(export_base, cfg["model_name"]))[-1],
+                "version": expected_version,
                 "signatures": list(SIGNATURES), "latency": latency_summary(times)}
     finally:
         server.terminate()
@@ -215,9 +222,28 @@ def serve_and_query(cfg: dict, run_dir: str) -> dict:
             server.kill()
 
 
+def check_port_free(port: int, knob: str) -> None:
+    """UserError when something on this machine already listens on `port` (bound without SO_REUSEPORT, so a
+    listener that set it is found too)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserError(f"port {port} is in use by another process; stop it or set {knob}=another port "
+                            f"(0 picks a free one)") from None
+
+
 def run_pipeline(cfg: dict) -> str:
     run_dir = cfg["run_dir"]
-    os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UserError(f"RUN_DIR {run_dir}: exists and is not a directory")
+    with locks.exclusive(run_dir, "pipeline.run_all"):
+        return _run_pipeline_locked(cfg, run_dir)
+
+
+def _run_pipeline_locked(cfg: dict, run_dir: str) -> str:
     atomic.write_text(os.path.join(run_dir, "config.json"), json.dumps(cfg, indent=2) + "\n")
     started = time.perf_counter()
     data_fp = preprocess_stage(cfg, run_dir)
@@ -233,6 +259,7 @@ def run_pipeline(cfg: dict) -> str:
 
 
 def main(argv=None) -> None:
+    _die_with_parent()  # killed with `make` (SIGKILL included): no orphan run racing the rerun
     cfg = parse_args(argv)
     print("pipeline configuration: " + json.dumps(cfg), flush=True)
     run_pipeline(cfg)

@@ -89,6 +89,15 @@ class Client:
                                     f"{timeout_s:.0f} s") from None
                 time.sleep(0.5)
 
+    def served_version(self) -> int:
+        """The version that answers a latest-version request (what a client without a version gets)."""
+        req = self.request("score", text=["it has"])
+        req.output_filter.append("num_tokens")
+        try:
+            return self.stub.Predict(req, timeout=self.timeout).model_spec.version.value
+        except grpc.RpcError as err:
+            raise UserError(f"{err.code().name}: {err.details()}") from None
+
     def generate(self, prefixes: list[str], num_chars: int, temperature: float | None = None,
                  top_k: int = 0, seed: int = 0) -> list[str]:
         if temperature is None:
@@ -117,6 +126,11 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=30.0)
     args = p.parse_args(argv)
+    for name, low, high in (("num_chars", 0, 2**31 - 1), ("top_k", 0, 2**31 - 1), ("seed", -2**63, 2**63 - 1)):
+        if not low <= getattr(args, name) <= high:
+            raise UserError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {getattr(args, name)}")
+    if args.temperature is not None and not 0 < args.temperature <= 100:
+        raise UserError(f"--temperature must be in (0, 100], got {args.temperature}")
     client = Client(args.server, args.model_name, args.timeout)
     if args.score is not None:
         result = client.score([args.score])[0]
