@@ -408,3 +408,26 @@ def test_a_broken_version_is_not_retried_until_its_files_change(server_process):
     while time.time() < deadline and client.served_version() != 9:
         time.sleep(0.5)
     assert client.served_version() == 9
+
+
+def test_a_vocabulary_too_large_for_a_model_is_refused(sandbox, monkeypatch):
+    """A word vocabulary past MAX_VOCAB (2^21 ids) is a one-line error; shown with the limit lowered to 50."""
+    from pipeline import transform
+    from pipeline.cli import UserError
+    from pipeline.preprocess import preprocess
+
+    monkeypatch.setattr(transform, "MAX_VOCAB", 50)
+    with pytest.raises(UserError, match="more than the 50"):
+        preprocess([str(sandbox / "books" / "tm.txt")], str(sandbox / "out"),
+                   transform.PreprocessConfig(tokenizer="word", num_steps=4))
+    assert not (sandbox / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["run_config.json", "vocab.txt", "model.keras"])
+def test_export_refuses_a_damaged_model_dir(trained, tmp_path, damage):
+    model = tmp_path / "model"
+    shutil.copytree(trained[0], model)
+    (model / damage).write_text("{damaged")
+    proc = run_cli("serving.export", "--model-dir", str(model), "--export-base", str(tmp_path / "export"))
+    assert_user_error(proc, damage)
+    assert not list((tmp_path / "export").glob("*/[0-9]*"))
