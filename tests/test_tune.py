@@ -156,3 +156,21 @@ def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, monkeypatch):
     with pytest.raises(Crash):
         stateful.utils.save_json(path, {"trials": 2})  # the module KerasTuner's Stateful.save calls
     assert json.loads(open(path).read()) == {"trials": 1}
+
+
+def test_a_finished_trial_left_listed_as_ongoing_is_not_run_again(tiny_data, tmp_path):
+    """KerasTuner saves oracle.json before it pops the ended trial from ongoing_trials; a kill after that save
+    used to re-run the finished trial on resume (seen as a flaky SIGKILL test). Reproduced by writing that state."""
+    from trainer.tune import make_hypermodel, make_tuner
+
+    space = SearchSpace(1, 1, 8, 8, ("gru",), 0.0, ("sgd",))
+    base = TrainConfig(batch_size=512, verbose=0)
+    tune(str(tiny_data), str(tmp_path), base, space, "random", max_trials=1, max_epochs=1)
+    oracle_file = tmp_path / "search" / "oracle.json"
+    state = json.loads(oracle_file.read_text())
+    finished = sorted(p.name.split("_", 1)[1] for p in (tmp_path / "search").glob("trial_*"))
+    state["ongoing_trials"] = {"tuner0": finished[0]}  # the state a kill right after end_trial's save leaves
+    oracle_file.write_text(json.dumps(state))
+    tuner = make_tuner("random", make_hypermodel(base, space, 28), str(tmp_path), 2, 1, 1, 0)
+    assert tuner.oracle.trials[finished[0]].status == "COMPLETED"
+    assert finished[0] not in tuner.oracle._retry_queue

@@ -130,9 +130,20 @@ def make_tuner(kind: str, hypermodel, directory: str, max_trials: int | None, ma
     if kind == "hyperband":
         tuner = kt.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, **common)
         tuner.oracle.max_trials = max_trials  # Hyperband itself has no trial limit
-        return tuner
-    cls = kt.RandomSearch if kind == "random" else kt.BayesianOptimization
-    return cls(hypermodel, max_trials=max_trials or 10, **common)
+    else:
+        cls = kt.RandomSearch if kind == "random" else kt.BayesianOptimization
+        tuner = cls(hypermodel, max_trials=max_trials or 10, **common)
+    skip_finished_retries(tuner.oracle)
+    return tuner
+
+
+def skip_finished_retries(oracle) -> None:
+    """KerasTuner's end_trial saves oracle.json while the ended trial is still listed as ongoing (it is popped
+    after the save), and reload() queues every ongoing trial for a retry: a run killed before the next trial
+    starts would run a finished trial again. trial.json holds the final status: drop COMPLETED and FAILED
+    trials from the retry queue (INVALID ones are KerasTuner's own retries and stay)."""
+    ended = ("COMPLETED", "FAILED")
+    oracle._retry_queue = [t for t in oracle._retry_queue if oracle.trials[t].status not in ended]
 
 
 def limit_by_time(oracle, deadline: float) -> None:
