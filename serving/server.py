@@ -26,7 +26,6 @@ from pipeline.cli import UserError
 cli.quiet_tensorflow()
 
 import grpc  # noqa: E402
-from google.protobuf import json_format  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
                                      inference_pb2, predict_pb2, regression_pb2)

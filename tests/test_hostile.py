@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 

@@ -264,8 +264,6 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     started = time.perf_counter()
     configure_cpu_threads(cfg)
     strategy = make_strategy(cfg.distribute)  # before any other TF work (multi-worker needs that)
-    import keras
-    import tensorflow as tf
 
     from trainer.data import check_records, load_data_info
 
@@ -288,6 +286,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
 
 
 def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, started, run_config) -> dict:
+    """The part of train_and_evaluate that needs the model dir to itself: resume checks, artefacts, training."""
     import keras
     import tensorflow as tf
 
