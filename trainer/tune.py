@@ -142,6 +142,8 @@ def skip_finished_retries(oracle) -> None:
     after the save), and reload() queues every ongoing trial for a retry: a run killed before the next trial
     starts would run a finished trial again. trial.json holds the final status: drop COMPLETED and FAILED
     trials from the retry queue (INVALID ones are KerasTuner's own retries and stay)."""
+    if not hasattr(oracle, "_retry_queue"):  # a worker's OracleClient: the chief's oracle does this
+        return
     ended = ("COMPLETED", "FAILED")
     oracle._retry_queue = [t for t in oracle._retry_queue if oracle.trials[t].status not in ended]
 
