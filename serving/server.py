@@ -204,10 +204,18 @@ def make_rest_handler(services: Services, max_request_bytes: int):
                 raise invalid(f"Malformed request: Content-Length {header[:40]!r} is not a byte count")
             length = int(header)
             if length > max_request_bytes:
-                self.close_connection = True  # the unread body must not be parsed as the next request
+                self.close_connection = True  # the unread rest must not be parsed as the next request
+                self._discard(min(length, 16 * max_request_bytes))  # so the client reads the answer, not EPIPE
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"request of {length} bytes exceeds the limit of {max_request_bytes}")
             return self.rfile.read(length)
+
+        def _discard(self, remaining: int) -> None:
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
 
         def _handle(self, method: str):
             try:
