@@ -65,7 +65,9 @@ def load_trained(model_dir: str):
             run_config = json.load(f)
         vocab = vocab_lib.read_vocab(paths["vocab.txt"])
         trained_sha256 = run_config["vocab_sha256"]
-        run_config["normalize"], run_config["tokenizer"]
+        missing = [key for key in ("normalize", "tokenizer") if key not in run_config]
+        if missing:
+            raise KeyError(", ".join(missing))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{model_dir}: run_config.json or vocab.txt is damaged ({type(err).__name__}: {err})") from None
     if vocab_lib.vocab_sha256(vocab) != trained_sha256:
@@ -174,24 +176,15 @@ def _outputs_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def run_in_session_loader(saved_model_dir: str, requests) -> list[dict]:
-    """Each PredictRequest run the way TF Serving runs it: TF1 session loader (SavedModelBundle), every
-    input fed and every output fetched by the signature's tensor names."""
-    import tensorflow as tf
-    from tensorflow.python.util import deprecation
+    """Each PredictRequest run the way TF Serving runs it: the session-based SavedModelBundle, inputs fed and
+    outputs fetched by the signature's tensor names (serving.servable.Servable, which the stand-in serves with)."""
+    from serving.servable import Servable
 
-    from serving import tensors
-
-    results = []
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
-        with deprecation.silence():  # the TF1 loader is deprecated in Python, yet it is what TF Serving runs
-            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], saved_model_dir)
-        for req in requests:
-            signature = meta_graph.signature_def[req.model_spec.signature_name or "serving_default"]
-            feeds = {signature.inputs[k].name: tensors.to_numpy(v) for k, v in req.inputs.items()}
-            names = sorted(signature.outputs)
-            values = session.run([signature.outputs[k].name for k in names], feeds)
-            results.append(dict(zip(names, values)))
-    return results
+    servable = Servable(saved_model_dir, version=0)
+    try:
+        return [servable.predict(req.model_spec.signature_name, dict(req.inputs)) for req in requests]
+    finally:
+        servable.close()
 
 
 def run_in_tf2_loader(saved_model_dir: str, requests) -> list[dict]:
@@ -213,9 +206,11 @@ def validate_version(saved_model_dir: str) -> int:
     requests = read_warmup(saved_model_dir)
     if not requests:
         raise UserError(f"{saved_model_dir}: no warm-up requests to validate with")
+    from serving.servable import ServingError
+
     try:
         in_session = run_in_session_loader(saved_model_dir, requests)
-    except (tf.errors.OpError, KeyError, ValueError, RuntimeError) as err:
+    except (ServingError, tf.errors.OpError, KeyError, ValueError, RuntimeError) as err:
         first = " ".join(str(err).split())[:400]
         raise UserError(f"export refused: TF Serving's session loader cannot run it: {first}") from None
     for req, session_out, tf2_out in zip(requests, in_session, run_in_tf2_loader(saved_model_dir, requests)):
