@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED := 1
 export DEEP_RNN_SEED_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv pipeline test test-fast test-reliability bench serve clean clean-venv
+.PHONY: venv kernels pipeline test test-fast test-reliability bench serve clean clean-venv
 
 venv: $(STAMP)
 
@@ -34,19 +34,23 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-pipeline: $(STAMP)
+# The native form's C++ kernels, built for this CPU and TensorFlow (a moved checkout builds its own).
+kernels: $(STAMP)
+	@$(PY) -m trainer.native >/dev/null
+
+pipeline: $(STAMP) kernels
 	$(PY) -m pipeline.run_all $(KNOB_FLAGS)
 
-test: $(STAMP)
+test: $(STAMP) kernels
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) kernels
 	$(PY) -m pytest -q -m "not slow and not reliability" $(PYTEST_ARGS)
 
 test-reliability: $(STAMP)
 	$(PY) -m pytest -q -m reliability $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) kernels
 	$(PY) -m bench.run_all
 
 serve: $(STAMP)

@@ -1,41 +1,55 @@
-"""Training speed of the three model forms (cell stack, one Keras layer per depth, fused) on this device.
+"""Training speed of the model forms (cell stack, Keras layer per depth, fused graph, native kernels) here.
 
-    python -m bench.forms [--sizes 2x256 3x1024] [--cells gru lstm] [--mixed-precision]
-On a GPU the `layers` form is the cuDNN one (the script records whether CudnnRNN ops ran); on a CPU the
-`fused` form is the one `--backend-form auto` picks. Synthetic token ids (speed does not depend on the
-text), batch 64 × 64 steps, Adam; a few warm-up steps, then timed `train_on_batch` steps.
+    python -m bench.forms [--sizes 2x32@1024x32 2x256 3x512] [--cells gru lstm] [--mixed-precision]
+Each (size, cell, form) runs in a process of its own, with the thread set-up the trainer gives that form
+(trainer.train.configure_cpu_threads), so every row is what `trainer.train --backend-form FORM` would get.
+`--backend-form auto` chooses from the rows this writes to bench/results/forms.json (trainer.model.resolve_form);
+on a GPU the `layers` form is the cuDNN one (the row records whether CudnnRNN ops ran). Synthetic token ids
+(speed does not depend on the text), Adam; a few warm-up steps, then timed `train_on_batch` steps.
+A size is LAYERSxHIDDENS, optionally @BATCHxSTEPS (default: --batch × --num-steps).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
-from bench.common import emit
+from bench.common import ROOT, emit
 
-FORMS = ("stacked", "layers", "fused")
+FORMS = ("stacked", "layers", "fused", "native")
 
 
-def uses_cudnn(model) -> bool:
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: model(x, training=True))
-    graph = fn.get_concrete_function(tf.TensorSpec([2, 8], tf.int32)).graph
-    types = {op.type for op in graph.get_operations()}
-    types |= {op.type for f in graph._functions.values() for op in f.graph.get_operations()}
-    return any("CudnnRNN" in t for t in types)
+def parse_size(text: str, batch: int, num_steps: int) -> tuple[int, int, int, int]:
+    """'2x256' or '2x32@1024x32' → (layers, hiddens, batch, num_steps)."""
+    try:
+        size, _, shape = text.lower().partition("@")
+        layers, hiddens = (int(x) for x in size.split("x"))
+        if shape:
+            batch, num_steps = (int(x) for x in shape.split("x"))
+    except ValueError:
+        raise SystemExit(f"bench.forms: bad size {text!r}; expected LAYERSxHIDDENS[@BATCHxSTEPS]") from None
+    return layers, hiddens, batch, num_steps
 
 
 def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_steps: int, vocab: int,
-              steps: int, warmup: int) -> dict:
+              steps: int, warmup: int, mixed_precision: bool) -> dict:
+    """One row, in this process (configures TF's threads: call it in a fresh process)."""
+    import keras
     import numpy as np
     import tensorflow as tf
 
     from trainer.config import ModelConfig, TrainConfig
-    from trainer.model import build_model
-    from trainer.train import compile_model
+    from trainer.model import build_model, graph_op_types
+    from trainer.train import compile_model, configure_cpu_threads
 
     cfg = TrainConfig(cell=cell, num_layers=layers, num_hiddens=hiddens, batch_size=batch, optimizer="adam",
-                      lr=1e-3)
+                      lr=1e-3, mixed_precision=mixed_precision)
+    configure_cpu_threads(cfg, form)
+    gpus = tf.config.list_physical_devices("GPU")
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
     model = compile_model(build_model(ModelConfig(vocab, cell, layers, hiddens, form=form)), cfg)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, size=(steps + warmup, batch, num_steps + 1), dtype=np.int32)
@@ -47,14 +61,19 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
         loss = model.train_on_batch(x, y)
     float(loss[0] if isinstance(loss, list) else loss)  # wait for the last step
     seconds = time.perf_counter() - start
-    return {"cell": cell, "size": f"{layers}x{hiddens}", "form": form, "params": int(model.count_params()),
+    types = graph_op_types(model)
+    return {"cell": cell, "size": f"{layers}x{hiddens}", "batch": batch, "num_steps": num_steps, "form": form,
+            "device": "GPU" if gpus else "CPU", "precision": "mixed" if mixed_precision else "float32",
+            "params": int(model.count_params()),
             "train_tokens_per_s": steps * batch * num_steps / seconds, "ms_per_step": 1e3 * seconds / steps,
-            "cudnn": uses_cudnn(model)}
+            "cudnn": any("CudnnRNN" in t for t in types), "native_ops": any(t.startswith("DeepRnn") for t in types)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", help="LAYERSxHIDDENS (default: 2x256 3x1024 on a GPU, 2x256 on a CPU)")
+    parser.add_argument("--sizes", nargs="+",
+                        help="LAYERSxHIDDENS[@BATCHxSTEPS] (default: 2x256 3x1024 on a GPU; on a CPU the book's "
+                             "2x32@1024x32, 2x256 and 3x512)")
     parser.add_argument("--cells", nargs="+", default=["gru", "lstm"])
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
     parser.add_argument("--batch", type=int, default=64)
@@ -62,27 +81,37 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="also time each form with mixed precision (float16 on GPU, bfloat16 on CPU)")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: time one JSON-described row and print it
     args = parser.parse_args()
-    import keras
+    if args.row:
+        print(json.dumps(time_form(**json.loads(args.row))))
+        return
     import tensorflow as tf
 
-    from trainer.model import resolve_form
-
     gpus = tf.config.list_physical_devices("GPU")
-    sizes = args.sizes or (["2x256", "3x1024"] if gpus else ["2x256"])
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    sizes = args.sizes or (["2x256", "3x1024"] if gpus else ["2x32@1024x32", "2x256", "3x512"])
     rows = []
     for size in sizes:
-        layers, hiddens = (int(x) for x in size.lower().split("x"))
+        layers, hiddens, batch, num_steps = parse_size(size, args.batch, args.num_steps)
         for cell in args.cells:
-            for form in args.forms:
-                rows.append(time_form(cell, layers, hiddens, form, args.batch, args.num_steps, args.vocab,
-                                      args.steps, args.warmup))
-                print(rows[-1], flush=True)
-    emit("forms", {"device": "GPU" if gpus else "CPU", "auto_form": resolve_form("auto", "gru"),
-                   "mixed_precision": args.mixed_precision, "batch": args.batch, "num_steps": args.num_steps,
+            for mixed in ([False, True] if args.mixed_precision else [False]):
+                for form in args.forms:
+                    if form == "layers" and not gpus and hiddens < 256 and batch > 256:
+                        continue  # minutes per row on a CPU at the book's batch, never the fastest
+                    spec = dict(cell=cell, layers=layers, hiddens=hiddens, form=form, batch=batch,
+                                num_steps=num_steps, vocab=args.vocab, steps=args.steps, warmup=args.warmup,
+                                mixed_precision=mixed)
+                    proc = subprocess.run([sys.executable, "-m", "bench.forms", "--row", json.dumps(spec)],
+                                          cwd=ROOT, capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        print(f"bench.forms: {cell} {size} {form} failed: {proc.stderr.strip()[-500:]}",
+                              file=sys.stderr)
+                        continue
+                    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    print(rows[-1], flush=True)
+    emit("forms", {"device": "GPU" if gpus else "CPU", "mixed_precision": args.mixed_precision,
                    "vocab": args.vocab, "rows": rows})
 
 

@@ -102,11 +102,12 @@ def graph_op_types(saved_model_dir: str) -> set[str]:
 
 
 def check_portable(saved_model_dir: str) -> None:
-    """Refuses graphs TF Serving's C++ runtime cannot run: Python callbacks, cuDNN-only kernels, unknown ops."""
+    """Refuses graphs TF Serving's C++ runtime cannot run: Python callbacks, cuDNN-only kernels, unknown ops,
+    and this project's training-only native kernels (registered in this process, absent from TF Serving)."""
     from tensorflow.python.framework import op_def_registry
 
     bad = sorted(t for t in graph_op_types(saved_model_dir)
-                 if t in FORBIDDEN_OPS or "Cudnn" in t or op_def_registry.get(t) is None)
+                 if t in FORBIDDEN_OPS or "Cudnn" in t or t.startswith("DeepRnn") or op_def_registry.get(t) is None)
     if bad:
         raise UserError(f"export would contain ops the C++ runtime cannot serve: {', '.join(bad)}")
 

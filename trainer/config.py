@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 
 CELLS = ("gru", "lstm", "rnn", "scratch")
-FORMS = ("stacked", "layers", "fused")  # see trainer.model
+FORMS = ("stacked", "layers", "fused", "native")  # see trainer.model
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -79,7 +79,7 @@ class TrainConfig:
     lr: float = 2.0
     clip_norm: float = 1.0
     seed: int = 0
-    backend_form: str = "auto"   # auto | stacked | layers | fused
+    backend_form: str = "auto"   # auto | stacked | layers | fused | native
     distribute: str = "none"     # none | mirrored | multi_worker
     mixed_precision: bool = False
     verbose: int = 1

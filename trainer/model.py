@@ -1,15 +1,24 @@
 """Pure model builders: ModelConfig in, Keras model out (ids [B, T] → logits [B, T, V]).
 
-Three forms of the same network, with one weight layout (per layer: kernel, recurrent_kernel,
+Four forms of the same network, with one weight layout (per layer: kernel, recurrent_kernel,
 bias; then the output layer), so weights move between them with set_weights:
 - "stacked": keras.layers.RNN over StackedRNNCells — the book's concise design;
 - "layers":  one keras.layers.GRU/LSTM/SimpleRNN per depth — what reaches cuDNN on a GPU;
 - "fused":   FusedRNNStack — the first layer's one-hot projection precomputed as a [V, gates]
              table and looked up per step (no [T, B, gates] tensor to copy), the time loop
              unrolled in the graph doing only the recurrent part, layers interleaved so layer l+1
-             at step t runs beside layer l at step t+1. The fastest form on CPU.
+             at step t runs beside layer l at step t+1.
+- "native":  NativeRNNStack — one C++ op per layer runs the whole sequence (trainer/native.py), with
+             each layer's input projection and the weight gradients as single large matmuls. GRU and
+             LSTM, float32, CPU, training only (exports keep standard ops).
+`--backend-form auto` picks among them from bench.forms' measurements (resolve_form).
 """
 from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
 
 import keras
 import tensorflow as tf
@@ -109,15 +118,45 @@ class FusedRNNStack(keras.layers.Layer):
                 "num_hiddens": self.num_hiddens, "vocab_size": self.vocab_size, "dropout": self.dropout}
 
 
+@keras.saving.register_keras_serializable(package="deep_rnn")
+class NativeRNNStack(FusedRNNStack):
+    """FusedRNNStack's cells and weights, run layer by layer through the native whole-sequence kernels."""
+
+    def call(self, ids, training=False):
+        from trainer import native
+
+        ok, why = native.available()
+        if not ok:  # e.g. a saved model loaded for export on a machine without a compiler: same maths
+            warnings.warn(f"native RNN kernels unavailable ({why}); running the fused graph form", stacklevel=2)
+            return super().call(ids, training=training)
+        ids = tf.cast(ids, tf.int32)
+        ids_by_step = tf.transpose(ids)                               # [T, B]
+        batch = tf.shape(ids_by_step)[1]
+        masks = self._dropout_masks(batch, training)
+        out = None
+        for i, cell in enumerate(self.cells):
+            w = cells_lib.read_weights(cell, tf.float32)
+            if i == 0:
+                xp = native.lookup_rows(cells_lib.input_table(w), ids_by_step)            # [T, B, G]
+            else:
+                x = out if masks[i] is None else out * tf.cast(masks[i], out.dtype)       # mask [B, H]
+                xp = native.project(x, w.kernel, w.input_bias)                            # [T, B, G]
+            zeros = tf.zeros((batch, self.num_hiddens), tf.float32)
+            out, _ = native.run_layer(w, xp, [zeros] * cells_lib.num_states(cell))        # [T, B, H]
+        return tf.cast(tf.transpose(out, [1, 0, 2]), self.compute_dtype)                # [B, T, H]
+
+
 _LAYER_CLASSES = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
 
 
 def build_model(cfg: ModelConfig) -> keras.Model:
     """An uncompiled model: ids [B, T] (int32) → logits [B, T, vocab] (float32)."""
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    if cfg.form == "fused":
-        hidden = FusedRNNStack(cfg.cell, cfg.num_layers, cfg.num_hiddens, cfg.vocab_size, cfg.dropout,
-                               name="rnn")(ids)
+    if cfg.form in ("fused", "native"):
+        if cfg.form == "native" and cfg.cell not in ("gru", "lstm"):
+            raise ValueError(f"the native form has kernels for gru and lstm, not {cfg.cell!r}; use 'fused'")
+        stack_class = NativeRNNStack if cfg.form == "native" else FusedRNNStack
+        hidden = stack_class(cfg.cell, cfg.num_layers, cfg.num_hiddens, cfg.vocab_size, cfg.dropout, name="rnn")(ids)
     elif cfg.form == "stacked":
         stack = keras.layers.StackedRNNCells(
             [cells_lib.make_cell(cfg.cell, cfg.num_hiddens, dropout=cfg.dropout if i else 0.0, name=f"cell_{i}")
@@ -149,12 +188,67 @@ def model_cells(model: keras.Model) -> list:
 
 def model_form(model: keras.Model) -> str:
     layer = next((l for l in model.layers if l.name == "rnn"), None)
+    if isinstance(layer, NativeRNNStack):
+        return "native"
     return "fused" if isinstance(layer, FusedRNNStack) else "stacked" if layer is not None else "layers"
 
 
-def resolve_form(requested: str, cell: str) -> str:
-    """'auto' → the cuDNN-eligible layers on a GPU (GRU/LSTM), the fused stack otherwise."""
+FORMS_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "bench", "results", "forms.json")
+
+
+def measured_form(cell: str, num_hiddens: int, device: str, mixed_precision: bool = False,
+                  path: str | None = None) -> str | None:
+    """The fastest form bench.forms measured for this cell and device at the nearest width, or None."""
+    try:
+        with open(path or FORMS_RESULTS) as f:
+            rows = json.load(f).get("rows", [])
+    except (OSError, ValueError):
+        return None
+    precision = "mixed" if mixed_precision else "float32"
+    rows = [r for r in rows if r.get("cell") == cell and r.get("device") == device
+            and r.get("precision", "float32") == precision]
+    if not rows:
+        return None
+    width = lambda r: int(r["size"].split("x")[1])  # noqa: E731
+    nearest = min(rows, key=lambda r: abs(math.log(width(r) / num_hiddens)))
+    same = [r for r in rows if r["size"] == nearest["size"] and r.get("batch") == nearest.get("batch")]
+    return max(same, key=lambda r: r["train_tokens_per_s"])["form"]
+
+
+def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precision: bool = False) -> str:
+    """'auto' → the form bench.forms measured fastest for this cell, width and device (bench/results/forms.json).
+
+    Without a measurement: the cuDNN-eligible layers on a GPU, the fused stack on a CPU. The native kernels
+    are float32 CPU kernels: where they would be chosen but cannot be built or loaded, the fused stack
+    runs instead and a warning says why (tests/test_native.py fails when that happens under `make test`).
+    """
     if requested != "auto":
         return requested
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    return "layers" if on_gpu and cell in ("gru", "lstm") else "fused"
+    form = measured_form(cell, num_hiddens, "GPU" if on_gpu else "CPU", mixed_precision)
+    if form is None:
+        form = "layers" if on_gpu and cell in ("gru", "lstm") else "fused"
+    if form == "native":
+        from trainer import native
+
+        ok, why = native.available()
+        if not ok or cell not in ("gru", "lstm") or mixed_precision:
+            if ok:
+                why = "the native kernels are float32 gru/lstm kernels"
+            warnings.warn(f"--backend-form auto: the native form is fastest here but {why}; using 'fused'",
+                          stacklevel=2)
+            form = "fused"
+    if form == "layers" and cell == "scratch":
+        form = "fused"
+    return form
+
+
+def graph_op_types(model, steps: int = 8) -> set[str]:
+    """The op types a training step of the model runs (function bodies included): to check which kernels
+    a form really uses (CudnnRNN on a GPU, the native DeepRnn* ops, never a silent fallback)."""
+    fn = tf.function(lambda x: model(x, training=True))
+    graph = fn.get_concrete_function(tf.TensorSpec([2, steps], tf.int32)).graph
+    types = {op.type for op in graph.get_operations()}
+    types |= {op.type for f in graph._functions.values() for op in f.graph.get_operations()}
+    return types

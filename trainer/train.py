@@ -77,16 +77,17 @@ def config_from(args) -> TrainConfig:
         raise UserError(f"{args.hparams + ': ' if args.hparams else ''}{err}") from None
 
 
-def configure_cpu_threads(cfg: TrainConfig) -> None:
-    """Small recurrent models on CPU run fastest with one thread per op and ops in parallel.
+def configure_cpu_threads(cfg: TrainConfig, form: str) -> None:
+    """Small recurrent models in the graph forms run fastest on CPU with one thread per op, ops in parallel.
 
     Their matmuls are too small to split across cores, but the unrolled graph has independent
-    ops (layer l+1 at step t beside layer l at step t+1) for the inter-op pool to overlap.
+    ops (layer l+1 at step t beside layer l at step t+1) for the inter-op pool to overlap. The native
+    kernels split the batch across the intra-op threads instead, so they keep TF's defaults.
     Measured in bench/RESULTS.md; must run before TensorFlow starts its thread pools.
     """
     import tensorflow as tf
 
-    if cfg.num_hiddens > 256 or tf.config.list_physical_devices("GPU"):
+    if form == "native" or cfg.num_hiddens > 256 or tf.config.list_physical_devices("GPU"):
         return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -184,13 +185,17 @@ def lr_schedule_callbacks(cfg: TrainConfig) -> list:
                                               patience=cfg.reduce_lr_patience, min_lr=cfg.lr / 32, verbose=0)]
 
 
-def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+def resolved_form(cfg: TrainConfig) -> str:
+    """cfg.backend_form with 'auto' resolved from bench.forms' measurements for this cell, width and device."""
     from trainer.model import resolve_form
 
+    return resolve_form(cfg.backend_form, cfg.cell, cfg.num_hiddens, cfg.mixed_precision)
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     try:
         return ModelConfig(vocab_size=vocab_size, cell=cfg.cell, num_layers=cfg.num_layers,
-                           num_hiddens=cfg.num_hiddens, dropout=cfg.dropout,
-                           form=resolve_form(cfg.backend_form, cfg.cell))
+                           num_hiddens=cfg.num_hiddens, dropout=cfg.dropout, form=resolved_form(cfg))
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -262,7 +267,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     """Trains (or resumes) a model on RUN/data into model_dir and returns metrics.json's content."""
     cli.quiet_tensorflow()
     started = time.perf_counter()
-    configure_cpu_threads(cfg)
+    configure_cpu_threads(cfg, resolved_form(cfg))
     strategy = make_strategy(cfg.distribute)  # before any other TF work (multi-worker needs that)
 
     from trainer.data import check_records, load_data_info

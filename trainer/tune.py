@@ -262,9 +262,9 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     so budget goes to new points instead of models that have started to overfit.
     """
     cli.quiet_tensorflow()
-    from trainer.train import configure_cpu_threads
+    from trainer.train import configure_cpu_threads, resolved_form
 
-    configure_cpu_threads(base)
+    configure_cpu_threads(base, resolved_form(base))
     from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
     from trainer.train import fit_data, lr_schedule_callbacks

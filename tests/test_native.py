@@ -1,0 +1,155 @@
+"""The native form: whole-sequence C++ kernels (trainer/kernels/rnn_sequence.cc) built by make for this CPU.
+
+Tested like Keras tests its cells: shapes, the same numbers and gradients as Keras's own cells, one training
+step, weights moving between forms; plus: `auto` really runs the kernels where bench.forms measured them
+fastest (no silent fallback), and exports never contain them.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import native
+from trainer.config import ModelConfig, TrainConfig
+from trainer.model import build_model, graph_op_types, measured_form, model_form, resolve_form
+
+
+def test_kernels_build_and_load_here():
+    """make builds them for this CPU; if this fails, `auto` would fall back (tested below), so fail loudly."""
+    ok, why = native.available()
+    assert ok, why
+
+
+def _logits_and_grads(model, ids, targets):
+    with tf.GradientTape() as tape:
+        logits = model(ids, training=True)
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
+    return logits.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_weights)]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_native_equals_keras_cells_forward_and_backward(cell):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    reference = build_model(ModelConfig(11, cell=cell, num_layers=3, num_hiddens=8, form="stacked"))
+    fast = build_model(ModelConfig(11, cell=cell, num_layers=3, num_hiddens=8, form="native"))
+    assert len(fast.get_weights()) == len(reference.get_weights())  # one weight layout
+    fast.set_weights(reference.get_weights())
+    rng = np.random.default_rng(0)
+    ids, targets = rng.integers(0, 11, (5, 7)).astype("int32"), rng.integers(0, 11, (5, 7))
+    (want_logits, want_grads), (got_logits, got_grads) = (_logits_and_grads(m, ids, targets)
+                                                          for m in (reference, fast))
+    assert got_logits.shape == (5, 7, 11)
+    np.testing.assert_allclose(got_logits, want_logits, atol=1e-6)
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert "DeepRnn" + cell.capitalize() + "Sequence" in graph_op_types(fast)
+
+
+def test_gru_kernel_numbers_with_constant_weights():
+    """Hand-computed: H = 1, U = 0.5 for every gate, zero biases, xp = 0.1 for every gate, h0 = 0."""
+    library = native.load()
+    xp = tf.fill([2, 1, 3], 0.1)
+    h, _ = library.deep_rnn_gru_sequence(xp, tf.zeros([1, 1]), tf.fill([1, 3], 0.5), tf.zeros([3]))
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    h1 = (1 - sig(0.1)) * np.tanh(0.1)                       # z h0 + (1 - z) tanh(x_h + r·0)
+    z2, r2 = sig(0.1 + 0.5 * h1), sig(0.1 + 0.5 * h1)
+    h2 = z2 * h1 + (1 - z2) * np.tanh(0.1 + r2 * 0.5 * h1)
+    np.testing.assert_allclose(h.numpy().ravel(), [h1, h2], rtol=1e-6)
+
+
+def test_kernel_rejects_inconsistent_shapes():
+    library = native.load()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="inconsistent shapes"):
+        library.deep_rnn_gru_sequence(tf.zeros([3, 2, 12]), tf.zeros([2, 4]), tf.zeros([4, 9]), tf.zeros([12]))
+
+
+def test_native_form_is_gru_and_lstm_only():
+    with pytest.raises(ValueError, match="native form"):
+        build_model(ModelConfig(11, cell="rnn", form="native"))
+
+
+def test_one_training_step_and_weights_move_between_forms():
+    from trainer.train import compile_model
+
+    cfg = TrainConfig(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
+    model = compile_model(build_model(ModelConfig(11, num_hiddens=8, form="native", dropout=0.2)), cfg)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 11, (4, 6)).astype("int32"), rng.integers(0, 11, (4, 6)).astype("int32")
+    before = [w.copy() for w in model.get_weights()]
+    first = model.train_on_batch(x, y)
+    assert all(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+    assert np.isfinite(first[0] if isinstance(first, list) else first)
+    for form in ("fused", "stacked"):
+        other = build_model(ModelConfig(11, num_hiddens=8, form=form, dropout=0.2))
+        other.set_weights(model.get_weights())
+        np.testing.assert_allclose(other(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
+def _forms_file(tmp_path, rows):
+    path = tmp_path / "forms.json"
+    path.write_text(json.dumps({"rows": rows}))
+    return str(path)
+
+
+def test_auto_picks_the_measured_fastest_form_at_the_nearest_width(tmp_path):
+    rows = [dict(cell="gru", size=size, batch=64, device="CPU", form=form, train_tokens_per_s=speed)
+            for size, form, speed in [("2x32", "fused", 1.0), ("2x32", "native", 2.0),
+                                      ("2x256", "fused", 3.0), ("2x256", "native", 1.0)]]
+    path = _forms_file(tmp_path, rows)
+    assert measured_form("gru", 48, "CPU", path=path) == "native"
+    assert measured_form("gru", 512, "CPU", path=path) == "fused"
+    assert measured_form("lstm", 32, "CPU", path=path) is None           # not measured: the caller's default
+    assert measured_form("gru", 32, "CPU", mixed_precision=True, path=path) is None
+
+
+def test_auto_uses_the_native_kernels_where_measured_fastest_and_never_falls_back_silently(monkeypatch):
+    """The committed bench.forms measurements decide; where they say native, the training graph must run it."""
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    for cell, width in (("gru", 32), ("lstm", 32), ("gru", 256), ("lstm", 512)):
+        measured = measured_form(cell, width, "GPU" if on_gpu else "CPU")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a fallback warning is a failure here
+            form = resolve_form("auto", cell, width)
+        assert form == (measured or ("layers" if on_gpu else "fused")), (cell, width)
+        model = build_model(ModelConfig(28, cell=cell, num_hiddens=8, form=form))
+        assert model_form(model) == form
+        if form == "native":
+            assert f"DeepRnn{cell.capitalize()}Sequence" in graph_op_types(model)
+    # and when the kernels cannot be had, auto says so and runs the same maths in the graph
+    monkeypatch.setattr("trainer.model.measured_form", lambda *a, **k: "native")
+    monkeypatch.setattr(native, "available", lambda: (False, "no C++ compiler"))
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        assert resolve_form("auto", "gru", 32) == "fused"
+
+
+def test_a_native_trained_model_exports_standard_ops_only(tiny_data, tmp_path):
+    """Trained with the native kernels, exported with standard ops: generation equals the Keras model's."""
+    import keras
+
+    from serving.export import export_model, graph_op_types as saved_op_types
+    from tests.conftest import TINY_TRAIN
+    from trainer.train import train_and_evaluate
+
+    model_dir = tmp_path / "model"
+    train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "epochs": 1, "backend_form": "native"}), str(tiny_data),
+                       str(model_dir))
+    model = keras.models.load_model(model_dir / "model.keras")
+    assert model_form(model) == "native"
+    version_dir = export_model(str(model_dir), str(tmp_path / "export"), "deep_rnn")
+    assert not any(t.startswith("DeepRnn") for t in saved_op_types(version_dir))
+    served = tf.saved_model.load(version_dir).signatures["serving_default"]
+    text = served(prefix=tf.constant(["it has"]), num_chars=tf.constant(12))["text"].numpy()[0].decode()
+    from pipeline import vocab as vocab_lib
+
+    vocab = vocab_lib.read_vocab(str(model_dir / "vocab.txt"))
+    index = {t: i for i, t in enumerate(vocab)}
+    ids = [index[c] for c in "it has"]
+    for _ in range(12):  # the book's predict: rerun the whole (native-form) Keras model per character
+        ids.append(int(np.argmax(np.asarray(model(np.array([ids], "int32")))[0, -1])))
+    assert text == "it has" + "".join(vocab[i] for i in ids[6:])

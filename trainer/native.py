@@ -1,0 +1,205 @@
+"""The `native` form's kernels: trainer/kernels/rnn_sequence.cc built for this CPU and TensorFlow, and their gradients.
+
+One op runs a whole GRU or LSTM layer over the sequence (forward, and backward in its gradient op), so a
+training step has a few dozen TF ops instead of thousands. Built by `make` (`python -m trainer.native`) with
+the flags `tf.sysconfig` gives; the library is keyed by source, TensorFlow version and CPU, so a checkout
+moved to another machine builds its own. Used for training only: exports keep standard ops.
+
+    python -m trainer.native [--force]   # build (if needed) and print the library's path
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(ROOT, "trainer", "kernels", "rnn_sequence.cc")
+BUILD_DIR = os.path.join(ROOT, "build", "native")
+OP_TYPES = {"gru": "DeepRnnGruSequence", "lstm": "DeepRnnLstmSequence"}
+
+
+class NativeUnavailable(RuntimeError):
+    """The kernels cannot be built or loaded here (the message says why)."""
+
+
+def cpu_fingerprint() -> str:
+    """The CPU's model name and instruction-set flags: what -march=native compiles for."""
+    model, flags = platform.processor(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":")[0].strip()
+                if key == "model name" and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif key == "flags":
+                    flags = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()} {model} {flags}"
+
+
+def _compile_flags() -> tuple[list[str], list[str], str]:
+    import tensorflow as tf
+
+    return tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(), tf.__version__
+
+
+def library_path() -> str:
+    compile_flags, link_flags, version = _compile_flags()
+    with open(SOURCE, "rb") as f:
+        key = hashlib.sha256(f.read() + "\0".join([version, cpu_fingerprint(), *compile_flags, *link_flags])
+                             .encode()).hexdigest()[:16]
+    return os.path.join(BUILD_DIR, key, "rnn_sequence.so")
+
+
+def build(force: bool = False) -> str:
+    """Compile the kernels for this CPU and TensorFlow unless already built; returns the library's path.
+
+    Written under a temporary name and renamed, so concurrent builds (tuner workers) never load half a file."""
+    path = library_path()
+    if os.path.exists(path) and not force:
+        return path
+    compile_flags, link_flags, _ = _compile_flags()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    command = [os.environ.get("CXX", "g++"), "-std=c++17", "-shared", "-fPIC", "-O3", "-march=native", "-w",
+               SOURCE, "-o", tmp, *compile_flags, *link_flags]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True)
+    except OSError as err:
+        os.unlink(tmp)
+        raise NativeUnavailable(f"no C++ compiler to build the native RNN kernels ({err})") from None
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise NativeUnavailable("building the native RNN kernels failed: "
+                                + (proc.stderr.strip().splitlines() or ["(no output)"])[-1])
+    os.replace(tmp, path)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def load():
+    """The loaded op library (built first if needed), with its gradients registered; NativeUnavailable if not."""
+    import tensorflow as tf
+
+    path = build()
+    try:
+        library = tf.load_op_library(path)
+    except (tf.errors.NotFoundError, OSError) as err:
+        raise NativeUnavailable(f"loading {path} failed: {err}") from None
+    _register_gradients(library)
+    return library
+
+
+def available() -> tuple[bool, str]:
+    """(True, "") when the kernels load here, else (False, why)."""
+    try:
+        load()
+        return True, ""
+    except NativeUnavailable as err:
+        return False, str(err)
+
+
+def _register_gradients(library) -> None:
+    import tensorflow as tf
+
+    def previous_states(first, seq):  # [B, H], [T, B, H] → [T·B, H]: the state each step started from
+        return tf.reshape(tf.concat([first[None], seq[:-1]], axis=0), [-1, tf.shape(seq)[-1]])
+
+    @tf.RegisterGradient("DeepRnnGruSequence")
+    def _gru_grad(op, dh, _dgates):  # gates is internal to the layer: nothing downstream reads it
+        _, h0, kernel, _ = op.inputs
+        h, gates = op.outputs
+        dh = tf.zeros_like(h) if dh is None else dh
+        dxp, dhp, dh0 = library.deep_rnn_gru_sequence_grad(h0, kernel, h, gates, dh)
+        flat_dhp = tf.reshape(dhp, [-1, tf.shape(dhp)[-1]])                     # [T·B, 3H]
+        dkernel = tf.matmul(previous_states(h0, h), flat_dhp, transpose_a=True)  # one large matmul
+        return dxp, dh0, dkernel, column_sums(flat_dhp)
+
+    @tf.RegisterGradient("DeepRnnLstmSequence")
+    def _lstm_grad(op, dh, dc, _dgates):
+        _, h0, c0, kernel = op.inputs
+        h, c, gates = op.outputs
+        dh = tf.zeros_like(h) if dh is None else dh
+        dc = tf.zeros_like(c) if dc is None else dc
+        dxp, dh0, dc0 = library.deep_rnn_lstm_sequence_grad(h0, c0, kernel, h, c, gates, dh, dc)
+        dkernel = tf.matmul(previous_states(h0, h), tf.reshape(dxp, [-1, tf.shape(dxp)[-1]]), transpose_a=True)
+        return dxp, dh0, dc0, dkernel
+
+
+def column_sums(x):
+    """x [N, G] → [G] as a matrix-vector product: several times faster than reduce_sum over N here."""
+    import tensorflow as tf
+
+    return tf.matmul(tf.ones([1, tf.shape(x)[0]], x.dtype), x)[0]
+
+
+def lookup_rows(table, ids):
+    """table [V, G], ids [T, B] → [T, B, G]: the first layer's input projection as a row lookup, whose
+    gradient is one [V, T·B] × [T·B, G] matmul (a segment sum over a few dozen rows serialises on them)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def lookup(table):
+        def grad(dy):  # dy [T, B, G]
+            flat_ids = tf.reshape(ids, [-1])
+            one_hot = tf.one_hot(flat_ids, tf.shape(table)[0], dtype=dy.dtype)            # [T·B, V]
+            return tf.matmul(one_hot, tf.reshape(dy, [-1, tf.shape(dy)[-1]]), transpose_a=True)
+
+        return tf.gather(table, ids), grad
+
+    return lookup(table)
+
+
+def project(x, kernel, bias):
+    """x [T, B, d] → x W + b [T, B, G] as one large matmul; the bias gradient as a matrix-vector product."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def add_bias(y, b):
+        return y + b, lambda dy: (dy, column_sums(tf.reshape(dy, [-1, tf.shape(dy)[-1]])))
+
+    steps, batch = tf.shape(x)[0], tf.shape(x)[1]
+    y = tf.reshape(tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel), [steps, batch, -1])
+    return add_bias(y, bias)
+
+
+def run_layer(weights, xp, states):
+    """One layer over the whole sequence: xp [T, B, gates] (x W + input bias), states [[B, H], ...] →
+    (outputs [T, B, H], final states). Float32 (the kernels' only type)."""
+    import tensorflow as tf
+
+    library = load()
+    xp = tf.cast(xp, tf.float32)
+    states = [tf.cast(s, tf.float32) for s in states]
+    kernel = tf.cast(weights.recurrent_kernel, tf.float32)
+    if weights.kind == "gru":
+        h, _ = library.deep_rnn_gru_sequence(xp, states[0], kernel, tf.cast(weights.recurrent_bias, tf.float32))
+        return h, [h[-1]]
+    if weights.kind == "lstm":
+        h, c, _ = library.deep_rnn_lstm_sequence(xp, states[0], states[1], kernel)
+        return h, [h[-1], c[-1]]
+    raise ValueError(f"the native form has no kernel for the {weights.kind!r} cell (gru and lstm have)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Build the native RNN kernels for this CPU and print their path.")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a library for this CPU exists")
+    args = parser.parse_args(argv)
+    try:
+        print(build(force=args.force))
+    except NativeUnavailable as err:
+        print(f"trainer.native: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
