@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from trainer.cells import ScratchRNNCell
 from trainer.config import ModelConfig
-from trainer.model import FusedRNNStack, build_model, model_cells, model_form, resolve_form
+from trainer.model import FusedRNNStack, build_model, graph_op_types, model_cells, model_form, resolve_form
 
 
 def test_scratch_cell_contract_shapes_and_weights():
@@ -111,19 +111,14 @@ def test_fast_path_is_chosen_and_used():
     model = build_model(ModelConfig(28, form="fused"))
     assert any(isinstance(l, FusedRNNStack) for l in model.layers)
     # the training graph must hold no while loop (the time loop is unrolled)
-    fn = tf.function(lambda x: model(x, training=True))
-    graph = fn.get_concrete_function(tf.TensorSpec([4, 32], tf.int32)).graph
-    ops = {op.type for op in graph.get_operations()}
+    ops = graph_op_types(model, steps=32)
     assert "While" not in ops and "StatelessWhile" not in ops
 
 
 @pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU: cuDNN dispatch")
 def test_layers_form_reaches_cudnn_on_gpu():
     model = build_model(ModelConfig(28, form="layers", num_hiddens=64))
-    fn = tf.function(lambda x: model(x))
-    graph = fn.get_concrete_function(tf.TensorSpec([4, 32], tf.int32)).graph
-    types = {op.type for op in graph.get_operations()} | {
-        op.type for f in graph._functions.values() for op in f.graph.get_operations()}
+    types = graph_op_types(model, steps=32)
     assert any("CudnnRNN" in t for t in types), sorted(types)
 
 
