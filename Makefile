@@ -23,7 +23,26 @@ export PYTHONUNBUFFERED := 1
 export DEEP_RNN_SEED_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv kernels pipeline test test-fast test-reliability bench serve clean clean-venv
+.PHONY: help venv kernels pipeline test test-fast test-reliability bench serve clean clean-venv
+
+help:
+	@echo "Targets (each creates .venv and installs pinned dependencies when needed):"
+	@echo "  make pipeline        preprocess -> [tune] -> train -> export -> serve -> query -> report into RUN_DIR"
+	@echo "  make test            the whole test suite (what CI runs via .ci/run); PYTEST_ARGS=... passes flags"
+	@echo "  make test-fast       the suite without the slow and reliability tests"
+	@echo "  make test-reliability  fault-injection tests only"
+	@echo "  make bench           every benchmark in bench/, then bench/RESULTS.md"
+	@echo "  make serve           serve RUN_DIR's export: tensorflow_model_server if installed, else serving.server"
+	@echo "  make kernels         build the native form's C++ kernels for this CPU (done by the targets above)"
+	@echo "  make clean           remove RUN_DIR;  make clean-venv: remove .venv"
+	@echo ""
+	@echo "Knobs (Make variables; unset ones take pipeline.yaml's value, then the default):"
+	@echo "  RUN_DIR=$(RUN_DIR)  CORPUS=timemachine  NORMALIZE=d2l  TOKENIZER=char  SPLIT=d2l  NUM_STEPS=32"
+	@echo "  CELL=gru  LAYERS=2  HIDDENS=32  EPOCHS=100  BATCH=1024  LR=2.0  OPTIMIZER=sgd"
+	@echo "  TUNE=0  TUNER=hyperband  MAX_TRIALS=10  TIME_BUDGET=20 (minutes)  TUNE_EPOCHS=10  TUNE_OPTS=..."
+	@echo "  RUNNER=DirectRunner  BEAM_OPTS=...  MODEL_NAME=$(MODEL_NAME)  GRPC_PORT=$(GRPC_PORT)  REST_PORT=$(REST_PORT)"
+	@echo "  e.g. make pipeline CELL=lstm LAYERS=3 HIDDENS=256 EPOCHS=20 RUN_DIR=runs/lstm"
+	@echo "Every knob, its meaning and default: .venv/bin/python -m pipeline.run_all --help"
 
 venv: $(STAMP)
 
@@ -36,7 +55,7 @@ $(STAMP): requirements.txt constraints.txt setup.py
 
 # The native form's C++ kernels, built for this CPU and TensorFlow (a moved checkout builds its own).
 kernels: $(STAMP)
-	@$(PY) -m trainer.native >/dev/null
+	@mkdir -p build && $(PY) -m trainer.native > build/kernels.log 2>&1 || { cat build/kernels.log; exit 1; }
 
 pipeline: $(STAMP) kernels
 	$(PY) -m pipeline.run_all $(KNOB_FLAGS)

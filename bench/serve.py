@@ -77,7 +77,8 @@ def main() -> None:
 
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-    from serving.client import Client, free_port, latency_summary
+    from serving.client import free_port, latency_summary
+    from serving.grpc_client import Client
     from serving.export import versions
 
     base = ensure_export(args.run_dir)

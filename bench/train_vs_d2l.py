@@ -13,23 +13,10 @@ import sys
 import tempfile
 import time
 
-from bench.common import ROOT, emit
+from bench.common import ROOT, emit, machine
 from pipeline import transform
+from pipeline.book import BOOK_REFERENCE, book_reference
 from pipeline.preprocess import preprocess
-
-BOOK_REFERENCE = {"train_ppl": 4.11, "val_ppl": 6.41, "train_tokens_per_s": 0.34e6, "wall_s": 93,
-                  "sample": "it has ext the time travel", "source": "d2l 1.0.3 PyTorch code on this CPU (DESIGN.md)"}
-BOOK_WALL_S_BY_CPU = {"AMD": 93, "Intel": 84}  # DESIGN.md: the book's whole process on each kind of machine
-
-
-def book_reference() -> dict:
-    """DESIGN.md's figures for the book's run, with the wall time measured on this kind of CPU."""
-    from bench.common import machine
-
-    cpu = machine()["cpu"]
-    return {**BOOK_REFERENCE, "wall_s": next((s for k, s in BOOK_WALL_S_BY_CPU.items() if k in cpu),
-                                             BOOK_REFERENCE["wall_s"])}
-
 
 def book_config(epochs: int) -> dict:
     from trainer.config import TrainConfig
@@ -159,7 +146,7 @@ def main() -> None:
     ours["process_wall_s"] = process_wall_s
     ours["outside_training_s"] = process_wall_s - ours["train_seconds"]  # start-up, graph build, artefacts
     ours["steps_per_execution"] = cfg.steps_per_execution
-    reference = book_reference()
+    reference = book_reference(machine()["cpu"])  # the book's wall time on this kind of CPU
     result = {"book_config": ours, "book_reference": reference,
               "wall_ratio_book_over_ours": reference["wall_s"] / process_wall_s,
               "speedup_vs_book_tokens_per_s": ours["train_tokens_per_s"] / BOOK_REFERENCE["train_tokens_per_s"],

@@ -11,8 +11,25 @@ class UserError(Exception):
     """A problem with the user's flags or inputs; reported as one line, exit code 2."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's and epilog's line breaks (examples stay examples) and adds each option's default
+    to its help text, unless the text already says it or there is none to say."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        default = action.default
+        if ("%(default)" in help_text or "default" in help_text.lower() or default is None or default is False
+                or default in ([], "") or default is argparse.SUPPRESS or not action.option_strings):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UserError instead of printing usage and exiting."""
+    """argparse that raises UserError instead of printing usage and exiting, and shows defaults in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse hook
         raise UserError(f"{self.prog}: {message}")

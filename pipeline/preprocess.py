@@ -17,24 +17,49 @@ from pipeline.cli import UserError
 SIDE_FILES = ("vocab", "shards", "sources", "errors")
 
 
-def parse_args(argv: Sequence[str] | None):
-    p = cli.ArgumentParser(prog="pipeline.preprocess", description=__doc__.split("\n")[0],
-                           epilog="Unrecognised flags are passed to Beam as pipeline options.")
+EXAMPLES = """examples:
+  python -m pipeline.preprocess --corpus timemachine --output runs/default/data --split d2l
+  python -m pipeline.preprocess --corpus 'books/*.txt' --output runs/books/data --normalize none --num-steps 64
+  python -m pipeline.preprocess --corpus tinyshakespeare --output runs/shakespeare/data --runner=DirectRunner \\
+      --direct_num_workers=2 --direct_running_mode=multi_processing
+
+Unrecognised --flags are passed to Beam as pipeline options."""
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="pipeline.preprocess", description=__doc__.split("\n")[0], epilog=EXAMPLES)
     p.add_argument("--corpus", nargs="+", required=True, metavar="SRC",
                    help="paths, globs, Beam filesystem URLs, or a named corpus: " + ", ".join(sources.NAMED_CORPORA))
-    p.add_argument("--output", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--normalize", choices=sorted(text.NORMALIZERS), default="d2l")
-    p.add_argument("--tokenizer", choices=text.TOKENIZERS, default="char")
-    p.add_argument("--num-steps", type=cli.positive_int, default=32)
-    p.add_argument("--split", choices=("holdout", "d2l"), default="holdout")
-    p.add_argument("--valid-fraction", type=cli.fraction, default=0.1)
-    p.add_argument("--stride", type=cli.positive_int, default=None, help="holdout window stride (default num-steps)")
-    p.add_argument("--num-train", type=cli.positive_int, default=10000)
-    p.add_argument("--num-val", type=cli.positive_int, default=5000)
-    p.add_argument("--min-freq", type=cli.positive_int, default=1)
-    p.add_argument("--max-tokens", type=cli.positive_int, default=None)
-    p.add_argument("--decode-errors", choices=("strict", "replace"), default="strict")
-    p.add_argument("--records-per-shard", type=cli.positive_int, default=100_000)
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="output directory: TFRecord shards, vocab.txt, metadata.json (replaced atomically)")
+    p.add_argument("--normalize", choices=sorted(text.NORMALIZERS), default="d2l",
+                   help="text normaliser: d2l keeps letters as lower case and maps the rest to spaces (the book's)")
+    p.add_argument("--tokenizer", choices=text.TOKENIZERS, default="char", help="token unit")
+    p.add_argument("--num-steps", type=cli.positive_int, default=32, metavar="N",
+                   help="tokens of context per training window (each record holds N + 1 tokens)")
+    p.add_argument("--split", choices=("holdout", "d2l"), default="holdout",
+                   help="holdout: each source's last --valid-fraction validates; d2l: the book's random windows")
+    p.add_argument("--valid-fraction", type=cli.fraction, default=0.1, metavar="F",
+                   help="share of each source held out for validation (holdout split)")
+    p.add_argument("--stride", type=cli.positive_int, default=None, metavar="N",
+                   help="tokens between window starts in the holdout split (default: --num-steps, no overlap)")
+    p.add_argument("--num-train", type=cli.positive_int, default=10000, metavar="N",
+                   help="training windows drawn by the d2l split")
+    p.add_argument("--num-val", type=cli.positive_int, default=5000, metavar="N",
+                   help="validation windows drawn by the d2l split")
+    p.add_argument("--min-freq", type=cli.positive_int, default=1, metavar="N",
+                   help="tokens seen fewer than N times map to <unk>")
+    p.add_argument("--max-tokens", type=cli.positive_int, default=None, metavar="N",
+                   help="keep at most N vocabulary entries, most frequent first (default: no limit)")
+    p.add_argument("--decode-errors", choices=("strict", "replace"), default="strict",
+                   help="bytes that do not decode: strict fails with the file and offset; replace uses U+FFFD")
+    p.add_argument("--records-per-shard", type=cli.positive_int, default=100_000, metavar="N",
+                   help="windows per TFRecord file")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = build_parser()
     args, beam_args = p.parse_known_args(argv)
     try:
         cfg = transform.PreprocessConfig(
@@ -173,10 +198,17 @@ def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConf
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import time
+
     args, cfg, beam_args = parse_args(argv)
+    started = time.perf_counter()
     metadata = preprocess(args.corpus, args.output, cfg, beam_args)
-    print(json.dumps({"output": os.path.abspath(args.output), "vocab_size": metadata["vocab_size"],
-                      "total_tokens": metadata["total_tokens"], "windows": metadata["windows"]}))
+    for source in metadata["sources"]:
+        print(f"read {source['path']}: {source['bytes']:,} bytes")
+    windows, shards = metadata["windows"], metadata["shards"]
+    print(f"preprocess: {metadata['total_tokens']:,} tokens, vocabulary {metadata['vocab_size']}, "
+          f"{windows['train']:,} training and {windows['valid']:,} validation windows in {len(shards)} shards "
+          f"→ {os.path.abspath(args.output)} ({time.perf_counter() - started:.1f} s)")
 
 
 if __name__ == "__main__":

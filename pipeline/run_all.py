@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from pipeline import atomic, cli, locks
+from pipeline import atomic, cli, console, locks, sources
 from pipeline.cli import UserError
 
 DEFAULTS = {
@@ -29,18 +29,61 @@ DEFAULTS = {
 }
 
 
-def parse_args(argv):
-    p = cli.ArgumentParser(prog="pipeline.run_all", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file of knobs (default: ./pipeline.yaml if present)")
-    p.add_argument("--corpus", nargs="+")
+KNOB_HELP = {  # one line per knob: what it does (the Make variable in brackets); defaults are added by --help
+    "corpus": "paths, globs or named corpora (" + ", ".join(sources.NAMED_CORPORA) + ") [CORPUS]",
+    "run_dir": "where data/, tuning/, model/, export/, logs/ and report.md go [RUN_DIR]",
+    "normalize": "text normaliser: d2l (the book's letters-only lower case) or none [NORMALIZE]",
+    "tokenizer": "char or word [TOKENIZER]",
+    "split": "d2l (the book's random windows) or holdout (each source's last 10%% validates) [SPLIT]",
+    "num_steps": "tokens of context per training window [NUM_STEPS]",
+    "runner": "Beam runner for preprocessing [RUNNER]",
+    "beam_options": "extra Beam pipeline options, one string [BEAM_OPTS]",
+    "cell": "gru, lstm, rnn or scratch [CELL]",
+    "num_layers": "stacked recurrent layers [LAYERS]",
+    "num_hiddens": "units per layer [HIDDENS]",
+    "epochs": "training epochs; more epochs later resume the same run [EPOCHS]",
+    "batch_size": "windows per training step [BATCH]",
+    "lr": "learning rate [LR]",
+    "optimizer": "sgd or adam [OPTIMIZER]",
+    "tune": "run trainer.tune first and train its best point (1/0) [TUNE]",
+    "tuner": "hyperband, random or bayesian [TUNER]",
+    "max_trials": "tuning trials (random/bayesian) [MAX_TRIALS]",
+    "time_budget": "tuning minutes [TIME_BUDGET]",
+    "tune_max_epochs": "epochs of the longest tuning trial [TUNE_EPOCHS]",
+    "tune_options": "extra trainer.tune flags, one string [TUNE_OPTS]",
+    "model_name": "the served model's name [MODEL_NAME]",
+    "grpc_port": "gRPC port of the server started for the queries (0: any free port) [GRPC_PORT]",
+    "rest_port": "REST port of that server (0: any free port) [REST_PORT]",
+}
+EXAMPLES = """examples (make pipeline passes Make variables as these flags):
+  python -m pipeline.run_all                                  # the book's deep GRU on The Time Machine
+  python -m pipeline.run_all --run-dir runs/lstm --cell lstm --num-layers 3 --num-hiddens 256 --epochs 20
+  python -m pipeline.run_all --tune 1 --time-budget 20 --run-dir runs/tuned
+  python -m pipeline.run_all --corpus '../shared/data/books/*.txt' --split holdout --run-dir runs/books
+
+Each stage's full output is in RUN_DIR/logs/<stage>.log; the console shows its progress and result."""
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="pipeline.run_all", description=__doc__.split("\n")[0], epilog=EXAMPLES)
+    p.add_argument("--config", metavar="YAML",
+                   help="file of knobs, keys as the flags below with _ (default: ./pipeline.yaml if present)")
+    p.add_argument("--corpus", nargs="+", metavar="SRC", help=KNOB_HELP["corpus"] + " (default: timemachine)")
     for name, value in DEFAULTS.items():
         if name in ("corpus",):
             continue
         flag = "--" + name.replace("_", "-")
+        shown = f" (default: {value!r})" if isinstance(value, str) else f" (default: {value})"
         if isinstance(value, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), metavar="0|1")
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), metavar="0|1",
+                           help=KNOB_HELP[name] + shown)
         else:
-            p.add_argument(flag, type=type(value))
+            p.add_argument(flag, type=type(value), help=KNOB_HELP[name] + shown)
+    return p
+
+
+def parse_args(argv):
+    p = build_parser()
     args = p.parse_args(argv)
     config = dict(DEFAULTS)
     path = args.config or ("pipeline.yaml" if os.path.exists("pipeline.yaml") else None)
@@ -85,11 +128,21 @@ def _die_with_parent():
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def run_stage(name: str, module: str, args: list[str]) -> None:
-    print(f"\n== stage {name}: python -m {module} {' '.join(args)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", module, *args], preexec_fn=_die_with_parent)
-    if proc.returncode != 0:
-        raise UserError(f"stage {name} failed with exit code {proc.returncode} (its message is above)")
+def log_path(run_dir: str, stage: str) -> str:
+    return os.path.join(run_dir, "logs", f"{stage}.log")
+
+
+def run_stage(name: str, module: str, args: list[str], run_dir: str, what: str) -> None:
+    """Runs `python -m module args` as stage `name`: a header line, the stage's own lines (TensorFlow's C++
+    start-up lines left in the log only), its full output in RUN_DIR/logs/<name>.log; on failure, the log's
+    last lines and a one-line error naming it."""
+    log = log_path(run_dir, name)
+    print(f"\n== stage {name}: {what}  [log: {log}]", flush=True)
+    code = console.run_logged([sys.executable, "-m", module, *args], log,
+                              echo=lambda line: print("   " + line, flush=True), preexec_fn=_die_with_parent)
+    if code != 0:
+        console.print_failure(log)
+        raise UserError(f"stage {name} failed with exit code {code}; its full log is {log}")
 
 
 def preprocess_stage(cfg: dict, run_dir: str) -> str:
@@ -102,7 +155,8 @@ def preprocess_stage(cfg: dict, run_dir: str) -> str:
     run_stage("preprocess", "pipeline.preprocess",
               ["--corpus", *cfg["corpus"], "--output", data, "--normalize", cfg["normalize"], "--tokenizer",
                cfg["tokenizer"], "--split", cfg["split"], "--num-steps", str(cfg["num_steps"]),
-               f"--runner={cfg['runner']}", *cfg["beam_options"].split()])
+               f"--runner={cfg['runner']}", *cfg["beam_options"].split()],
+              run_dir, f"{' '.join(cfg['corpus'])} → {data} (Beam {cfg['runner']}, {cfg['split']} split)")
     atomic.write_text(os.path.join(data, "fingerprint"), fp)
     return fp
 
@@ -125,7 +179,8 @@ def tune_stage(cfg: dict, run_dir: str, data_fp: str) -> str | None:
               ["--data", os.path.join(run_dir, "data"), "--tuner-dir", tuning, "--tuner", cfg["tuner"],
                "--max-trials", str(cfg["max_trials"]), "--max-epochs", str(cfg["tune_max_epochs"]),
                "--time-budget", str(cfg["time_budget"]), "--batch-size", str(cfg["batch_size"]), "--quiet",
-               *cfg["tune_options"].split()])
+               *cfg["tune_options"].split()],
+              run_dir, f"{cfg['tuner']} search for {cfg['time_budget']:g} min → {tuning} (a line per trial)")
     return best
 
 
@@ -150,7 +205,9 @@ def train_stage(cfg: dict, run_dir: str, data_fp: str, hparams: str | None) -> s
     os.makedirs(model, exist_ok=True)
     atomic.write_text(os.path.join(model, "fingerprint"), fp)
     run_stage("train", "trainer.train", ["--data", os.path.join(run_dir, "data"), "--model-dir", model,
-                                         "--quiet", *flags])
+                                         "--progress", "epoch", *flags],
+              run_dir, f"{arch['num_layers']} × {arch['num_hiddens']} {arch['cell'].upper()}, {cfg['epochs']} epochs, "
+                       f"{arch['optimizer']} lr {arch['lr']:g} → {model}")
     return fp
 
 
@@ -167,19 +224,39 @@ def export_stage(cfg: dict, run_dir: str) -> str:
         return os.path.join(base, str(existing[-1]))
     run_stage("export", "serving.export", ["--model-dir", os.path.join(run_dir, "model"), "--export-base",
                                            os.path.join(run_dir, "export"), "--model-name", cfg["model_name"],
-                                           "--source-fingerprint", fp])
+                                           "--source-fingerprint", fp],
+              run_dir, f"{model_keras} → {base}/<version> (SavedModel for TF Serving)")
     return os.path.join(base, str(versions(base)[-1]))
 
 
 def serve_and_query(cfg: dict, run_dir: str) -> dict:
-    """Starts TF Serving (or the local stand-in), queries it over gRPC, measures latency, stops it."""
-    from serving.client import Client, free_port, latency_summary
-    from serving.export import SIGNATURES, versions
+    """Starts TF Serving (or the local stand-in), queries it over gRPC, measures latency, stops it.
+
+    The server's output, and the C++ start-up lines of this process's own TensorFlow import (the gRPC
+    client's protos need it), go to RUN_DIR/logs/serve.log."""
+    from serving.client import free_port
 
     grpc_port = cfg["grpc_port"] or free_port()
     rest_port = cfg["rest_port"] or free_port()
     for port, knob in ((grpc_port, "GRPC_PORT"), (rest_port, "REST_PORT")):
         check_port_free(port, knob)  # else the report would describe whatever already listens there
+    log = log_path(run_dir, "serve")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w"):
+        pass  # a fresh log per run; the server and this process append to it
+    try:
+        with console.stderr_to(log):
+            return _serve_and_query(cfg, run_dir, log, grpc_port, rest_port)
+    except UserError as err:
+        console.print_failure(log)
+        raise UserError(f"{err} (the server's full log is {log})") from None
+
+
+def _serve_and_query(cfg: dict, run_dir: str, log: str, grpc_port: int, rest_port: int) -> dict:
+    from serving.client import latency_summary
+    from serving.export import SIGNATURES, versions
+    from serving.grpc_client import Client
+
     export_base = os.path.abspath(os.path.join(run_dir, "export"))
     if shutil.which("tensorflow_model_server"):
         kind = "tensorflow_model_server"
@@ -190,8 +267,12 @@ def serve_and_query(cfg: dict, run_dir: str) -> dict:
         cmd = [sys.executable, "-m", "serving.server", "--model-config-file", f"{export_base}/models.config",
                "--port", str(grpc_port), "--rest-port", str(rest_port)]
     expected_version = versions(os.path.join(export_base, cfg["model_name"]))[-1]
-    print(f"\n== stage serve: {' '.join(cmd)}", flush=True)
-    server = subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdout=subprocess.DEVNULL)
+    print(f"\n== stage serve: {kind} on gRPC :{grpc_port}, REST :{rest_port}, then queries  [log: {log}]",
+          flush=True)
+    with open(log, "a") as server_log:
+        server_log.write("$ " + " ".join(cmd) + "\n")
+        server_log.flush()
+        server = subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdout=server_log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{grpc_port}"
     client = Client(address, cfg["model_name"], timeout=30)
     try:
@@ -201,7 +282,7 @@ def serve_and_query(cfg: dict, run_dir: str) -> dict:
             raise UserError(f"the server answering on {address} is not the one this run started (it serves "
                             f"version {served}, this run exported {expected_version}); free GRPC_PORT {grpc_port}")
         greedy = client.generate(["it has"], 20)[0]
-        print(f"== query over gRPC: {greedy!r}", flush=True)
+        print(f"   query over gRPC: {greedy!r}", flush=True)
         times = []
         for _ in range(100):
             start = time.perf_counter()
@@ -253,9 +334,37 @@ def _run_pipeline_locked(cfg: dict, run_dir: str) -> str:
     serving = serve_and_query(cfg, run_dir)
     from pipeline.report import write_report
 
+    print(f"\n== stage report: {os.path.join(run_dir, 'report.md')} and report.html", flush=True)
     report = write_report(run_dir, serving)
-    print(f"\n== done in {time.perf_counter() - started:.0f} s: {report} (and report.html)")
+    print(summary(cfg, run_dir, serving, time.perf_counter() - started), flush=True)
     return report
+
+
+def summary(cfg: dict, run_dir: str, serving: dict, seconds: float) -> str:
+    """The lines `make pipeline` ends with: what was built, the numbers that matter, what to try next."""
+    from pipeline.book import BOOK_REFERENCE
+
+    data = json.load(open(os.path.join(run_dir, "data", "metadata.json")))
+    metrics = json.load(open(os.path.join(run_dir, "model", "metrics.json")))
+    h = metrics["hparams"]
+    latency = serving["latency"]
+    rel = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else os.path.abspath(run_dir)
+    knob = "" if os.path.normpath(run_dir) == os.path.normpath(DEFAULTS["run_dir"]) else f" RUN_DIR={rel}"
+    return "\n".join([
+        f"\n== done in {seconds:.0f} s",
+        f"built:   {rel}/data ({data['total_tokens']:,} tokens, vocabulary {data['vocab_size']}) · "
+        f"{rel}/model ({h['num_layers']} × {h['num_hiddens']} {h['cell'].upper()}, {metrics['epochs']} epochs) · "
+        f"{rel}/export/{cfg['model_name']}/{serving['version']} · {rel}/report.md and report.html · "
+        f"logs in {rel}/logs/",
+        f"numbers: validation perplexity {metrics['best_val_ppl']:.2f} (exported, best epoch "
+        f"{metrics['best_epoch']}; the book's 2 × 32 GRU: {BOOK_REFERENCE['val_ppl']}) · "
+        f"{metrics['train_tokens_per_s'] / 1e6:.2f} M training tokens/s · serving p50 {latency['p50_ms']:.1f} ms, "
+        f"p99 {latency['p99_ms']:.1f} ms ({latency['n']} gRPC calls, 20 characters each)",
+        "next:    make serve" + knob + "      # TF Serving (or the stand-in) on :8500 gRPC, :8501 REST",
+        "         .venv/bin/python -m serving.client --server 127.0.0.1:8500 --prefix 'it has' --num-chars 40 "
+        "--temperature 0.8",
+        f"         .venv/bin/tensorboard --logdir {rel}/model/logs",
+    ])
 
 
 def main(argv=None) -> None:

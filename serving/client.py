@@ -1,31 +1,18 @@
-"""gRPC client for the exported model (TF Serving or serving.server), with tensorflow-serving-api stubs.
+"""Command-line client for a served model (TF Serving or serving.server): generate, sample or score over gRPC.
 
     python -m serving.client --server localhost:8500 --prefix 'it has' --num-chars 20
     python -m serving.client --server localhost:8500 --prefix 'it has' --num-chars 20 --temperature 0.8 --seed 1
     python -m serving.client --server localhost:8500 --score 'the time traveller'
+The client class is serving.grpc_client.Client; this module imports it only when a request is made.
 """
 from __future__ import annotations
 
 import socket
 import statistics
-import subprocess
 import sys
-import time
 
 from pipeline import cli
 from pipeline.cli import UserError
-
-cli.quiet_tensorflow()
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
-from serving import tensors  # noqa: E402
-
-
-INPUT_DTYPES = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
 
 
 def free_port() -> int:
@@ -42,95 +29,34 @@ def latency_summary(times_ms: list[float]) -> dict:
             "p99_ms": times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]}
 
 
-def predict_request(model_name: str, signature: str, **inputs) -> predict_pb2.PredictRequest:
-    """A PredictRequest for one of the signatures; inputs not named in INPUT_DTYPES are strings."""
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name, req.model_spec.signature_name = model_name, signature
-    for key, value in inputs.items():
-        dtype = INPUT_DTYPES.get(key, tf.string)
-        array = np.asarray(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
-        req.inputs[key].CopyFrom(tensors.to_proto(array))
-    return req
-
-
-class Client:
-    """Thin wrapper over PredictionServiceStub for the three signatures."""
-
-    def __init__(self, server: str, model_name: str = "deep_rnn", timeout: float = 30.0):
-        self.channel = grpc.insecure_channel(server)
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.server, self.model_name, self.timeout = server, model_name, timeout
-
-    def request(self, signature: str, **inputs) -> predict_pb2.PredictRequest:
-        return predict_request(self.model_name, signature, **inputs)
-
-    def call(self, req: predict_pb2.PredictRequest) -> dict:
-        try:
-            response = self.stub.Predict(req, timeout=self.timeout)
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.UNAVAILABLE:
-                raise UserError(f"cannot reach a model server at {self.server} (is it running?)") from None
-            raise UserError(f"{err.code().name}: {err.details()}") from None
-        return {k: tensors.to_numpy(v) for k, v in response.outputs.items()}
-
-    def wait_until_ready(self, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-        """Retries a one-character generation until the model answers; UserError if `process` (the
-        server) exits first or the timeout passes."""
-        deadline = time.time() + timeout_s
-        while True:
-            if process is not None and process.poll() is not None:
-                raise UserError(f"the model server for {self.server} exited with code {process.returncode} (port in use?)")
-            try:
-                self.generate(["it has"], 1)
-                return
-            except UserError:
-                if time.time() > deadline:
-                    raise UserError(f"the model server at {self.server} did not become ready in "
-                                    f"{timeout_s:.0f} s") from None
-                time.sleep(0.5)
-
-    def served_version(self) -> int:
-        """The version that answers a latest-version request (what a client without a version gets)."""
-        req = self.request("score", text=["it has"])
-        req.output_filter.append("num_tokens")
-        try:
-            return self.stub.Predict(req, timeout=self.timeout).model_spec.version.value
-        except grpc.RpcError as err:
-            raise UserError(f"{err.code().name}: {err.details()}") from None
-
-    def generate(self, prefixes: list[str], num_chars: int, temperature: float | None = None,
-                 top_k: int = 0, seed: int = 0) -> list[str]:
-        if temperature is None:
-            req = self.request("serving_default", prefix=prefixes, num_chars=num_chars)
-        else:
-            req = self.request("sample", prefix=prefixes, num_chars=num_chars, temperature=temperature,
-                               top_k=top_k, seed=seed)
-        return [t.decode("utf-8", errors="replace") for t in self.call(req)["text"]]
-
-    def score(self, texts: list[str]) -> list[dict]:
-        out = self.call(self.request("score", text=texts))
-        return [{"log_likelihood": float(ll), "num_tokens": int(n), "perplexity": float(p)}
-                for ll, n, p in zip(out["log_likelihood"], out["num_tokens"], out["perplexity"])]
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="serving.client", description=__doc__.split("\n")[0],
+                           epilog="examples:\n" + "\n".join(__doc__.split("\n")[2:5]))
+    p.add_argument("--server", default="127.0.0.1:8500", metavar="HOST:PORT", help="the gRPC endpoint")
+    p.add_argument("--model-name", default="deep_rnn", help="the served model's name")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prefix", help="text to continue (greedy, or sampled with --temperature)")
+    what.add_argument("--score", metavar="TEXT", help="print the perplexity of TEXT")
+    p.add_argument("--num-chars", type=int, default=20, metavar="N", help="tokens to generate after the prefix")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="sample at temperature T (signature sample) instead of greedy decoding (default: greedy)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K",
+                   help="sample among the K most likely tokens only (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same text")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait for an answer")
+    return p
 
 
 def main(argv=None) -> None:
-    p = cli.ArgumentParser(prog="serving.client", description=__doc__.split("\n")[0])
-    p.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC endpoint")
-    p.add_argument("--model-name", default="deep_rnn")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prefix", help="text to continue")
-    what.add_argument("--score", metavar="TEXT", help="print the perplexity of TEXT")
-    p.add_argument("--num-chars", type=int, default=20)
-    p.add_argument("--temperature", type=float, help="sample instead of greedy decoding")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=30.0)
+    p = build_parser()
     args = p.parse_args(argv)
     for name, low, high in (("num_chars", 0, 2**31 - 1), ("top_k", 0, 2**31 - 1), ("seed", -2**63, 2**63 - 1)):
         if not low <= getattr(args, name) <= high:
             raise UserError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {getattr(args, name)}")
     if args.temperature is not None and not 0 < args.temperature <= 100:
         raise UserError(f"--temperature must be in (0, 100], got {args.temperature}")
+    from serving.grpc_client import Client
+
     client = Client(args.server, args.model_name, args.timeout)
     if args.score is not None:
         result = client.score([args.score])[0]

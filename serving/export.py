@@ -27,20 +27,33 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 SOURCE_FINGERPRINT = os.path.join("assets.extra", "source_fingerprint")
 
 
-def parse_args(argv):
-    p = cli.ArgumentParser(prog="serving.export", description=__doc__.split("\n")[0])
-    p.add_argument("--model-dir", required=True, help="output directory of trainer.train")
-    p.add_argument("--export-base", required=True)
-    p.add_argument("--model-name", default="deep_rnn")
-    p.add_argument("--version", type=cli.positive_int, help="default: one more than the newest")
-    p.add_argument("--max-chars", type=cli.positive_int, default=DEFAULT_LIMITS.max_chars,
-                   help="largest num_chars a row may ask for (default %(default)s); checked in the graph")
-    p.add_argument("--max-batch-size", type=cli.positive_int, default=DEFAULT_LIMITS.max_batch_size,
-                   help="most rows (prefixes or texts) in one request (default %(default)s); checked in the graph")
+EXAMPLES = """examples:
+  python -m serving.export --model-dir runs/default/model --export-base runs/default/export
+  python -m serving.export --model-dir runs/default/model --export-base /models --model-name shakespeare \\
+      --max-chars 2000 --max-batch-size 16
+Then: tensorflow_model_server --model_config_file=$PWD/runs/default/export/models.config --port=8500"""
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="serving.export", description=__doc__.split("\n")[0], epilog=EXAMPLES)
+    p.add_argument("--model-dir", required=True, metavar="DIR", help="output directory of trainer.train")
+    p.add_argument("--export-base", required=True, metavar="DIR",
+                   help="TF Serving's base path: versions go to DIR/<model-name>/<version>, with DIR/models.config")
+    p.add_argument("--model-name", default="deep_rnn", help="the name requests use")
+    p.add_argument("--version", type=cli.positive_int, help="version number (default: one more than the newest)")
+    p.add_argument("--max-chars", type=cli.positive_int, default=DEFAULT_LIMITS.max_chars, metavar="N",
+                   help="largest num_chars a row may ask for; checked in the graph")
+    p.add_argument("--max-batch-size", type=cli.positive_int, default=DEFAULT_LIMITS.max_batch_size, metavar="N",
+                   help="most rows (prefixes or texts) in one request; checked in the graph")
     p.add_argument("--max-input-tokens", type=cli.positive_int, default=DEFAULT_LIMITS.max_input_tokens,
-                   help="longest prefix or scored text, in tokens (default %(default)s); checked in the graph")
-    p.add_argument("--source-fingerprint", help="recorded in the version, so pipelines can skip re-exports")
-    return p.parse_args(argv)
+                   metavar="N", help="longest prefix or scored text, in tokens; checked in the graph")
+    p.add_argument("--source-fingerprint", metavar="TEXT",
+                   help="recorded in the version, so pipelines can skip re-exports (default: none)")
+    return p
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def versions(model_base: str) -> list[int]:
@@ -115,7 +128,7 @@ def check_portable(saved_model_dir: str) -> None:
 def warmup_requests(model_name: str) -> list:
     """PredictRequests for every signature, in the shapes both REST formats produce: scalars shared by all
     rows (columnar `inputs`, gRPC) and one value per row (`instances`, which TF Serving stacks)."""
-    from serving.client import predict_request
+    from serving.grpc_client import predict_request
 
     scalar_sample = {"temperature": 1.0, "top_k": 0, "seed": 0}
     row_sample = {"temperature": [1.0, 0.5], "top_k": [0, 3], "seed": [0, 1]}
@@ -280,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     limits = ServingLimits(args.max_batch_size, args.max_input_tokens, args.max_chars)
     path = export_model(args.model_dir, args.export_base, args.model_name, args.version, limits,
                         args.source_fingerprint)
-    print(json.dumps({"exported": os.path.abspath(path), "signatures": list(SIGNATURES)}))
+    print(f"export: version {os.path.basename(path)} → {os.path.abspath(path)} (signatures {', '.join(SIGNATURES)}; "
+          f"checked with the session loader TF Serving uses)")
 
 
 if __name__ == "__main__":

@@ -13,312 +13,46 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import threading
-from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pipeline import cli
 from pipeline.cli import UserError
 
-cli.quiet_tensorflow()
-
-import grpc  # noqa: E402
-from google.protobuf.message import DecodeError  # noqa: E402
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
-                                     inference_pb2, predict_pb2, regression_pb2)
-
-from serving import rest, tensors  # noqa: E402
-from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
-
-log = logging.getLogger("serving")
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+EXAMPLES = """examples:
+  python -m serving.server --model-config-file runs/default/export/models.config
+  python -m serving.server --model-base runs/default/export/deep_rnn --port 9000 --rest-port -1
+Then: python -m serving.client --server 127.0.0.1:8500 --prefix 'it has' --num-chars 20
+  or: curl -d '{"inputs": {"prefix": ["it has"], "num_chars": 20}}' \\
+          127.0.0.1:8501/v1/models/deep_rnn:predict"""
 
 
-def model_spec_choice(spec) -> tuple[int | None, str | None]:
-    """(version, label) a ModelSpec asks for; (None, None) is the latest."""
-    choice = spec.WhichOneof("version_choice")
-    return (spec.version.value if choice == "version" else None,
-            spec.version_label if choice == "version_label" else None)
-
-
-class Services:
-    """The gRPC methods of PredictionService and ModelService, over one registry."""
-
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
-
-    def _servable(self, spec):
-        if not spec.name:
-            raise invalid("Missing ModelSpec")
-        return self.registry.get(spec.name, *model_spec_choice(spec))
-
-    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        spec = request.model_spec
-        servable = self._servable(spec)
-        outputs = servable.predict(spec.signature_name, dict(request.inputs), list(request.output_filter))
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = spec.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = spec.signature_name or "serving_default"
-        for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tensors.to_proto(value))
-        return response
-
-    def get_model_metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        if not request.metadata_field:
-            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-        for field in request.metadata_field:
-            if field != "signature_def":
-                raise invalid(f"Metadata field {field} is not supported")
-        servable = self._servable(request.model_spec)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = servable.version
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        for key, sig in servable.signature_defs.items():
-            signatures.signature_def[key].CopyFrom(sig)
-        response.metadata["signature_def"].Pack(signatures)
-        return response
-
-    def get_model_status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-        if not spec.name:
-            raise invalid("Missing ModelSpec")
-        if spec.name not in self.registry.models:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
-        model = self.registry.models[spec.name]
-        version, label = model_spec_choice(spec)
-        if label:
-            version = model.resolve(label=label).version
-        states = dict(model.states)
-        if version is not None:
-            if version not in states:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {spec.name}")
-            states = {version: states[version]}
-        if not states:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for v in sorted(states, reverse=True):
-            state, message = states[v]
-            status = response.model_version_status.add(version=v, state=state)
-            status.status.SetInParent()
-            if message:
-                status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
-                status.status.error_message = message
-        return response
-
-    def _example_signature(self, request, kind: str):
-        """Classify/Regress: TF Serving's checks of the named signature (servables/tensorflow/classifier.cc,
-        regressor.cc). None of this model's signatures is a classification or regression one."""
-        servable = self._servable(request.model_spec)
-        name = request.model_spec.signature_name or "serving_default"
-        if name not in servable.signature_defs:
-            raise invalid(f"No signature was found with the name: {name}")
-        signature = servable.signature_defs[name]
-        if len(signature.inputs) != 1:
-            raise invalid("Expected one input Tensor.")
-        if kind == "classify" and len(signature.outputs) not in (1, 2):
-            raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
-        if kind == "regress" and len(signature.outputs) != 1:
-            raise invalid("Expected one output Tensor.")
-        if "inputs" not in signature.inputs:
-            label = "classification" if kind == "classify" else "regression"
-            raise invalid(f"No {label} inputs found in SignatureDef: {name}")
-        raise invalid(f"Signature {name} takes {list(signature.inputs)} and gives {list(signature.outputs)}, "
-                      f"not tf.Example inputs and {kind} outputs")
-
-    def classify(self, request):
-        self._example_signature(request, "classify")
-
-    def regress(self, request):
-        self._example_signature(request, "regress")
-
-    def multi_inference(self, request):
-        if not request.tasks:
-            raise invalid("MultiInferenceRequest must specify at least one task")
-        for task in request.tasks:
-            if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                   f"Unsupported signature method_name: {task.method_name}")
-            kind = task.method_name.rsplit("/", 1)[1]
-            self._example_signature(task, kind)
-
-
-def _grpc_method(function, request_class, response_class):
-    """A unary handler that parses the request itself, so garbage bytes are INVALID_ARGUMENT, not INTERNAL."""
-    def handler(raw: bytes, context):
-        try:
-            request = request_class.FromString(raw)
-        except DecodeError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse {request_class.__name__}: {err}")
-        try:
-            return function(request)
-        except ServingError as err:
-            context.abort(err.code, err.message)
-
-    return grpc.unary_unary_rpc_method_handler(handler, request_deserializer=None,
-                                               response_serializer=response_class.SerializeToString)
-
-
-def grpc_handlers(services: Services) -> list:
-    prediction = {
-        "Predict": _grpc_method(services.predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
-        "GetModelMetadata": _grpc_method(services.get_model_metadata, get_model_metadata_pb2.GetModelMetadataRequest,
-                                         get_model_metadata_pb2.GetModelMetadataResponse),
-        "Classify": _grpc_method(services.classify, classification_pb2.ClassificationRequest,
-                                 classification_pb2.ClassificationResponse),
-        "Regress": _grpc_method(services.regress, regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
-        "MultiInference": _grpc_method(services.multi_inference, inference_pb2.MultiInferenceRequest,
-                                       inference_pb2.MultiInferenceResponse),
-    }
-    model = {"GetModelStatus": _grpc_method(services.get_model_status, get_model_status_pb2.GetModelStatusRequest,
-                                            get_model_status_pb2.GetModelStatusResponse)}
-    return [grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", prediction),
-            grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", model)]
-
-
-def make_rest_handler(services: Services, max_request_bytes: int):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt, *args):  # quiet; errors are returned to the client
-            pass
-
-        def _send(self, code: int, body: dict | str):
-            data = (body if isinstance(body, str) else json.dumps(body, indent=1)).encode("utf-8")
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _read_body(self) -> bytes:
-            header = self.headers.get("Content-Length")
-            if header is None:
-                return b""
-            if not header.strip().isdigit():
-                self.close_connection = True
-                raise invalid(f"Malformed request: Content-Length {header[:40]!r} is not a byte count")
-            length = int(header)
-            if length > max_request_bytes:
-                self.close_connection = True  # the unread rest must not be parsed as the next request
-                self._discard(min(length, 16 * max_request_bytes))  # so the client reads the answer, not EPIPE
-                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"request of {length} bytes exceeds the limit of {max_request_bytes}")
-            return self.rfile.read(length)
-
-        def _discard(self, remaining: int) -> None:
-            while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 1 << 16))
-                if not chunk:
-                    return
-                remaining -= len(chunk)
-
-        def _handle(self, method: str):
-            try:
-                body = self._read_body() if method != "GET" else b""
-                self._send(200, rest.handle(services, method, self.path, body))
-            except ServingError as err:
-                self._send(rest.http_status(err.code), {"error": err.message})
-            except Exception as err:  # never a dropped connection: the client gets TF Serving's 500 shape
-                log.exception("REST request failed")
-                self._send(500, {"error": f"internal error: {type(err).__name__}"})
-
-        def do_GET(self):
-            self._handle("GET")
-
-        def do_POST(self):
-            self._handle("POST")
-
-        def do_PUT(self):
-            self._handle("PUT")
-
-        def do_DELETE(self):
-            self._handle("DELETE")
-
-    return Handler
-
-
-class Server:
-    """The running gRPC + REST servers over one model registry."""
-
-    def __init__(self, model_base: str | None = None, model_name: str = "deep_rnn", host: str = "127.0.0.1",
-                 port: int = 8500, rest_port: int | None = 8501, poll_seconds: float = 1.0,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = 16,
-                 model_config_file: str | None = None, session_config=None):
-        for name, value in (("port", port), ("rest port", rest_port)):
-            if value is not None and not 0 <= value <= 65535:
-                raise UserError(f"{name} {value} is not a TCP port (0-65535; 0 picks a free one)")
-        if model_config_file:
-            try:
-                configs = read_model_config_file(model_config_file)
-            except (OSError, ValueError, Exception) as err:
-                raise UserError(f"{model_config_file}: cannot read the model config: {' '.join(str(err).split())[:300]}") from None
-            if not configs:
-                raise UserError(f"{model_config_file}: lists no model")
-        elif model_base:
-            configs = [ModelConfig(model_name, model_base)]
-        else:
-            raise UserError("give --model-base or --model-config-file")
-        for config in configs:
-            if not os.path.isdir(config.base_path):
-                raise UserError(f"{config.base_path}: no such model base directory (run serving.export first)")
-        self.registry = ModelRegistry(configs, poll_seconds, session_config)
-        self.registry.start()
-        services = Services(self.registry)
-        self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            handlers=grpc_handlers(services),
-            options=[("grpc.max_receive_message_length", max_request_bytes),
-                     ("grpc.max_send_message_length", 64 << 20), ("grpc.so_reuseport", 0)])
-        try:
-            self.port = self.grpc_server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError as err:
-            self.port = 0
-            log.debug("gRPC bind failed: %s", err)
-        if self.port == 0:
-            raise UserError(f"cannot bind gRPC to {host}:{port} (port in use, or not an address of this machine)")
-        self.grpc_server.start()
-        self.http = None
-        self.rest_port = None
-        if rest_port is not None:
-            try:
-                self.http = ThreadingHTTPServer((host, rest_port), make_rest_handler(services, max_request_bytes))
-            except OSError as err:
-                self.grpc_server.stop(0)
-                raise UserError(f"cannot bind REST to {host}:{rest_port}: {err.strerror or err}") from None
-            self.http.daemon_threads = True
-            self.rest_port = self.http.server_address[1]
-            threading.Thread(target=self.http.serve_forever, name="rest", daemon=True).start()
-
-    def stop(self) -> None:
-        self.registry.stop()
-        if self.http:
-            self.http.shutdown()
-            self.http.server_close()
-        self.grpc_server.stop(grace=1).wait()
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="serving.server", description=__doc__.split("\n")[0], epilog=EXAMPLES)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-base", metavar="DIR",
+                        help="EXPORT_BASE/<model_name>: the directory of versions (latest policy)")
+    source.add_argument("--model-config-file", metavar="FILE",
+                        help="TF Serving's models.config: several models, version policies, labels")
+    p.add_argument("--model-name", default="deep_rnn", help="the name requests use, with --model-base")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (the default is loopback only)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    p.add_argument("--rest-port", type=int, default=8501, help="REST port (0: any free port, -1: no REST)")
+    p.add_argument("--poll-seconds", type=float, default=1.0, metavar="S", help="how often to look for new versions")
+    p.add_argument("--max-request-bytes", type=cli.positive_int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+                   help="largest gRPC message or REST body accepted (default: %(default)s = 4 MiB)")
+    p.add_argument("--workers", type=cli.positive_int, default=16, metavar="N", help="gRPC worker threads")
+    p.add_argument("--intra-op-threads", type=int, default=1, metavar="N",
+                   help="threads per TF op (0: TF's default); generation runs many tiny ops")
+    p.add_argument("--inter-op-threads", type=int, default=0, metavar="N",
+                   help="TF ops run in parallel (0: TF's default)")
+    return p
 
 
 def parse_args(argv):
-    p = cli.ArgumentParser(prog="serving.server", description=__doc__.split("\n")[0])
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model-base", help="EXPORT_BASE/<model_name>: the directory of versions (latest policy)")
-    source.add_argument("--model-config-file", help="TF Serving's models.config: several models, version policies, labels")
-    p.add_argument("--model-name", default="deep_rnn", help="the name requests use, with --model-base (default %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: loopback only)")
-    p.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s; 0: any free port)")
-    p.add_argument("--rest-port", type=int, default=8501, help="REST port (default %(default)s; 0: any free port, -1: no REST)")
-    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions (default %(default)s)")
-    p.add_argument("--max-request-bytes", type=cli.positive_int, default=DEFAULT_MAX_REQUEST_BYTES,
-                   help="largest gRPC message or REST body accepted (default %(default)s = 4 MiB)")
-    p.add_argument("--workers", type=cli.positive_int, default=16, help="gRPC worker threads (default %(default)s)")
-    p.add_argument("--intra-op-threads", type=int, default=1,
-                   help="threads per TF op (default %(default)s; 0: TF's default). Generation runs many tiny ops")
-    p.add_argument("--inter-op-threads", type=int, default=0, help="TF ops run in parallel (default 0: TF's default)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.poll_seconds <= 0:
         raise UserError(f"--poll-seconds must be > 0, got {args.poll_seconds}")
     return args
@@ -327,7 +61,10 @@ def parse_args(argv):
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    cli.quiet_tensorflow()
     import tensorflow as tf
+
+    from serving.service import Server
 
     session_config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=args.intra_op_threads,
                                               inter_op_parallelism_threads=args.inter_op_threads)

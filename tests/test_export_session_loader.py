@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from pipeline.cli import UserError
 from serving import export
-from serving.client import predict_request
+from serving.grpc_client import predict_request
 
 
 def _requests(export_dir: str) -> list:

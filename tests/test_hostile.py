@@ -19,7 +19,8 @@ import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from pipeline import locks
-from serving.client import Client, free_port
+from serving.client import free_port
+from serving.grpc_client import Client
 from tests.conftest import ROOT, TINY_TRAIN, assert_user_error, run_cli
 
 pytestmark = pytest.mark.reliability

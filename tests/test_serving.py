@@ -17,8 +17,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from serving import export
-from serving.client import Client, free_port
-from serving.server import Server
+from serving.client import free_port
+from serving.grpc_client import Client
+from serving.service import Server
 
 
 def _server_kinds():

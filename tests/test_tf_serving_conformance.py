@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from serving.client import free_port
-from serving.server import Server
+from serving.service import Server
 
 MODELS_CONFIG = """model_config_list {{
   config {{

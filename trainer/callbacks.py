@@ -122,3 +122,31 @@ class Deadline(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.time() > self.deadline:
             self.model.stop_training = True
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One short line per epoch (`--progress epoch`): what a log or a pipeline console can show.
+
+    Prints every epoch up to `max_lines` epochs, else every k-th so a long run prints about max_lines lines;
+    the first and the last epoch always. Must come after Throughput in the callback list (it reads its logs)."""
+
+    def __init__(self, epochs: int, max_lines: int = 25, print_fn=print):
+        super().__init__()
+        self.epochs, self.every, self.print_fn = epochs, max(1, math.ceil(epochs / max_lines)), print_fn
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not (epoch == 0 or (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):
+            return
+        parts = [f"epoch {epoch + 1:>{len(str(self.epochs))}}/{self.epochs}"]
+        for key, label in (("perplexity", "perplexity"), ("val_perplexity", "val perplexity")):
+            if key in logs:
+                parts.append(f"{label} {float(logs[key]):.3f}")
+        if "tokens_per_s" in logs:
+            parts.append(f"{float(logs['tokens_per_s']) / 1e6:.2f} M tokens/s")
+        parts.append(f"{time.perf_counter() - self._started:.1f} s")
+        self.print_fn(", ".join(parts), flush=True)

@@ -20,33 +20,69 @@ from trainer.config import CELLS, FORMS, OPTIMIZERS, ModelConfig, TrainConfig
 RUN_CONFIG = "run_config.json"
 
 
-def parse_args(argv: Sequence[str] | None):
-    p = cli.ArgumentParser(prog="trainer.train", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="output directory of pipeline.preprocess")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--hparams", help="JSON file of hyperparameters (e.g. trainer.tune's best_hparams.json); flags override it")
-    p.add_argument("--cell", choices=CELLS)
-    p.add_argument("--num-layers", type=int)
-    p.add_argument("--num-hiddens", type=int)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--clip-norm", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--backend-form", choices=("auto",) + FORMS)
-    p.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"))
-    p.add_argument("--mixed-precision", action="store_true", default=None)
-    p.add_argument("--time-limit-min", type=float, help="stop training after this many minutes")
-    p.add_argument("--steps-per-execution", type=int,
-                   help="training steps per compiled call (Keras compile's steps_per_execution)")
-    p.add_argument("--steps-per-epoch", type=int,
+EXAMPLES = """examples:
+  python -m trainer.train --data runs/default/data --model-dir runs/default/model          # the book's 2 x 32 GRU
+  python -m trainer.train --data runs/default/data --model-dir runs/lstm --cell lstm --num-layers 3 \\
+      --num-hiddens 256 --optimizer adam --lr 0.003 --dropout 0.2 --epochs 20
+  python -m trainer.train --data runs/default/data --model-dir runs/tuned --hparams runs/default/tuning/best_hparams.json
+
+Run it again with the same --model-dir (and more --epochs) to resume; a changed vocabulary or architecture is refused.
+Unset flags take --hparams' value, then the default shown."""
+
+
+def _default(name: str) -> str:
+    """TrainConfig's default for a field, for help texts (flags default to None so --hparams can fill them)."""
+    return f"(default: {TrainConfig.__dataclass_fields__[name].default})"
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="trainer.train", description=__doc__.split("\n")[0], epilog=EXAMPLES)
+    p.add_argument("--data", required=True, metavar="DIR", help="output directory of pipeline.preprocess")
+    p.add_argument("--model-dir", required=True, metavar="DIR",
+                   help="where checkpoints, history.csv, metrics.json and model.keras go (resumed when it exists)")
+    p.add_argument("--hparams", metavar="JSON",
+                   help="file of hyperparameters (e.g. trainer.tune's best_hparams.json); flags override it")
+    p.add_argument("--cell", choices=CELLS, help="recurrent cell; scratch is the book's from-scratch tanh RNN cell " + _default("cell"))
+    p.add_argument("--num-layers", type=int, metavar="L", help="stacked recurrent layers " + _default("num_layers"))
+    p.add_argument("--num-hiddens", type=int, metavar="H", help="units per layer " + _default("num_hiddens"))
+    p.add_argument("--dropout", type=float, metavar="P",
+                   help="dropout between layers and before the output " + _default("dropout"))
+    p.add_argument("--batch-size", type=int, metavar="N", help="windows per step " + _default("batch_size"))
+    p.add_argument("--epochs", type=int, metavar="N", help="passes over the training windows " + _default("epochs"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=_default("optimizer"))
+    p.add_argument("--lr", type=float, help="learning rate " + _default("lr"))
+    p.add_argument("--clip-norm", type=float, metavar="C",
+                   help="clip the global gradient norm to C; 0 turns clipping off " + _default("clip_norm"))
+    p.add_argument("--seed", type=int, help="seed for weights, dropout and data order " + _default("seed"))
+    p.add_argument("--backend-form", choices=("auto",) + FORMS,
+                   help="how the layers run (same maths, same weights): auto picks the fastest that bench.forms "
+                        "measured for this cell, width and device " + _default("backend_form"))
+    p.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"),
+                   help="tf.distribute strategy; multi_worker reads TF_CONFIG " + _default("distribute"))
+    p.add_argument("--mixed-precision", action="store_true", default=None,
+                   help="bfloat16 on CPU, float16 on GPU, with the loss in float32 (default: off)")
+    p.add_argument("--time-limit-min", type=float, metavar="MIN",
+                   help="stop training after MIN minutes, keeping the epochs run (default: no limit)")
+    p.add_argument("--steps-per-execution", type=int, metavar="N",
+                   help="training steps per compiled call (Keras compile's steps_per_execution) "
+                        + _default("steps_per_execution"))
+    p.add_argument("--steps-per-epoch", type=int, metavar="N",
                    help="batches per epoch (default: one pass over the windows); the data repeats")
     p.add_argument("--reduce-lr-patience", type=int, metavar="EPOCHS",
-                   help="halve the learning rate after EPOCHS epochs without a better validation perplexity")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+                   help="halve the learning rate after EPOCHS epochs without a better validation perplexity "
+                        "(default: 0, never)")
+    p.add_argument("--progress", choices=sorted(PROGRESS), default=None,
+                   help="what to print while training: Keras's progress bar, one short line per epoch, or nothing "
+                        "(default: bar)")
+    p.add_argument("--quiet", action="store_true", help="the same as --progress epoch")
+    return p
+
+
+PROGRESS = {"bar": 1, "epoch": 2, "none": 0}  # TrainConfig.verbose
+
+
+def parse_args(argv: Sequence[str] | None):
+    args = build_parser().parse_args(argv)
     return args, config_from(args)
 
 
@@ -69,8 +105,8 @@ def config_from(args) -> TrainConfig:
     for name in fields:
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
-    if args.quiet:
-        values["verbose"] = 2
+    if args.progress or args.quiet:
+        values["verbose"] = PROGRESS[args.progress or "epoch"]
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as err:
@@ -237,25 +273,67 @@ def read_history(path: str) -> list[dict]:
     return [rows[e] for e in sorted(rows)]
 
 
-def plot_curves(history: list[dict], path: str) -> None:
+def plot_curves(history: list[dict], path: str, title: str, book_reference: float | None = None) -> None:
+    """Train and validation perplexity per epoch on a log axis labelled in plain numbers; the book's validation
+    perplexity as a dashed line when the run's data is comparable (book_reference)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     epochs = [int(r["epoch"]) + 1 for r in history]
     ax.plot(epochs, [r["perplexity"] for r in history], label="train")
     ax.plot(epochs, [r.get("val_perplexity", math.nan) for r in history], label="validation")
+    if book_reference:
+        ax.axhline(book_reference, color="grey", linestyle="--", linewidth=1,
+                   label=f"the book's 2 × 32 GRU, validation {book_reference}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel("perplexity (log scale)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))  # 5, 7, 10, 15, 20 …
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))  # "20", not "2 × 10^1"
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     with atomic.replacing(path, ".png") as tmp:
         fig.savefig(tmp)
     plt.close(fig)
+
+
+def curves_title(model_dir: str, model_cfg: ModelConfig, info) -> str:
+    """'run default: 2 × 32 GRU on timemachine.txt (char, d2l normaliser)': what a plot shows, in its title."""
+    run = os.path.basename(os.path.dirname(os.path.abspath(model_dir))) or model_dir
+    with open(os.path.join(info.data_dir, "metadata.json")) as f:
+        names = [os.path.basename(s["path"]) for s in json.load(f).get("sources", [])]
+    data = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"run {run}: {model_cfg.num_layers} × {model_cfg.num_hiddens} {model_cfg.cell.upper()} on {data} "
+            f"({info.tokenizer} tokens, {info.normalize} normaliser)")
+
+
+def per_source_validation(model, info, batch_size: int) -> list[dict]:
+    """Validation perplexity of each source, when the holdout split kept one validation part per source
+    (shards valid-<source index>-*.tfrecord); [] when the validation windows are not split by source."""
+    from trainer.data import make_dataset
+
+    by_source: dict[int, list[str]] = {}
+    for path in info.valid_files:
+        by_source.setdefault(int(os.path.basename(path).split("-")[1]), []).append(path)
+    if len(by_source) < 2:
+        return []
+    with open(os.path.join(info.data_dir, "metadata.json")) as f:
+        sources = json.load(f).get("sources", [])
+    rows = []
+    for index, files in sorted(by_source.items()):
+        result = model.evaluate(make_dataset(files, info.num_steps, batch_size, shuffle=False), verbose=0,
+                                return_dict=True)
+        rows.append({"source": sources[index]["path"] if index < len(sources) else f"source {index}",
+                     "val_perplexity": float(result["perplexity"]),
+                     "val_bits_per_token": float(result["bits_per_token"])})
+    return rows
 
 
 def save_model(model, path: str) -> None:
@@ -352,8 +430,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     ]
     if cfg.time_limit_min:
         callbacks.append(cb.Deadline(time.time() + 60 * cfg.time_limit_min))
+    if cfg.verbose == PROGRESS["epoch"]:
+        callbacks.append(cb.EpochLine(cfg.epochs))
     model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
-              callbacks=callbacks, verbose=cfg.verbose, shuffle=False)  # tf.data shuffles
+              callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]), shuffle=False)  # tf.data shuffles
 
     history = read_history(history_path)
     if not history:
@@ -361,6 +441,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     best_path = os.path.join(checkpoints, "best.weights.h5")
     if os.path.exists(best_path):
         model.load_weights(best_path)
+    per_source = per_source_validation(model, info, cfg.batch_size)
     text_model = TextModel(model, info.vocab, info.normalize, info.tokenizer)
     sample = text_model.greedy(tf.constant([cfg.sample_prefix]), cfg.sample_chars)["text"][0].numpy().decode()
     last = history[-1]
@@ -381,9 +462,15 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         "sample_prefix": cfg.sample_prefix, "sample": sample,
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
     }
+    if per_source:
+        metrics["per_source"] = per_source
     if chief:
         save_model(model, os.path.join(model_dir, "model.keras"))
-        plot_curves(history, os.path.join(model_dir, "curves.png"))
+        from pipeline.book import BOOK_REFERENCE
+
+        comparable = info.tokenizer == "char" and info.normalize == "d2l"  # the book's units: same-scale numbers
+        plot_curves(history, os.path.join(model_dir, "curves.png"), curves_title(model_dir, model_cfg, info),
+                    BOOK_REFERENCE["val_ppl"] if comparable else None)
         atomic.write_text(os.path.join(model_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -391,8 +478,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
 def main(argv: Sequence[str] | None = None) -> None:
     args, cfg = parse_args(argv)
     metrics = train_and_evaluate(cfg, args.data, args.model_dir)
-    print(f"train perplexity {metrics['train_ppl']:.2f}, validation perplexity {metrics['val_ppl']:.2f}, "
-          f"{metrics['train_tokens_per_s'] / 1e6:.2f} M tokens/s, {metrics['wall_s']:.0f} s")
+    print(f"train: {metrics['epochs']} epochs, train perplexity {metrics['train_ppl']:.2f}, validation perplexity "
+          f"{metrics['val_ppl']:.2f} (best {metrics['best_val_ppl']:.2f} at epoch {metrics['best_epoch']}), "
+          f"{metrics['train_tokens_per_s'] / 1e6:.2f} M tokens/s, {metrics['wall_s']:.0f} s → {args.model_dir}")
     print(f"sample: {metrics['sample']}")
 
 

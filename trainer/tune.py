@@ -226,8 +226,10 @@ def write_outputs(tuner_dir: str, rows: list[dict]) -> dict | None:
         ax.annotate(f"{r['num_layers']}×{r['num_hiddens']} {r['cell']}", (r["num_params"], r["val_perplexity"]),
                     fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))  # not 10^5
+    ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("validation perplexity")
+    ax.set_title(f"tuning {os.path.basename(os.path.abspath(tuner_dir))}: {len(done)} finished trials", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -251,6 +253,16 @@ def write_hparams_logs(tuner_dir: str, rows: list[dict]) -> None:
         with tf.summary.create_file_writer(os.path.join(tuner_dir, "logs", f"trial_{r['trial_id']}")).as_default():
             hp_api.hparams({k: r[k] for k in HPARAM_KEYS if r.get(k) is not None}, trial_id=r["trial_id"])
             tf.summary.scalar(OBJECTIVE, r["val_perplexity"], step=int(r["epochs"] or 1))
+
+
+def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict) -> str:
+    """One line per finished trial (`--quiet`): its point in the space, its best score, its cost."""
+    scores = [v for log in logs for v in log.get(OBJECTIVE, []) if math.isfinite(v)]
+    point = f"{values.get('num_layers')} × {values.get('num_hiddens')} {str(values.get('cell', '')).upper()}, " \
+            f"{values.get('optimizer')} lr {values.get('lr', math.nan):.3g}, dropout {values.get('dropout', 0.0):.2f}"
+    result = f"val perplexity {min(scores):.3f}" if scores else "no finite val perplexity"
+    params = f"{extra['num_params']:,} parameters, " if extra.get("num_params") else ""
+    return f"trial {trial_id}: {point} → {result} ({extra['epochs']} epochs, {params}{extra['wall_s']:.0f} s)"
 
 
 def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, tuner_kind: str = "hyperband",
@@ -291,10 +303,12 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         logs = [h.history for h in (histories if isinstance(histories, list) else [histories])
                 if hasattr(h, "history")]
         speeds = [l["tokens_per_s"][-1] for l in logs if l.get("tokens_per_s")]
-        atomic.write_text(os.path.join(tuner.get_trial_dir(trial.trial_id), "extra.json"), json.dumps({
-            "num_params": hypermodel.last_num_params, "wall_s": time.perf_counter() - start,
-            "tokens_per_s": sum(speeds) / len(speeds) if speeds else math.nan, "tuner_id": tuner_id,
-            "epochs": len(logs[0].get("loss", [])) if logs else None}))
+        extra = {"num_params": hypermodel.last_num_params, "wall_s": time.perf_counter() - start,
+                 "tokens_per_s": sum(speeds) / len(speeds) if speeds else math.nan, "tuner_id": tuner_id,
+                 "epochs": len(logs[0].get("loss", [])) if logs else None}
+        atomic.write_text(os.path.join(tuner.get_trial_dir(trial.trial_id), "extra.json"), json.dumps(extra))
+        if base.verbose == 2:
+            print(trial_line(trial.trial_id, trial.hyperparameters.values, logs, extra), flush=True)
         return histories
 
     tuner.run_trial = run_trial
@@ -310,7 +324,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         limit_by_time(tuner.oracle, deadline)
         callbacks.append(cb.Deadline(deadline))  # a trial in flight ends at the deadline too
     tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, steps_per_epoch=base.steps_per_epoch,
-                 callbacks=callbacks, verbose=base.verbose, shuffle=False)
+                 callbacks=callbacks, verbose=int(base.verbose == 1), shuffle=False)  # 2: trial_line only
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
         return None  # workers leave the outputs to the chief
     rows = _trial_rows(tuner, space, base, info.vocab_size)
@@ -319,31 +333,50 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     return best
 
 
-def parse_args(argv):
-    p = cli.ArgumentParser(prog="trainer.tune", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--tuner-dir", required=True)
-    p.add_argument("--tuner", default="hyperband", choices=TUNERS)
-    p.add_argument("--max-trials", type=cli.positive_int)
-    p.add_argument("--max-epochs", type=cli.positive_int, default=10)
-    p.add_argument("--executions-per-trial", type=cli.positive_int, default=1)
-    p.add_argument("--min-layers", type=int, default=1)
-    p.add_argument("--max-layers", type=int, default=8)
-    p.add_argument("--min-hiddens", type=int, default=64)
-    p.add_argument("--max-hiddens", type=int, default=2048)
-    p.add_argument("--cells", nargs="+", default=["gru", "lstm"], choices=("gru", "lstm", "rnn", "scratch"))
-    p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], choices=("sgd", "adam"))
-    p.add_argument("--max-dropout", type=float, default=0.5)
-    p.add_argument("--batch-size", type=cli.positive_int, default=1024)
-    p.add_argument("--time-budget", type=float, metavar="MIN", help="stop launching trials after MIN minutes")
+EXAMPLES = """examples:
+  python -m trainer.tune --data runs/default/data --tuner-dir runs/default/tuning --time-budget 20 --quiet
+  python -m trainer.tune --data runs/default/data --tuner-dir runs/t --tuner bayesian --max-trials 30 \\
+      --max-layers 4 --max-hiddens 512 --cells gru lstm --optimizers adam
+Then: python -m trainer.train --data runs/default/data --model-dir runs/tuned --hparams runs/t/best_hparams.json"""
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="trainer.tune", description=__doc__.split("\n")[0], epilog=EXAMPLES)
+    p.add_argument("--data", required=True, metavar="DIR", help="output directory of pipeline.preprocess")
+    p.add_argument("--tuner-dir", required=True, metavar="DIR",
+                   help="trials, best_hparams.json, trials.csv, pareto.png (a rerun resumes the search)")
+    p.add_argument("--tuner", default="hyperband", choices=TUNERS, help="KerasTuner oracle")
+    p.add_argument("--max-trials", type=cli.positive_int, metavar="N",
+                   help="trials to run (random/bayesian; default: 10, or no limit with --time-budget)")
+    p.add_argument("--max-epochs", type=cli.positive_int, default=10, metavar="N",
+                   help="epochs of the longest trial (Hyperband's top bracket)")
+    p.add_argument("--executions-per-trial", type=cli.positive_int, default=1, metavar="N",
+                   help="models trained per point, scores averaged")
+    p.add_argument("--min-layers", type=int, default=1, metavar="L", help="fewest recurrent layers searched")
+    p.add_argument("--max-layers", type=int, default=8, metavar="L", help="most recurrent layers searched")
+    p.add_argument("--min-hiddens", type=int, default=64, metavar="H", help="narrowest layer searched")
+    p.add_argument("--max-hiddens", type=int, default=2048, metavar="H", help="widest layer searched")
+    p.add_argument("--cells", nargs="+", default=["gru", "lstm"], choices=("gru", "lstm", "rnn", "scratch"),
+                   help="cells searched")
+    p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], choices=("sgd", "adam"),
+                   help="optimizers searched (each with its own learning-rate range)")
+    p.add_argument("--max-dropout", type=float, default=0.5, metavar="P", help="largest dropout searched")
+    p.add_argument("--batch-size", type=cli.positive_int, default=1024, metavar="N", help="windows per step")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="stop launching trials after MIN minutes; a trial in flight ends then too (default: none)")
     p.add_argument("--early-stopping", type=int, default=3, metavar="EPOCHS",
                    help="end a trial after EPOCHS epochs without a better validation perplexity (0: off)")
-    p.add_argument("--steps-per-epoch", type=cli.positive_int,
+    p.add_argument("--steps-per-epoch", type=cli.positive_int, metavar="N",
                    help="batches per trial epoch (default: one pass over the windows); the data repeats")
     p.add_argument("--reduce-lr-patience", type=int, default=0, metavar="EPOCHS",
-                   help="halve a trial's lr after EPOCHS epochs without a better validation perplexity")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+                   help="halve a trial's lr after EPOCHS epochs without a better validation perplexity (0: never)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the oracle and of every trial's model")
+    p.add_argument("--quiet", action="store_true", help="one line per trial instead of KerasTuner's display")
+    return p
+
+
+def parse_args(argv):
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         space = SearchSpace(args.min_layers, args.max_layers, args.min_hiddens, args.max_hiddens,
