@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from pipeline import cli
 from bench.common import ROOT, emit
 
 FORMS = ("stacked", "layers", "fused", "native")
@@ -69,22 +70,26 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
             "cudnn": any("CudnnRNN" in t for t in types), "native_ops": any(t.startswith("DeepRnn") for t in types)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--sizes", nargs="+",
                         help="LAYERSxHIDDENS[@BATCHxSTEPS] (default: 2x256 3x1024 on a GPU; on a CPU the book's "
                              "2x32@1024x32, 2x256 and 3x512)")
-    parser.add_argument("--cells", nargs="+", default=["gru", "lstm"])
-    parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--num-steps", type=int, default=64)
-    parser.add_argument("--vocab", type=int, default=65)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cells", nargs="+", default=["gru", "lstm"], help="cells to time")
+    parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS, help="forms to time (trainer.model.FORMS)")
+    parser.add_argument("--batch", type=int, default=64, help="batch size of rows given without @BATCHxSTEPS")
+    parser.add_argument("--num-steps", type=int, default=64, help="sequence length of rows given without @BATCHxSTEPS")
+    parser.add_argument("--vocab", type=int, default=65, help="vocabulary size (65: tinyshakespeare's characters)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing, allocation)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="also time each form with mixed precision (float16 on GPU, bfloat16 on CPU)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: time one JSON-described row and print it
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.row:
         print(json.dumps(time_form(**json.loads(args.row))))
         return

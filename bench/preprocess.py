@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 
+from pipeline import cli
 from bench.common import SHARED_DATA, emit
 from pipeline import transform
 from pipeline.preprocess import preprocess
@@ -59,10 +60,14 @@ def measure(corpus: list[str], cfg, work: str) -> dict:
     return result
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("--big-mb", type=int, default=100, help="size in MB of the large corpus (the shared texts repeated)")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--big-mb", type=int, default=100)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     cfg = transform.PreprocessConfig(split="holdout")
     with tempfile.TemporaryDirectory() as work:
         results = {"config": cfg.to_dict(), "timemachine": measure(["timemachine"], cfg, work)}

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+from pipeline import cli
 from bench.common import ROOT, machine
 
 BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_ceiling"]
@@ -175,11 +176,15 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES, help="benchmarks to run")
+    parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from bench/results/*.json without running anything")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES)
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     if not args.report_only:
         for name in args.only:
             subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=ROOT, check=True)

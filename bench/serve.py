@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 
+from pipeline import cli
 from bench.common import ROOT, emit
 
 
@@ -67,12 +68,16 @@ def load(client, seconds: float, concurrency: int) -> dict:
             "requests_per_s": sum(counts) / seconds, "errors": sum(errors)}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("--run-dir", help="a finished run whose export to serve (default: train a 3-epoch model first)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of each load phase (1, 4 and 16 concurrent clients)")
+    parser.add_argument("--calls", type=int, default=300, help="sequential calls for the latency percentiles")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir")
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--calls", type=int, default=300)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     import tensorflow as tf
 
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc

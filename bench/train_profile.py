@@ -15,6 +15,8 @@ import os
 import tempfile
 import time
 
+from pipeline import cli
+
 
 _ONEDNN_LAYOUT_OPS = ("_MklToTf", "_MklInputConversion")  # oneDNN's own layout conversions: no TF op behind them
 
@@ -86,11 +88,15 @@ def loss_kernel_ms(batch: int, steps: int, vocab: int, repeats: int = 30) -> dic
     return out
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="profiled training steps")
+    parser.add_argument("--form", default="auto", help="trainer.train's --backend-form")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--form", default="auto")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     import numpy as np
     import tensorflow as tf
 

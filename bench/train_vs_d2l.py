@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 
+from pipeline import cli
 from bench.common import ROOT, emit, machine
 from pipeline import transform
 from pipeline.book import BOOK_REFERENCE, book_reference
@@ -116,14 +117,18 @@ def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--skip-large", action="store_true")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("--epochs", type=int, default=100, help="epochs of the book's configuration (the book ran 100)")
+    parser.add_argument("--skip-large", action="store_true", help="skip the larger model's throughput and MFU")
     parser.add_argument("--steps-per-execution", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--large-only", action="store_true", help="print only the larger model's JSON line")
     parser.add_argument("--backend-form", default="auto", help="trainer.train's --backend-form (default auto)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.large_only:
         print(json.dumps(large_model()))
         return

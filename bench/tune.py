@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 
+from pipeline import cli
 from bench.common import emit
 from pipeline import transform
 from pipeline.preprocess import preprocess
@@ -44,22 +45,27 @@ def context_profile(model_dir: str, data_dir: str) -> dict:
             f"context_17_{n}": mean_ppl(17, n), "all": mean_ppl(1, n)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget-min", type=float, default=20.0)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("--budget-min", type=float, default=20.0, help="minutes for search plus final training")
     parser.add_argument("--search-fraction", type=float, default=0.4,
                         help="share of the budget for the search; the rest trains the winner")
-    parser.add_argument("--max-layers", type=int, default=3)
-    parser.add_argument("--min-hiddens", type=int, default=64)
+    parser.add_argument("--max-layers", type=int, default=3, help="most recurrent layers searched")
+    parser.add_argument("--min-hiddens", type=int, default=64, help="narrowest layer searched")
     parser.add_argument("--max-hiddens", type=int, default=256,
                         help="bench.tune's 3 × 256 GRU ran 42 epochs in 722 s here; 3 × 512 is 4× the work")
-    parser.add_argument("--max-epochs", type=int, default=40)
-    parser.add_argument("--early-stopping", type=int, default=4)
-    parser.add_argument("--reduce-lr-patience", type=int, default=2)
+    parser.add_argument("--max-epochs", type=int, default=40, help="epochs of the longest trial")
+    parser.add_argument("--early-stopping", type=int, default=4, help="end a trial after this many epochs without improvement")
+    parser.add_argument("--reduce-lr-patience", type=int, default=2, help="halve a trial's lr after this many epochs without improvement")
     parser.add_argument("--stride", type=int, default=4, help="window stride in tokens (num_steps: no overlap)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--optimizers", nargs="+", default=["adam"])
-    parser.add_argument("--tuner", default="bayesian")
+    parser.add_argument("--batch-size", type=int, default=128, help="windows per step")
+    parser.add_argument("--optimizers", nargs="+", default=["adam"], help="optimizers searched")
+    parser.add_argument("--tuner", default="bayesian", help="KerasTuner oracle: hyperband, random or bayesian")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if not 0 < args.search_fraction <= 1:
         parser.error("--search-fraction must be in (0, 1]")

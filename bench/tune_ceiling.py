@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 
+from pipeline import cli
 from bench.common import ROOT, emit
 from bench.tune import context_profile
 from pipeline import transform
@@ -48,11 +49,16 @@ def matmul_gflops(n: int = 1024, seconds: float = 5.0) -> float:
     return 2.0 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs-factor", type=float, default=2.0)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("--epochs-factor", type=float, default=2.0, help="epochs of each long run, as a multiple of the tuned run's")
     parser.add_argument("--dropouts", type=float, nargs="+", default=None,
                         help="dropout rates to train (default: the tuned one, 0.35 and 0.5)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.epochs_factor <= 0:
         parser.error("--epochs-factor must be > 0")

@@ -20,8 +20,31 @@ TINY = ["--corpus", "timemachine", "--split", "holdout", "--num-steps", "16", "-
 
 
 def run_all(run_dir: Path, *extra: str, timeout: float = 900):
+    # TensorFlow's C++ logging as a user's shell has it (the suite's conftest quiets it for other tests).
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-m", "pipeline.run_all", "--run-dir", str(run_dir), *TINY, *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def check_console_and_logs(proc, run_dir: Path) -> None:
+    """No TensorFlow C++ start-up line on the console; every stage's full log under RUN_DIR/logs/, with those
+    lines in it; a one-line header per stage and the closing summary."""
+    from pipeline.console import is_noise
+
+    console_lines = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in console_lines if is_noise(line.strip())], "TF start-up lines on the console"
+    logs = {stage: (run_dir / "logs" / f"{stage}.log").read_text() for stage in ("preprocess", "train", "export",
+                                                                               "serve")}
+    assert any(is_noise(line) for text in logs.values() for line in text.splitlines()), \
+        "no TF start-up line in any log: the filter was not exercised"
+    assert "epoch 1/" in logs["train"] and "preprocess:" in logs["preprocess"] and "export: version" in logs["export"]
+    for stage in ("preprocess", "train", "export", "serve", "report"):
+        assert sum(line.startswith(f"== stage {stage}:") for line in console_lines) == 1, stage
+    assert "epoch 1/" in proc.stdout  # the stage's own progress reaches the console
+    summary = proc.stdout.split("== done in", 1)[1]
+    for needle in ("built:", "validation perplexity", "the book's 2 × 32 GRU: 6.41", "M training tokens/s",
+                   "serving p50", "make serve", "serving.client", "tensorboard --logdir"):
+        assert needle in summary, needle
 
 
 def check_run(run_dir: Path, epochs: int) -> None:
@@ -46,6 +69,7 @@ def test_pipeline_runs_end_to_end_and_reruns_in_seconds(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "query over gRPC: 'it has" in first.stdout
     check_run(run_dir, 2)
+    check_console_and_logs(first, run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["num_hiddens"] == 16 and config["epochs"] == 2
     again = run_all(run_dir, "--epochs", "2")
@@ -53,6 +77,18 @@ def test_pipeline_runs_end_to_end_and_reruns_in_seconds(tmp_path):
     for stage in ("preprocess", "train", "export"):
         assert f"stage {stage}: " in again.stdout and "skipped" in again.stdout.split(f"stage {stage}")[1][:80]
     assert len([d for d in (run_dir / "export" / "deep_rnn").iterdir() if d.name.isdigit()]) == 1
+
+
+@pytest.mark.slow
+def test_a_failing_stage_names_its_log_and_shows_its_last_lines(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_all(run_dir, "--epochs", "1", "--batch-size", "100000")  # more than the training windows
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    log = run_dir / "logs" / "train.log"
+    assert len(errors) == 1 and "stage train failed" in errors[0] and str(log) in errors[0], proc.stderr
+    assert f"last lines of {log}:" in proc.stderr and "   | error: --batch-size 100000" in proc.stderr
+    assert "--batch-size 100000 is larger than" in log.read_text()
 
 
 @pytest.mark.slow
@@ -68,6 +104,9 @@ def test_pipeline_with_tuning_and_a_yaml_config(tmp_path):
     model = json.loads((run_dir / "model" / "run_config.json").read_text())["model"]
     assert model["num_hiddens"] == best["num_hiddens"] and model["num_layers"] == best["num_layers"]
     assert "## Tuning" in (run_dir / "report.md").read_text()
+    trial_lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("trial ")]
+    assert len(trial_lines) == 2 and all("val perplexity" in line for line in trial_lines), proc.stdout[-3000:]
+    assert "Epoch 1/" not in proc.stdout  # one line per trial, not Keras's per-epoch output
 
 
 @pytest.mark.reliability

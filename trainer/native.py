@@ -190,10 +190,15 @@ def run_layer(weights, xp, states):
     raise ValueError(f"the native form has no kernel for the {weights.kind!r} cell (gru and lstm have)")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Build the native RNN kernels for this CPU and print their path.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer.native",
+                                     description="Build the native RNN kernels for this CPU and print their path.")
     parser.add_argument("--force", action="store_true", help="rebuild even if a library for this CPU exists")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         print(build(force=args.force))
     except NativeUnavailable as err:

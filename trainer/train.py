@@ -273,6 +273,29 @@ def read_history(path: str) -> list[dict]:
     return [rows[e] for e in sorted(rows)]
 
 
+TICK_SERIES = (  # finest first: 1-2-3-4-5-6-7-8, then 1-1.5-2-3-5-7, then 1-2-5 per decade
+    tuple(m * 10**e for e in range(-1, 5) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8)),
+    tuple(m * 10**e for e in range(-1, 5) for m in (1, 1.5, 2, 3, 5, 7)),
+    tuple(m * 10**e for e in range(-1, 5) for m in (1, 2, 5)),
+)
+
+
+def plain_log_ticks(values: list[float], most: int = 8) -> list[float]:
+    """Tick values for a log axis spanning `values`, to be labelled as plain numbers: the finest series of round
+    numbers that puts 3 to `most` ticks in the range, else evenly spaced ones (a run that moved from 19.8 to
+    16.6 gets 16.8, 17.6, 18.4, 19.2)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not values:
+        return []
+    low, high = min(values), max(values)
+    for series in TICK_SERIES:
+        ticks = [round(t, 6) for t in series if low <= t <= high]
+        if 3 <= len(ticks) <= most:
+            return ticks
+    return [round(float(t), 6) for t in MaxNLocator(5).tick_values(low, high) if low <= t <= high]
+
+
 def plot_curves(history: list[dict], path: str, title: str, book_reference: float | None = None) -> None:
     """Train and validation perplexity per epoch on a log axis labelled in plain numbers; the book's validation
     perplexity as a dashed line when the run's data is comparable (book_reference)."""
@@ -280,7 +303,7 @@ def plot_curves(history: list[dict], path: str, title: str, book_reference: floa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     epochs = [int(r["epoch"]) + 1 for r in history]
@@ -290,11 +313,13 @@ def plot_curves(history: list[dict], path: str, title: str, book_reference: floa
         ax.axhline(book_reference, color="grey", linestyle="--", linewidth=1,
                    label=f"the book's 2 × 32 GRU, validation {book_reference}")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("perplexity (log scale)")
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))  # 5, 7, 10, 15, 20 …
+    shown = [v for r in history for v in (r["perplexity"], r.get("val_perplexity", math.nan)) if math.isfinite(v)]
+    ax.yaxis.set_major_locator(FixedLocator(plain_log_ticks(shown + ([book_reference] if book_reference else []))))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))  # "20", not "2 × 10^1"
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -325,11 +350,13 @@ def per_source_validation(model, info, batch_size: int) -> list[dict]:
     if len(by_source) < 2:
         return []
     with open(os.path.join(info.data_dir, "metadata.json")) as f:
-        sources = json.load(f).get("sources", [])
+        meta = json.load(f)
+    sources, records = meta.get("sources", []), {s["file"]: s["records"] for s in meta.get("shards", [])}
     rows = []
     for index, files in sorted(by_source.items()):
-        result = model.evaluate(make_dataset(files, info.num_steps, batch_size, shuffle=False), verbose=0,
-                                return_dict=True)
+        windows = sum(records.get(os.path.basename(path), 0) for path in files) or None
+        result = model.evaluate(make_dataset(files, info.num_steps, batch_size, shuffle=False, num_windows=windows),
+                                verbose=0, return_dict=True)
         rows.append({"source": sources[index]["path"] if index < len(sources) else f"source {index}",
                      "val_perplexity": float(result["perplexity"]),
                      "val_bits_per_token": float(result["bits_per_token"])})
