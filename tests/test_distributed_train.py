@@ -66,8 +66,9 @@ def test_two_workers_on_localhost(tiny_data, tmp_path):
              "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outputs]
-    summaries = [[ln for ln in o.splitlines() if ln.startswith("train perplexity")] for o in outputs]
-    assert summaries[0] and [s[0].split(",")[:2] for s in summaries] == [summaries[0][0].split(",")[:2]] * 2
+    summaries = [[ln for ln in o.splitlines() if ln.startswith("train: ")] for o in outputs]
+    # "train: 2 epochs, train perplexity X, validation perplexity Y (...)": the same numbers on both workers
+    assert summaries[0] and [s[0].split(",")[:3] for s in summaries] == [summaries[0][0].split(",")[:3]] * 2
     # Each worker logs the same all-reduced epochs into its own history (the worker reads its own back).
     columns = ("epoch", "perplexity", "val_perplexity")
     histories = [[tuple(r[c] for c in columns) for r in csv.DictReader(open(path))]
