@@ -344,8 +344,10 @@ def summary(cfg: dict, run_dir: str, serving: dict, seconds: float) -> str:
     """The lines `make pipeline` ends with: what was built, the numbers that matter, what to try next."""
     from pipeline.book import BOOK_REFERENCE
 
-    data = json.load(open(os.path.join(run_dir, "data", "metadata.json")))
-    metrics = json.load(open(os.path.join(run_dir, "model", "metrics.json")))
+    with open(os.path.join(run_dir, "data", "metadata.json")) as f:
+        data = json.load(f)
+    with open(os.path.join(run_dir, "model", "metrics.json")) as f:
+        metrics = json.load(f)
     h = metrics["hparams"]
     latency = serving["latency"]
     rel = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else os.path.abspath(run_dir)

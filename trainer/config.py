@@ -82,7 +82,7 @@ class TrainConfig:
     backend_form: str = "auto"   # auto | stacked | layers | fused | native
     distribute: str = "none"     # none | mirrored | multi_worker
     mixed_precision: bool = False
-    verbose: int = 1
+    verbose: int = 1  # 1: Keras progress bar, 2: one short line per epoch (callbacks.EpochLine), 0: silent
     time_limit_min: float | None = None  # stop after this many minutes (at a batch end), keeping the epochs run
     steps_per_execution: int = 1  # training steps per tf.function call (fewer Python round trips per epoch)
     # Batches per epoch; None is one pass over the training windows. Set it below a pass over windows made
