@@ -71,7 +71,8 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--sizes", nargs="+",
                         help="LAYERSxHIDDENS[@BATCHxSTEPS] (default: 2x256 3x1024 on a GPU; on a CPU the book's "
                              "2x32@1024x32, 2x256 and 3x512)")

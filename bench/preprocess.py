@@ -61,7 +61,8 @@ def measure(corpus: list[str], cfg, work: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--big-mb", type=int, default=100, help="size in MB of the large corpus (the shared texts repeated)")
     return parser
 

@@ -177,7 +177,8 @@ def render(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES, help="benchmarks to run")
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from bench/results/*.json without running anything")
     return parser

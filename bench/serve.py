@@ -69,7 +69,8 @@ def load(client, seconds: float, concurrency: int) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--run-dir", help="a finished run whose export to serve (default: train a 3-epoch model first)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of each load phase (1, 4 and 16 concurrent clients)")
     parser.add_argument("--calls", type=int, default=300, help="sequential calls for the latency percentiles")

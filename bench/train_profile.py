@@ -89,7 +89,8 @@ def loss_kernel_ms(batch: int, steps: int, vocab: int, repeats: int = 30) -> dic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--steps", type=int, default=10, help="profiled training steps")
     parser.add_argument("--form", default="auto", help="trainer.train's --backend-form")
     return parser

@@ -118,7 +118,8 @@ def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--epochs", type=int, default=100, help="epochs of the book's configuration (the book ran 100)")
     parser.add_argument("--skip-large", action="store_true", help="skip the larger model's throughput and MFU")
     parser.add_argument("--steps-per-execution", type=int, default=None, help="default: TrainConfig's")

@@ -46,7 +46,8 @@ def context_profile(model_dir: str, data_dir: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--budget-min", type=float, default=20.0, help="minutes for search plus final training")
     parser.add_argument("--search-fraction", type=float, default=0.4,
                         help="share of the budget for the search; the rest trains the winner")

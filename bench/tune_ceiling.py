@@ -50,7 +50,8 @@ def matmul_gflops(n: int = 1024, seconds: float = 5.0) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--epochs-factor", type=float, default=2.0, help="epochs of each long run, as a multiple of the tuned run's")
     parser.add_argument("--dropouts", type=float, nargs="+", default=None,
                         help="dropout rates to train (default: the tuned one, 0.35 and 0.5)")

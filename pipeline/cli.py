@@ -24,6 +24,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{help_text} (default: %(default)s)"
 
 
+def examples_from(doc: str) -> str:
+    """An --help epilog from a module docstring's `python -m ...` usage lines."""
+    lines = [line.strip() for line in (doc or "").splitlines() if line.strip().startswith("python -m")]
+    return "examples:\n" + "\n".join("  " + line for line in lines) if lines else ""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises UserError instead of printing usage and exiting, and shows defaults in --help."""
 

@@ -48,8 +48,8 @@ def test_every_option_has_help_text_and_shows_its_default(module):
             assert "default" in shown.lower(), f"{module} {name}: --help does not show its default {action.default!r}"
 
 
-@pytest.mark.parametrize("module", STAGES)
-def test_stage_help_has_an_example(module):
+@pytest.mark.parametrize("module", cli_modules())
+def test_every_help_has_an_example(module):
     parser = importlib.import_module(module).build_parser()
     assert "python -m " in (parser.epilog or ""), f"{module}: --help shows no example command"
 

@@ -191,8 +191,11 @@ def run_layer(weights, xp, states):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer.native",
-                                     description="Build the native RNN kernels for this CPU and print their path.")
+    from pipeline import cli
+
+    parser = argparse.ArgumentParser(prog="trainer.native", formatter_class=cli.HelpFormatter,
+                                     description="Build the native RNN kernels for this CPU and print their path.",
+                                     epilog=cli.examples_from(__doc__))
     parser.add_argument("--force", action="store_true", help="rebuild even if a library for this CPU exists")
     return parser
 
