@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Sequence
 
 from pipeline import atomic, cli, sources, text, transform, vocab as vocab_lib
@@ -198,8 +199,6 @@ def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConf
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import time
-
     args, cfg, beam_args = parse_args(argv)
     started = time.perf_counter()
     metadata = preprocess(args.corpus, args.output, cfg, beam_args)

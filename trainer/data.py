@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tensorflow as tf
 
@@ -25,6 +25,8 @@ class DataInfo:
     valid_files: tuple[str, ...]
     num_train: int
     num_valid: int
+    source_paths: tuple[str, ...] = ()                          # metadata.json's sources, in source-index order
+    shard_records: dict[str, int] = field(default_factory=dict)  # shard file name → windows in it
 
     @property
     def vocab_size(self) -> int:
@@ -50,6 +52,8 @@ def load_data_info(data_dir: str) -> DataInfo:
         num_steps, vocab_size = int(meta["num_steps"]), int(meta["vocab_size"])
         num_train, num_valid = int(meta["windows"]["train"]), int(meta["windows"]["valid"])
         normalize, tokenizer = str(meta["normalize"]), str(meta["tokenizer"])
+        source_paths = tuple(str(source["path"]) for source in meta.get("sources", []))
+        shard_records = {str(shard["file"]): int(shard["records"]) for shard in meta.get("shards", [])}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{data_dir}: metadata.json or vocab.txt is damaged ({type(err).__name__}: {err}); "
                         f"run pipeline.preprocess again") from None
@@ -65,7 +69,8 @@ def load_data_info(data_dir: str) -> DataInfo:
         raise UserError(f"{data_dir}: vocab.txt has {len(vocab)} tokens, metadata says {vocab_size}")
     return DataInfo(data_dir=data_dir, vocab=tuple(vocab), num_steps=num_steps, normalize=normalize,
                     tokenizer=tokenizer, train_files=files["train"], valid_files=files["valid"],
-                    num_train=num_train, num_valid=num_valid)
+                    num_train=num_train, num_valid=num_valid, source_paths=source_paths,
+                    shard_records=shard_records)
 
 
 def check_records(info: DataInfo) -> None:

@@ -30,6 +30,9 @@ Run it again with the same --model-dir (and more --epochs) to resume; a changed 
 Unset flags take --hparams' value, then the default shown."""
 
 
+PROGRESS = {"bar": 1, "epoch": 2, "none": 0}  # --progress → TrainConfig.verbose
+
+
 def _default(name: str) -> str:
     """TrainConfig's default for a field, for help texts (flags default to None so --hparams can fill them)."""
     return f"(default: {TrainConfig.__dataclass_fields__[name].default})"
@@ -42,7 +45,8 @@ def build_parser() -> cli.ArgumentParser:
                    help="where checkpoints, history.csv, metrics.json and model.keras go (resumed when it exists)")
     p.add_argument("--hparams", metavar="JSON",
                    help="file of hyperparameters (e.g. trainer.tune's best_hparams.json); flags override it")
-    p.add_argument("--cell", choices=CELLS, help="recurrent cell; scratch is the book's from-scratch tanh RNN cell " + _default("cell"))
+    p.add_argument("--cell", choices=CELLS,
+                   help="recurrent cell; scratch is the book's from-scratch tanh RNN cell " + _default("cell"))
     p.add_argument("--num-layers", type=int, metavar="L", help="stacked recurrent layers " + _default("num_layers"))
     p.add_argument("--num-hiddens", type=int, metavar="H", help="units per layer " + _default("num_hiddens"))
     p.add_argument("--dropout", type=float, metavar="P",
@@ -76,9 +80,6 @@ def build_parser() -> cli.ArgumentParser:
                         "(default: bar)")
     p.add_argument("--quiet", action="store_true", help="the same as --progress epoch")
     return p
-
-
-PROGRESS = {"bar": 1, "epoch": 2, "none": 0}  # TrainConfig.verbose
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -332,8 +333,7 @@ def plot_curves(history: list[dict], path: str, title: str, book_reference: floa
 def curves_title(model_dir: str, model_cfg: ModelConfig, info) -> str:
     """'run default: 2 × 32 GRU on timemachine.txt (char, d2l normaliser)': what a plot shows, in its title."""
     run = os.path.basename(os.path.dirname(os.path.abspath(model_dir))) or model_dir
-    with open(os.path.join(info.data_dir, "metadata.json")) as f:
-        names = [os.path.basename(s["path"]) for s in json.load(f).get("sources", [])]
+    names = [os.path.basename(path) for path in info.source_paths]
     data = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return (f"run {run}: {model_cfg.num_layers} × {model_cfg.num_hiddens} {model_cfg.cell.upper()} on {data} "
             f"({info.tokenizer} tokens, {info.normalize} normaliser)")
@@ -349,15 +349,12 @@ def per_source_validation(model, info, batch_size: int) -> list[dict]:
         by_source.setdefault(int(os.path.basename(path).split("-")[1]), []).append(path)
     if len(by_source) < 2:
         return []
-    with open(os.path.join(info.data_dir, "metadata.json")) as f:
-        meta = json.load(f)
-    sources, records = meta.get("sources", []), {s["file"]: s["records"] for s in meta.get("shards", [])}
     rows = []
     for index, files in sorted(by_source.items()):
-        windows = sum(records.get(os.path.basename(path), 0) for path in files) or None
+        windows = sum(info.shard_records.get(os.path.basename(path), 0) for path in files) or None
         result = model.evaluate(make_dataset(files, info.num_steps, batch_size, shuffle=False, num_windows=windows),
                                 verbose=0, return_dict=True)
-        rows.append({"source": sources[index]["path"] if index < len(sources) else f"source {index}",
+        rows.append({"source": info.source_paths[index] if index < len(info.source_paths) else f"source {index}",
                      "val_perplexity": float(result["perplexity"]),
                      "val_bits_per_token": float(result["bits_per_token"])})
     return rows
