@@ -108,6 +108,7 @@ def build(p: beam.Pipeline, files: list[str], cfg: transform.PreprocessConfig, o
             | "Encode" >> beam.ParDo(EncodeChunk(cfg.tokenizer), beam.pvalue.AsSingleton(vocab_info))
             | "GroupChunks" >> beam.GroupByKey()
             | "ConcatChunks" >> beam.MapTuple(_concat))
+    tokens = docs | "TokenCounts" >> beam.MapTuple(lambda doc_index, ids: (doc_index, len(ids)))
     if cfg.split == "d2l":  # the book's protocol windows the corpus as one sequence
         docs = (docs
                 | "OneKey" >> beam.Map(lambda kv: (0, kv))
@@ -116,5 +117,6 @@ def build(p: beam.Pipeline, files: list[str], cfg: transform.PreprocessConfig, o
     shards = docs | "WriteShards" >> beam.ParDo(WriteShards(cfg, out_dir))
     for label, pcoll in [("vocab", vocab_info), ("shards", shards | "ShardList" >> beam.combiners.ToList()),
                          ("sources", read.sources | "SourceList" >> beam.combiners.ToList()),
+                         ("tokens", tokens | "TokenList" >> beam.combiners.ToList()),
                          ("errors", read.errors | "ErrorList" >> beam.combiners.ToList())]:
         _ = pcoll | f"Write_{label}" >> beam.Map(_write_json, os.path.join(out_dir, f"_{label}.json"))

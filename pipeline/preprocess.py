@@ -15,7 +15,7 @@ from typing import Sequence
 from pipeline import atomic, cli, sources, text, transform, vocab as vocab_lib
 from pipeline.cli import UserError
 
-SIDE_FILES = ("vocab", "shards", "sources", "errors")
+SIDE_FILES = ("vocab", "shards", "sources", "tokens", "errors")
 
 
 EXAMPLES = """examples:
@@ -52,8 +52,15 @@ def build_parser() -> cli.ArgumentParser:
                    help="tokens seen fewer than N times map to <unk>")
     p.add_argument("--max-tokens", type=cli.positive_int, default=None, metavar="N",
                    help="keep at most N vocabulary entries, most frequent first (default: no limit)")
+    p.add_argument("--encoding", default="auto", metavar="auto|CODEC",
+                   help="text encoding of the inputs: auto reads UTF-8 (a BOM dropped) when the bytes are valid UTF-8 "
+                        "and otherwise detects it per file (charset-normalizer; Windows-1252 preferred among equals); "
+                        "or a Python codec name such as cp1252, latin-1, utf-16")
     p.add_argument("--decode-errors", choices=("strict", "replace"), default="strict",
                    help="bytes that do not decode: strict fails with the file and offset; replace uses U+FFFD")
+    p.add_argument("--strip-boilerplate", choices=("auto", "gutenberg", "none"), default="auto",
+                   help="Project Gutenberg's licence header and footer: auto removes them where present; gutenberg "
+                        "requires them in every file; none keeps every character")
     p.add_argument("--records-per-shard", type=cli.positive_int, default=100_000, metavar="N",
                    help="windows per TFRecord file")
     return p
@@ -67,7 +74,8 @@ def parse_args(argv: Sequence[str] | None):
             normalize=args.normalize, tokenizer=args.tokenizer, num_steps=args.num_steps, split=args.split,
             valid_fraction=args.valid_fraction, stride=args.stride, num_train=args.num_train,
             num_val=args.num_val, min_freq=args.min_freq, max_tokens=args.max_tokens,
-            decode_errors=args.decode_errors, records_per_shard=args.records_per_shard)
+            decode_errors=args.decode_errors, encoding=args.encoding, strip_boilerplate=args.strip_boilerplate,
+            records_per_shard=args.records_per_shard)
     except ValueError as err:
         raise UserError(str(err)) from None
     return args, cfg, beam_args
@@ -135,6 +143,15 @@ def check_facts(facts: dict, cfg: transform.PreprocessConfig) -> dict[str, int]:
     return counts
 
 
+def source_table(facts: dict, cfg: transform.PreprocessConfig) -> list[dict]:
+    """metadata.json's `sources`: per input, in order, what was read and what it gave."""
+    tokens = [n for _, n in sorted(facts["tokens"])]
+    rows = [dict(info) for _, info in sorted(facts["sources"], key=lambda item: item[0])]
+    for row, n, windows in zip(rows, tokens, transform.source_windows(tokens, cfg)):
+        row.update(tokens=n, windows=windows)
+    return rows
+
+
 def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.PreprocessConfig,
                    beam_args: Sequence[str]) -> dict:
     import apache_beam as beam
@@ -142,7 +159,7 @@ def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.Prepr
     vocab = facts["vocab"]["vocab"]
     atomic.write_text(os.path.join(out_dir, "vocab.txt"), vocab_lib.vocab_to_text(vocab))
     metadata = {
-        "sources": [info for _, info in sorted(facts["sources"], key=lambda item: item[0])],
+        "sources": source_table(facts, cfg),
         "config": cfg.to_dict(),
         "normalize": cfg.normalize,
         "tokenizer": cfg.tokenizer,
@@ -203,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     metadata = preprocess(args.corpus, args.output, cfg, beam_args)
     for source in metadata["sources"]:
-        print(f"read {source['path']}: {source['bytes']:,} bytes")
+        stripped = f", {source['stripped_chars']:,} characters of Gutenberg boilerplate removed" \
+            if source["stripped_chars"] else ""
+        print(f"read {source['path']}: {source['bytes']:,} bytes, {source['encoding']}{stripped}, "
+              f"{source['tokens']:,} tokens, {source['windows']['train']:,} training and "
+              f"{source['windows']['valid']:,} validation windows")
     windows, shards = metadata["windows"], metadata["shards"]
     print(f"preprocess: {metadata['total_tokens']:,} tokens, vocabulary {metadata['vocab_size']}, "
           f"{windows['train']:,} training and {windows['valid']:,} validation windows in {len(shards)} shards "

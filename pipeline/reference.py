@@ -36,6 +36,7 @@ def preprocess_reference(files: list[str], out_dir: str, cfg: transform.Preproce
     encoder = text.Encoder(vocab, cfg.tokenizer)
     docs = [np.concatenate([encoder.encode(c) for c in doc_chunks] or [np.zeros(0, np.int32)])
             for doc_chunks in chunks]
+    facts["tokens"] = [(doc_index, len(ids)) for doc_index, ids in enumerate(docs)]
     if cfg.split == "d2l":
         docs = [np.concatenate(docs)]
     make = transform.d2l_windows if cfg.split == "d2l" else transform.holdout_windows

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import records, text
+from pipeline import boilerplate, charsets, records, text
 
 READ_BYTES = 8 << 20  # read and normalise documents in 8 MiB pieces
 MAX_NUM_STEPS = 1 << 16  # window length; longer windows are no use to an RNN trained by truncated BPTT
@@ -36,6 +36,8 @@ class PreprocessConfig:
     min_freq: int = 1
     max_tokens: int | None = None
     decode_errors: str = "strict"  # strict | replace
+    encoding: str = "auto"         # auto (UTF-8, else detected) | a Python codec name
+    strip_boilerplate: str = "auto"  # auto | gutenberg | none (Project Gutenberg's header and footer)
     records_per_shard: int = 100_000
 
     def __post_init__(self):
@@ -51,6 +53,15 @@ class PreprocessConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value!r}")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"--valid-fraction must be strictly between 0 and 1, got {self.valid_fraction}")
+        if self.encoding != "auto":
+            try:
+                charsets.codec_name(self.encoding)
+            except LookupError:
+                raise ValueError(f"--encoding {self.encoding}: no such codec (e.g. utf-8, cp1252, latin-1, "
+                                 "utf-16)") from None
+        if self.strip_boilerplate not in boilerplate.MODES:
+            raise ValueError(f"--strip-boilerplate must be one of {', '.join(boilerplate.MODES)}, "
+                             f"got {self.strip_boilerplate!r}")
 
     @property
     def window_stride(self) -> int:
@@ -60,41 +71,98 @@ class PreprocessConfig:
         return asdict(self)
 
 
-def read_document(path: str, cfg: PreprocessConfig, open_fn) -> Iterator[tuple[str, dict]]:
-    """Yields ("chunk", normalised text) pieces, then ("source", {path, bytes, sha256}).
+def read_document(path: str, cfg: PreprocessConfig, open_fn) -> Iterator[tuple[str, object]]:
+    """Yields ("chunk", normalised text) pieces, then ("source", facts about the file).
 
-    Decodes UTF-8 incrementally (BOM dropped, CRLF → LF), cutting only where the normaliser
-    and tokenizer give the same result on both sides, so chunks can be processed separately.
+    The file is decoded (see `decoded_text`), Project Gutenberg's header and footer are removed
+    (`boilerplate.strip`), and the text is cut only where the normaliser and tokenizer give the same
+    result on both sides, so chunks can be processed separately. CorpusError names the file.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors=cfg.decode_errors)
-    digest, size, carry, first = hashlib.sha256(), 0, "", True
+    facts: dict = {"path": path}
+    carry, kept = "", 0
     try:
+        for piece in boilerplate.strip(decoded_text(path, cfg, open_fn, facts), cfg.strip_boilerplate, facts):
+            piece = carry + piece
+            cut = text.safe_split_point(piece, cfg.normalize, cfg.tokenizer)
+            piece, carry = piece[:cut], piece[cut:]
+            kept += len(piece)
+            if piece:
+                yield "chunk", text.normalize(piece, cfg.normalize)
+    except boilerplate.BoilerplateError as err:
+        raise CorpusError(f"{path}: {err}") from None
+    if carry:
+        kept += len(carry)
+        yield "chunk", text.normalize(carry, cfg.normalize)
+    if facts["stripped_chars"] and not kept:
+        raise CorpusError(f"{path}: nothing is left after removing the Project Gutenberg header and footer")
+    facts["chars"] = kept
+    yield "source", facts
+
+
+def choose_encoding(path: str, cfg: PreprocessConfig, open_fn) -> str:
+    """The codec `decoded_text` uses: --encoding as given, or UTF-8 when the bytes are valid UTF-8, or
+    the detected one (`charsets.detect`, on the file's start and the bytes around the first bad one)."""
+    if cfg.encoding != "auto":
+        return charsets.codec_name(cfg.encoding)
+    bad = charsets.first_invalid_utf8(open_fn, path, READ_BYTES)
+    if bad is None:
+        return "utf-8"
+    with open_fn(path) as f:
+        sample = f.read(charsets.SAMPLE_BYTES // 2)
+        if bad > len(sample):
+            f.seek(max(len(sample), bad - charsets.SAMPLE_BYTES // 4))
+            sample += f.read(charsets.SAMPLE_BYTES // 2)
+    try:
+        return charsets.detect(sample, bad)
+    except charsets.EncodingError as err:
+        if cfg.decode_errors == "replace":
+            return "utf-8"  # asked to keep going: UTF-8 with U+FFFD for what does not decode
+        raise CorpusError(f"{path}: {err}") from None
+
+
+def decoded_text(path: str, cfg: PreprocessConfig, open_fn, facts: dict) -> Iterator[str]:
+    """The file as text pieces (a leading BOM dropped, CRLF → LF); records bytes, sha256 and encoding."""
+    try:
+        encoding = choose_encoding(path, cfg, open_fn)
+        decoder = codecs.getincrementaldecoder(encoding)(errors=cfg.decode_errors)
+        digest, size, held, first = hashlib.sha256(), 0, "", True
         with open_fn(path) as f:
             while True:
                 raw = f.read(READ_BYTES)
                 final = not raw
                 digest.update(raw)
-                size += len(raw)
+                pending = len(_pending_bytes(decoder))
                 try:
                     piece = decoder.decode(raw, final=final)
                 except UnicodeDecodeError as err:
-                    offset = size - len(raw) + max(err.start, 0)
-                    raise CorpusError(f"{path}: invalid UTF-8 near byte {offset} ({err.reason}); "
-                                      "pass --decode-errors replace to continue") from None
+                    offset = size - pending + max(err.start, 0)
+                    name = "UTF-8" if encoding == "utf-8" else encoding
+                    raise CorpusError(f"{path}: invalid {name} near byte {offset} ({err.reason}); pass "
+                                      "--decode-errors replace to continue, or --encoding CODEC") from None
+                size += len(raw)
                 if first and piece:
+                    facts["bom"] = piece.startswith("\ufeff")
                     piece, first = piece.removeprefix("\ufeff"), False
-                piece = carry + piece
+                piece = held + piece
                 held = "\r" if piece.endswith("\r") and not final else ""  # maybe half a CRLF
                 piece = piece[: len(piece) - len(held)].replace("\r\n", "\n")
-                cut = len(piece) if final else text.safe_split_point(piece, cfg.normalize, cfg.tokenizer)
-                piece, carry = piece[:cut], piece[cut:] + held
                 if piece:
-                    yield "chunk", text.normalize(piece, cfg.normalize)
+                    yield piece
                 if final:
                     break
     except OSError as err:
         raise CorpusError(f"{path}: cannot read: {err.strerror or err}") from None
-    yield "source", {"path": path, "bytes": size, "sha256": digest.hexdigest()}
+    facts.update(bytes=size, sha256=digest.hexdigest(), encoding=encoding)
+    facts.setdefault("bom", False)
+
+
+def _pending_bytes(decoder) -> bytes:
+    """Bytes an incremental decoder holds from earlier input (part of a multi-byte sequence)."""
+    try:
+        state = decoder.getstate()
+    except (AttributeError, NotImplementedError):
+        return b""
+    return state[0] if isinstance(state, tuple) and isinstance(state[0], bytes) else b""
 
 
 def count_tokens(chunk: str, tokenizer: str) -> Counter:
@@ -120,6 +188,33 @@ def d2l_windows(ids: np.ndarray, cfg: PreprocessConfig) -> dict[str, np.ndarray]
     """The book's protocol: windows at stride 1, the first num_train train, the next num_val validate."""
     every = windows(ids[: cfg.num_train + cfg.num_val + cfg.num_steps], cfg.num_steps)
     return {"train": every[: cfg.num_train], "valid": every[cfg.num_train: cfg.num_train + cfg.num_val]}
+
+
+def window_count(length: int, num_steps: int, stride: int = 1) -> int:
+    """How many windows `windows` makes from `length` ids."""
+    return 0 if length < num_steps + 1 else (length - num_steps - 1) // stride + 1
+
+
+def source_windows(tokens: list[int], cfg: PreprocessConfig) -> list[dict[str, int]]:
+    """Training and validation windows of each source, from the sources' token counts (in order).
+
+    Holdout: each source's own windows. d2l: the sources are one sequence, and a window counts for the
+    source it starts in. The totals equal the windows in the shards (tested).
+    """
+    if cfg.split == "holdout":
+        out = []
+        for n in tokens:
+            boundary = n - int(round(n * cfg.valid_fraction))
+            out.append({"train": window_count(boundary, cfg.num_steps, cfg.window_stride),
+                        "valid": window_count(n - boundary, cfg.num_steps, cfg.window_stride)})
+        return out
+    made = min(window_count(sum(tokens), cfg.num_steps), cfg.num_train + cfg.num_val)
+    ranges = {"train": (0, min(cfg.num_train, made)), "valid": (cfg.num_train, made)}
+    out, start = [], 0
+    for n in tokens:
+        out.append({split: max(0, min(start + n, high) - max(start, low)) for split, (low, high) in ranges.items()})
+        start += n
+    return out
 
 
 def shard_files(split: str, doc_index: int, split_windows: np.ndarray,

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.reliability
 def _cases(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "spaces.txt").write_text("   \n\t  \n")
-    (tmp_path / "badutf8.txt").write_bytes(b"good text " * 10 + b"\xff\xfe bad")
+    (tmp_path / "badutf8.txt").write_bytes("café text ".encode() * 10 + b"\xff\xfe bad")  # damaged UTF-8
     (tmp_path / "short.txt").write_text("just a few words")
     (tmp_path / "adir").mkdir()
     sock_path = tmp_path / "socket.txt"
