@@ -20,7 +20,8 @@ SIDE_FILES = ("vocab", "shards", "sources", "tokens", "errors")
 
 EXAMPLES = """examples:
   python -m pipeline.preprocess --corpus timemachine --output runs/default/data --split d2l
-  python -m pipeline.preprocess --corpus 'books/*.txt' --output runs/books/data --normalize none --num-steps 64
+  python -m pipeline.preprocess --corpus timemachine '../shared/data/books/*.txt' --output runs/books/data \\
+      --normalize none --num-steps 64 --encoding auto --strip-boilerplate auto
   python -m pipeline.preprocess --corpus tinyshakespeare --output runs/shakespeare/data --runner=DirectRunner \\
       --direct_num_workers=2 --direct_running_mode=multi_processing
 
