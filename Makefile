@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED := 1
 export DEEP_RNN_SEED_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv kernels pipeline test test-fast test-reliability bench serve clean clean-venv
+.PHONY: help venv kernels pipeline test test-fast test-reliability bench study serve clean clean-venv
 
 help:
 	@echo "Targets (each creates .venv and installs pinned dependencies when needed):"
@@ -32,6 +32,7 @@ help:
 	@echo "  make test-fast       the suite without the slow and reliability tests"
 	@echo "  make test-reliability  fault-injection tests only"
 	@echo "  make bench           every benchmark in bench/, then bench/RESULTS.md"
+	@echo "  make study           the chapter's exercises: bench.cells and bench.authors (~25 min), then RESULTS.md"
 	@echo "  make serve           serve RUN_DIR's export: tensorflow_model_server if installed, else serving.server"
 	@echo "  make kernels         build the native form's C++ kernels for this CPU (done by the targets above)"
 	@echo "  make clean           remove RUN_DIR;  make clean-venv: remove .venv"
@@ -71,6 +72,10 @@ test-reliability: $(STAMP)
 
 bench: $(STAMP) kernels
 	$(PY) -m bench.run_all
+
+# The chapter's exercises (GRU/LSTM/RNN/scratch; more books and mixed authors): JSON, plots, RESULTS.md sections.
+study: $(STAMP) kernels
+	$(PY) -m bench.run_all --only cells authors
 
 serve: $(STAMP)
 	@if command -v tensorflow_model_server >/dev/null; then \

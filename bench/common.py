@@ -38,3 +38,20 @@ def emit(name: str, result: dict) -> None:
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     sys.stdout.flush()
+
+
+def train_process(data_dir: str, model_dir: str, *flags: str) -> dict:
+    """Runs a whole `python -m trainer.train` process, timed from spawn to exit as a user waits for it;
+    returns its metrics.json with `process_wall_s` and the per-epoch `history` (history.csv rows) added."""
+    import csv
+    import time
+
+    command = [sys.executable, "-m", "trainer.train", "--data", data_dir, "--model-dir", model_dir, "--quiet", *flags]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(model_dir, "history.csv")) as f:
+        history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    return {**metrics, "process_wall_s": wall, "history": history}

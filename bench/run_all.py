@@ -1,6 +1,7 @@
-"""`make bench`: runs every benchmark and writes bench/RESULTS.md from their JSON.
+"""`make bench`: runs every benchmark and writes bench/RESULTS.md from their JSON; `make study` runs the studies.
 
     python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune tune_ceiling] [--report-only]
+    python -m bench.run_all --only cells authors
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pipeline import cli
 from bench.common import ROOT, machine
 
 BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_ceiling"]
+STUDIES = ["cells", "authors"]  # the chapter's exercises (`make study`)
 
 
 def _f(x, digits=2):
@@ -169,17 +171,107 @@ def render(results: dict) -> str:
                   f"{_f(c['train_tokens_per_s'], 0)} tokens/s (median of the runs) = {_f(c['training_gflops'], 1)} GFLOP/s, "
                   f"{_f(100 * c['share_of_matmul_rate'], 0)} % of this CPU's dense float32 matmul rate through "
                   f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)", ""]
-    missing = [b for b in BENCHES if b not in results]
+    if "cells" in results:
+        lines += render_cells(results["cells"])
+    if "authors" in results:
+        lines += render_authors(results["authors"])
+    missing = [b for b in BENCHES + STUDIES if b not in results]
     if missing:
         lines += ["## Not yet measured", "", ", ".join(missing) + f" (run `python -m bench.<name>`); machine here: "
                   f"{m['cpu']}, {m['cores']} cores.", ""]
     return "\n".join(lines)
 
 
+def render_cells(r: dict) -> list[str]:
+    lines = ["## Exercise: GRU, LSTM, vanilla RNN and the scratch cell (`python -m bench.cells`)",
+             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['protocol']}; every cell at the "
+             f"book's width and at the width closest to the 2 × 32 GRU's {r['gru_2x32_params']:,} parameters. "
+             "Wall s = the whole `trainer.train` process.", "",
+             "| cell | layers × width | sizing | parameters | best val ppl (epoch) | last val ppl | train ppl | "
+             "train tokens/s | wall s | form |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["runs"]:
+        lines.append(f"| {x['cell']} | 2 × {x['width']} | {x['sizing']} | {x['num_params']:,} | "
+                     f"{_f(x['best_val_ppl'])} ({x['best_epoch']}) | {_f(x['val_ppl'])} | {_f(x['train_ppl'])} | "
+                     f"{_f(x['train_tokens_per_s'], 0)} | {_f(x['process_wall_s'], 0)} | {x['form']} |")
+    best = min(r["runs"], key=lambda x: x["best_val_ppl"])
+    fastest = min(r["runs"], key=lambda x: x["process_wall_s"])
+    lines += ["", f"Lowest validation perplexity: {best['cell']} 2 × {best['width']} ({_f(best['best_val_ppl'])}); "
+              f"shortest run: {fastest['cell']} 2 × {fastest['width']} ({_f(fastest['process_wall_s'], 0)} s). "
+              "The book's recipe (SGD lr 2) is tuned for its GRU; the other cells get it unchanged.", "",
+              f"![validation perplexity per epoch, every cell]({r['plot']})", ""]
+    return lines
+
+
+def render_authors(r: dict) -> list[str]:
+    models, table = r["models"], r["perplexity"]
+    books = list(next(iter(table.values())))
+    lines = ["## Exercise: more books, mixed authors (`python -m bench.authors`)",
+             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['model']}; budget {r['budget']}; "
+             f"{r['data']}. Each cell: validation perplexity of the model (row) on a book's held-out last 10 % "
+             "(column), from `trainer.evaluate`; in brackets the share of characters outside the model's vocabulary.",
+             "", "| trained on | " + " | ".join(books) + " | wall s |", "|---" * (len(books) + 2) + "|"]
+    for name, row in table.items():
+        ev = models[name]["evaluation"]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{_f(row[b])}" + (f" ({_f(100 * ev[b]['unknown_rate'], 2)} %)" if ev[b]["unknown_rate"] else "")
+            for b in books) + f" | {_f(models[name]['process_wall_s'], 0)} |")
+    lines += ["", "| trained on | training characters | passes over its data in the budget | vocabulary | "
+              "authors' shares |", "|---|---|---|---|---|"]
+    for name, m in models.items():
+        shares = ", ".join(f"{a} {_f(100 * s, 0)} %" for a, s in m["author_share"].items())
+        lines.append(f"| {name} | {m['training_tokens']:,} | {_f(m['epochs_of_data_in_budget'], 1)} | "
+                     f"{m['vocab_size']} | {shares} |")
+    lines += ["", "What the numbers say:"] + [f"- {s}" for s in authors_findings(r)]
+    lines += ["", f"![perplexity of each model on each book]({r['plot']})", ""]
+    return lines
+
+
+def authors_findings(r: dict) -> list[str]:
+    """Sentences computed from the authors study's numbers (nothing here is typed in by hand)."""
+    table, models = r["perplexity"], r["models"]
+    names = list(table)
+    alone, wells, mixed = names[0], names[1], names[-1]
+    books = list(table[alone])
+    home, others = books[0], books[2:]  # The Time Machine; the books by other authors
+
+    def mean(row, cols):
+        return sum(row[c] for c in cols) / len(cols)
+
+    def change(new, old):
+        return f"{_f(100 * (new - old) / old, 1)} %"
+
+    out = [f"On The Time Machine itself: {alone} {_f(table[alone][home])}, {wells} {_f(table[wells][home])}, "
+           f"{mixed} {_f(table[mixed][home])} ({change(table[mixed][home], table[alone][home])} against the "
+           "one-book model): " + ("more text helps even on the original book at this budget."
+                                  if table[mixed][home] < table[alone][home] else
+                                  "mixing authors costs the original book, the style averaging the exercise asks about.")]
+    out.append(f"On the {len(others)} books by other authors (mean over {', '.join(others)}): {alone} "
+               f"{_f(mean(table[alone], others))}, {wells} {_f(mean(table[wells], others))}, {mixed} "
+               f"{_f(mean(table[mixed], others))} ({change(mean(table[mixed], others), mean(table[alone], others))} "
+               "against the one-book model); only the six-book model saw those authors (their first 90 %).")
+    drift = models[alone]["unknown_characters"]
+    if drift:
+        worst = max(drift, key=lambda b: models[alone]["evaluation"][b]["unknown_rate"])
+        chars = ", ".join(f"{c!r} ×{n}" for c, n in drift[worst][:5])
+        out.append(f"Vocabulary drift: The Time Machine's {models[alone]['vocab_size']} characters miss some the other "
+                   f"books use; the worst is {worst}, with {_f(100 * models[alone]['evaluation'][worst]['unknown_rate'], 2)} % "
+                   f"of its characters unknown to the one-book model ({chars}): typographic quotes and dashes of the "
+                   "Gutenberg editions, which the d2l normaliser would map to spaces.")
+    share = models[mixed]["author_share"]
+    top = max(share, key=share.get)
+    out.append(f"Shares: in the six-book data {top} has {_f(100 * share[top], 0)} % of the characters and Wells "
+               f"{_f(100 * share.get('Wells', 0), 0)} %; the same budget is {_f(models[alone]['epochs_of_data_in_budget'], 1)} "
+               f"passes over The Time Machine but {_f(models[mixed]['epochs_of_data_in_budget'], 1)} over six books; "
+               f"best epochs (of {r['epochs']}, the best one restored): " + ", ".join(
+                   f"{name} {m['best_epoch']}" for name, m in models.items()) + ".")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
                                      epilog=cli.examples_from(__doc__))
-    parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES, help="benchmarks to run")
+    parser.add_argument("--only", nargs="+", choices=BENCHES + STUDIES, default=BENCHES,
+                        help="benchmarks to run (the studies, cells and authors, run only when named: make study)")
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from bench/results/*.json without running anything")
     return parser
 
@@ -190,7 +282,7 @@ def main() -> None:
         for name in args.only:
             subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=ROOT, check=True)
     results = {}
-    for name in BENCHES:
+    for name in BENCHES + STUDIES:
         path = ROOT / "bench" / "results" / f"{name}.json"
         if path.exists():
             results[name] = json.loads(path.read_text())
