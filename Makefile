@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # Pipeline knobs: unset ones take pipeline.yaml's value, then pipeline.run_all's default.
 RUN_DIR ?= runs/default
 KNOBS := CORPUS=corpus RUN_DIR=run-dir NORMALIZE=normalize TOKENIZER=tokenizer SPLIT=split NUM_STEPS=num-steps \
+  ENCODING=encoding STRIP=strip-boilerplate \
   RUNNER=runner BEAM_OPTS=beam-options CELL=cell LAYERS=num-layers HIDDENS=num-hiddens EPOCHS=epochs \
   BATCH=batch-size LR=lr OPTIMIZER=optimizer TUNE=tune TUNER=tuner MAX_TRIALS=max-trials \
   TIME_BUDGET=time-budget TUNE_EPOCHS=tune-max-epochs TUNE_OPTS=tune-options MODEL_NAME=model-name GRPC_PORT=grpc-port REST_PORT=rest-port
@@ -39,6 +40,7 @@ help:
 	@echo ""
 	@echo "Knobs (Make variables; unset ones take pipeline.yaml's value, then the default):"
 	@echo "  RUN_DIR=$(RUN_DIR)  CORPUS=timemachine  NORMALIZE=d2l  TOKENIZER=char  SPLIT=d2l  NUM_STEPS=32"
+	@echo "  ENCODING=auto  STRIP=auto (Project Gutenberg header/footer: auto, gutenberg or none)"
 	@echo "  CELL=gru  LAYERS=2  HIDDENS=32  EPOCHS=100  BATCH=1024  LR=2.0  OPTIMIZER=sgd"
 	@echo "  TUNE=0  TUNER=hyperband  MAX_TRIALS=10  TIME_BUDGET=20 (minutes)  TUNE_EPOCHS=10  TUNE_OPTS=..."
 	@echo "  RUNNER=DirectRunner  BEAM_OPTS=...  MODEL_NAME=$(MODEL_NAME)  GRPC_PORT=$(GRPC_PORT)  REST_PORT=$(REST_PORT)"

@@ -22,7 +22,7 @@ from pipeline.cli import UserError
 
 DEFAULTS = {
     "corpus": ["timemachine"], "run_dir": "runs/default", "normalize": "d2l", "tokenizer": "char", "split": "d2l",
-    "num_steps": 32, "runner": "DirectRunner", "beam_options": "",
+    "num_steps": 32, "encoding": "auto", "strip_boilerplate": "auto", "runner": "DirectRunner", "beam_options": "",
     "cell": "gru", "num_layers": 2, "num_hiddens": 32, "epochs": 100, "batch_size": 1024, "lr": 2.0,
     "optimizer": "sgd", "tune": False, "tuner": "hyperband", "max_trials": 10, "time_budget": 20.0,
     "tune_max_epochs": 10, "tune_options": "--max-layers 4 --max-hiddens 256", "model_name": "deep_rnn", "grpc_port": 8500, "rest_port": 8501,
@@ -36,6 +36,8 @@ KNOB_HELP = {  # one line per knob: what it does (the Make variable in brackets)
     "tokenizer": "char or word [TOKENIZER]",
     "split": "d2l (the book's random windows) or holdout (each source's last 10%% validates) [SPLIT]",
     "num_steps": "tokens of context per training window [NUM_STEPS]",
+    "encoding": "text encoding: auto (UTF-8, else detected per file) or a codec such as cp1252 [ENCODING]",
+    "strip_boilerplate": "Project Gutenberg header/footer: auto (removed where present), gutenberg or none [STRIP]",
     "runner": "Beam runner for preprocessing [RUNNER]",
     "beam_options": "extra Beam pipeline options, one string [BEAM_OPTS]",
     "cell": "gru, lstm, rnn or scratch [CELL]",
@@ -148,14 +150,15 @@ def run_stage(name: str, module: str, args: list[str], run_dir: str, what: str) 
 def preprocess_stage(cfg: dict, run_dir: str) -> str:
     data = os.path.join(run_dir, "data")
     fp = fingerprint(corpus_fingerprint(cfg["corpus"]), {k: cfg[k] for k in ("normalize", "tokenizer", "split",
-                                                                            "num_steps", "runner", "beam_options")})
+                                                                            "num_steps", "encoding", "strip_boilerplate",
+                                                                            "runner", "beam_options")})
     if _read(os.path.join(data, "fingerprint")) == fp and os.path.exists(os.path.join(data, "metadata.json")):
         print("== stage preprocess: inputs unchanged, skipped")
         return fp
     run_stage("preprocess", "pipeline.preprocess",
               ["--corpus", *cfg["corpus"], "--output", data, "--normalize", cfg["normalize"], "--tokenizer",
                cfg["tokenizer"], "--split", cfg["split"], "--num-steps", str(cfg["num_steps"]),
-               f"--runner={cfg['runner']}", *cfg["beam_options"].split()],
+               "--encoding", cfg["encoding"], "--strip-boilerplate", cfg["strip_boilerplate"], f"--runner={cfg['runner']}", *cfg["beam_options"].split()],
               run_dir, f"{' '.join(cfg['corpus'])} → {data} (Beam {cfg['runner']}, {cfg['split']} split)")
     atomic.write_text(os.path.join(data, "fingerprint"), fp)
     return fp
