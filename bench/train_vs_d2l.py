@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from pipeline import cli
-from bench.common import ROOT, emit, machine
+from bench.common import ROOT, emit, machine, train_process
 from pipeline import transform
 from pipeline.book import BOOK_REFERENCE, book_reference
 from pipeline.preprocess import preprocess
@@ -138,14 +138,9 @@ def main() -> None:
         cfg = cfg.replace(steps_per_execution=args.steps_per_execution)
     # A whole `python -m trainer.train` process, timed from spawn to exit: what a user waits for (start-up,
     # graph building, every epoch's evaluation, the sample and the saved artefacts all count).
-    command = [sys.executable, "-m", "trainer.train", "--data", data_dir, "--model-dir", model_dir, "--quiet",
-               "--epochs", str(cfg.epochs), "--steps-per-execution", str(cfg.steps_per_execution),
-               "--backend-form", args.backend_form]
-    started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    process_wall_s = time.perf_counter() - started
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        metrics = json.load(f)
+    metrics = train_process(data_dir, model_dir, "--epochs", str(cfg.epochs), "--steps-per-execution",
+                            str(cfg.steps_per_execution), "--backend-form", args.backend_form)
+    process_wall_s = metrics["process_wall_s"]
     ours = {k: metrics[k] for k in ("train_ppl", "val_ppl", "best_val_ppl", "train_tokens_per_s",
                                     "train_tokens_per_s_steady", "train_seconds", "wall_s", "sample", "form",
                                     "epochs", "num_params")}

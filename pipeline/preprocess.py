@@ -22,7 +22,7 @@ EXAMPLES = """examples:
   python -m pipeline.preprocess --corpus timemachine --output runs/default/data --split d2l
   python -m pipeline.preprocess --corpus timemachine '../shared/data/books/*.txt' --output runs/books/data \\
       --normalize none --num-steps 64 --encoding auto --strip-boilerplate auto
-  python -m pipeline.preprocess --corpus tinyshakespeare --output runs/shakespeare/data --runner=DirectRunner \\
+  python -m pipeline.preprocess --corpus ../shared/data/tinyshakespeare.txt --output runs/shakespeare/data --runner=DirectRunner \\
       --direct_num_workers=2 --direct_running_mode=multi_processing
 
 Unrecognised --flags are passed to Beam as pipeline options."""

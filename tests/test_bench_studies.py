@@ -1,0 +1,56 @@
+"""The study benches' pieces: equal-parameter sizing, and RESULTS.md sections and findings from their JSON."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "scratch"])
+def test_equal_parameter_width_is_the_closest(cell):
+    from bench.cells import equal_parameter_width, parameter_count
+
+    target = parameter_count("gru", 32, 28)
+    width = equal_parameter_width(cell, target, 28)
+    gap = abs(parameter_count(cell, width, 28) - target)
+    assert gap <= abs(parameter_count(cell, width - 1, 28) - target)
+    assert gap <= abs(parameter_count(cell, width + 1, 28) - target)
+    assert (width < 32) if cell == "lstm" else (width > 32)  # LSTM has 4 gate blocks to GRU's 3, RNN 1
+
+
+def _authors_result(alone_home: float, mixed_home: float) -> dict:
+    books = ["The Time Machine", "The War of the Worlds", "Frankenstein", "Sherlock Holmes"]
+    table = {"The Time Machine": {b: alone_home + i for i, b in enumerate(books)},
+             "Wells (2 books)": {b: 5.0 for b in books},
+             "all six books": {b: mixed_home for b in books}}
+    models = {name: {"vocab_size": 70, "training_tokens": 1000, "epochs_of_data_in_budget": 2.0, "best_epoch": 3,
+                     "process_wall_s": 10.0, "author_share": {"Wells": 0.25, "Doyle": 0.75},
+                     "evaluation": {b: {"perplexity": row[b], "unknown_rate": 0.01 if name == "The Time Machine"
+                                        and b != books[0] else 0.0} for b in books},
+                     "unknown_characters": {b: [["\u201c", 9]] for b in books[1:]} if name == "The Time Machine"
+                     else {}} for name, row in table.items()}
+    return {"machine": {"cpu": "test CPU", "cores": 2}, "model": "GRU", "budget": "b", "data": "d", "epochs": 5,
+            "perplexity": table, "models": models, "plot": "results/authors.png"}
+
+
+@pytest.mark.parametrize("alone,mixed,verdict", [(4.0, 4.5, "mixing authors costs"), (4.0, 3.5, "more text helps")])
+def test_authors_findings_follow_the_numbers(alone, mixed, verdict):
+    from bench.run_all import authors_findings, render_authors
+
+    result = _authors_result(alone, mixed)
+    findings = authors_findings(result)
+    assert verdict in findings[0]
+    assert f"{100 * (mixed - alone) / alone:,.1f} %" in findings[0]
+    assert any("Doyle has 75 %" in f for f in findings) and any("'“' ×9" in f for f in findings)
+    section = "\n".join(render_authors(result))
+    assert "| The Time Machine | 4.00 | 5.00 (1.00 %) |" in section and "results/authors.png" in section
+
+
+def test_cells_section_lists_every_run():
+    from bench.run_all import render_cells
+
+    runs = [{"cell": c, "width": w, "sizing": s, "num_params": 5000, "best_val_ppl": p, "best_epoch": 90,
+             "val_ppl": p + 0.1, "train_ppl": p - 1, "train_tokens_per_s": 1e5, "process_wall_s": t, "form": "fused"}
+            for c, w, s, p, t in [("gru", 32, "book width", 6.2, 80.0), ("lstm", 27, "equal parameters", 6.8, 70.0)]]
+    section = "\n".join(render_cells({"machine": {"cpu": "c", "cores": 2}, "protocol": "p", "gru_2x32_params": 5000,
+                                      "plot": "results/cells.png", "runs": runs}))
+    assert "| gru | 2 × 32 | book width |" in section and "| lstm | 2 × 27 | equal parameters |" in section
+    assert "Lowest validation perplexity: gru 2 × 32 (6.20)" in section and "shortest run: lstm 2 × 27" in section
