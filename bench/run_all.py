@@ -242,9 +242,11 @@ def authors_findings(r: dict) -> list[str]:
 
     out = [f"On The Time Machine itself: {alone} {_f(table[alone][home])}, {wells} {_f(table[wells][home])}, "
            f"{mixed} {_f(table[mixed][home])} ({change(table[mixed][home], table[alone][home])} against the "
-           "one-book model): " + ("more text helps even on the original book at this budget."
-                                  if table[mixed][home] < table[alone][home] else
-                                  "mixing authors costs the original book, the style averaging the exercise asks about.")]
+           "one-book model, " + change(table[mixed][home], table[wells][home]) + " against the same-author model): "
+           + ("more text helps the original book at this budget" if table[mixed][home] < table[alone][home] else
+              "mixing authors costs the original book")
+           + ("; the same author's second book helps it most, and the other authors' text takes part of that gain "
+              "back: the style averaging the exercise asks about." if table[wells][home] < table[mixed][home] else ".")]
     out.append(f"On the {len(others)} books by other authors (mean over {', '.join(others)}): {alone} "
                f"{_f(mean(table[alone], others))}, {wells} {_f(mean(table[wells], others))}, {mixed} "
                f"{_f(mean(table[mixed], others))} ({change(mean(table[mixed], others), mean(table[alone], others))} "

@@ -31,7 +31,8 @@ def _authors_result(alone_home: float, mixed_home: float) -> dict:
             "perplexity": table, "models": models, "plot": "results/authors.png"}
 
 
-@pytest.mark.parametrize("alone,mixed,verdict", [(4.0, 4.5, "mixing authors costs"), (4.0, 3.5, "more text helps")])
+@pytest.mark.parametrize("alone,mixed,verdict", [(4.0, 4.5, "mixing authors costs"), (4.0, 3.5, "more text helps"),
+                                                 (6.0, 5.5, "style averaging")])
 def test_authors_findings_follow_the_numbers(alone, mixed, verdict):
     from bench.run_all import authors_findings, render_authors
 
@@ -41,7 +42,8 @@ def test_authors_findings_follow_the_numbers(alone, mixed, verdict):
     assert f"{100 * (mixed - alone) / alone:,.1f} %" in findings[0]
     assert any("Doyle has 75 %" in f for f in findings) and any("'“' ×9" in f for f in findings)
     section = "\n".join(render_authors(result))
-    assert "| The Time Machine | 4.00 | 5.00 (1.00 %) |" in section and "results/authors.png" in section
+    assert f"| The Time Machine | {alone:.2f} | {alone + 1:.2f} (1.00 %) |" in section
+    assert "results/authors.png" in section
 
 
 def test_cells_section_lists_every_run():
