@@ -216,6 +216,8 @@ def evaluate(corpus: Sequence[str], model_dir: str | None = None, export: str | 
              encoding: str = "auto", decode_errors: str = "strict", strip_boilerplate: str = "auto",
              batch_size: int = 256) -> list[dict]:
     """The whole stage: one row per source and an overall row (see evaluate_sources)."""
+    if (model_dir is None) == (export is None):
+        raise UserError("give exactly one of --model-dir and --export")
     cli.quiet_tensorflow()
     if export:
         version_dir = export_version_dir(export)
