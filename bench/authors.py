@@ -49,7 +49,7 @@ def write_validation_parts(out_dir: str, cfg: transform.PreprocessConfig) -> dic
                        if k == "chunk")
         path = os.path.join(out_dir, name.replace(" ", "_").replace("'", "") + ".txt")
         with open(path, "w", encoding="utf-8") as f:
-            f.write(kept[len(kept) - int(round(len(kept) * VALID_FRACTION)):])
+            f.write(kept[transform.holdout_boundary(len(kept), VALID_FRACTION):])
         paths[name] = path
     return paths
 
@@ -117,7 +117,7 @@ def main() -> None:
         by_book = dict(zip(BOOKS, rows))
         table[set_name] = {b: by_book[b]["perplexity"] for b in BOOKS}
         vocab = read_vocab(os.path.join(data_dir, "vocab.txt"))
-        train_tokens = sum(s["tokens"] - round(s["tokens"] * VALID_FRACTION) for s in meta["sources"])
+        train_tokens = sum(transform.holdout_boundary(s["tokens"], VALID_FRACTION) for s in meta["sources"])
         authors = Counter()
         for book, source in zip(books, meta["sources"]):
             authors[BOOKS[book][0]] += source["tokens"]

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Sequence
 
-from pipeline import atomic, cli, sources, text, transform, vocab as vocab_lib
+from pipeline import atomic, boilerplate, cli, sources, text, transform, vocab as vocab_lib
 from pipeline.cli import UserError
 
 SIDE_FILES = ("vocab", "shards", "sources", "tokens", "errors")
@@ -59,7 +59,7 @@ def build_parser() -> cli.ArgumentParser:
                         "or a Python codec name such as cp1252, latin-1, utf-16")
     p.add_argument("--decode-errors", choices=("strict", "replace"), default="strict",
                    help="bytes that do not decode: strict fails with the file and offset; replace uses U+FFFD")
-    p.add_argument("--strip-boilerplate", choices=("auto", "gutenberg", "none"), default="auto",
+    p.add_argument("--strip-boilerplate", choices=boilerplate.MODES, default="auto",
                    help="Project Gutenberg's licence header and footer: auto removes them where present; gutenberg "
                         "requires them in every file; none keeps every character")
     p.add_argument("--records-per-shard", type=cli.positive_int, default=100_000, metavar="N",

@@ -176,10 +176,14 @@ def windows(ids: np.ndarray, num_steps: int, stride: int = 1) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(ids, num_steps + 1)[::stride]
 
 
+def holdout_boundary(num_tokens: int, valid_fraction: float) -> int:
+    """Where a document's validation part starts: its last valid_fraction (rounded) validates."""
+    return num_tokens - int(round(num_tokens * valid_fraction))
+
+
 def holdout_windows(ids: np.ndarray, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
     """The last valid_fraction of a document validates; no window crosses the boundary."""
-    num_valid = int(round(len(ids) * cfg.valid_fraction))
-    boundary = len(ids) - num_valid
+    boundary = holdout_boundary(len(ids), cfg.valid_fraction)
     return {"train": windows(ids[:boundary], cfg.num_steps, cfg.window_stride),
             "valid": windows(ids[boundary:], cfg.num_steps, cfg.window_stride)}
 
@@ -204,7 +208,7 @@ def source_windows(tokens: list[int], cfg: PreprocessConfig) -> list[dict[str, i
     if cfg.split == "holdout":
         out = []
         for n in tokens:
-            boundary = n - int(round(n * cfg.valid_fraction))
+            boundary = holdout_boundary(n, cfg.valid_fraction)
             out.append({"train": window_count(boundary, cfg.num_steps, cfg.window_stride),
                         "valid": window_count(n - boundary, cfg.num_steps, cfg.window_stride)})
         return out

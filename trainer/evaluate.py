@@ -147,17 +147,12 @@ def export_scorer(servable, spec: ModelSpec, batch_size: int) -> Callable[[Sourc
 
 def evaluate_sources(texts: list[SourceText], score: Callable[[SourceText], tuple[float, int]]) -> list[dict]:
     """Rows per source, then the overall row (token-weighted over all scored tokens)."""
-    rows, all_nats, all_scored, all_tokens, all_unknown, all_chars = [], 0.0, 0, 0, 0, 0
+    counts = []  # per source: (characters, tokens, unknown tokens, nats, scored tokens)
     for src in texts:
-        nats, scored = score(src)
-        unknown = int(np.count_nonzero(src.ids == 0))
-        rows.append(_row(src.source, src.facts.get("chars", 0), len(src.ids), unknown, nats, scored,
-                         encoding=src.facts.get("encoding"), boilerplate=src.facts.get("boilerplate")))
-        all_nats, all_scored = all_nats + nats, all_scored + scored
-        all_tokens, all_unknown, all_chars = all_tokens + len(src.ids), all_unknown + unknown, \
-            all_chars + src.facts.get("chars", 0)
-    rows.append(_row(OVERALL, all_chars, all_tokens, all_unknown, all_nats, all_scored))
-    return rows
+        counts.append((src.facts.get("chars", 0), len(src.ids), int(np.count_nonzero(src.ids == 0)), *score(src)))
+    rows = [_row(src.source, *c, encoding=src.facts.get("encoding"), boilerplate=src.facts.get("boilerplate"))
+            for src, c in zip(texts, counts)]
+    return rows + [_row(OVERALL, *(sum(column) for column in zip(*counts)))]
 
 
 def _row(source: str, chars: int, tokens: int, unknown: int, nats: float, scored: int, **extra) -> dict:
