@@ -127,7 +127,7 @@ def test_fixed_size_epochs_repeat_the_windows_and_lr_halves_on_a_plateau(tiny_da
     cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3, "steps_per_epoch": 2, "optimizer": "adam", "lr": 1e-9,
                          "reduce_lr_patience": 1})
     info = load_data_info(str(tiny_data))
-    train_ds, valid_ds, throughput = fit_data(cfg, info)
+    train_ds, valid_ds, throughput, batches = fit_data(cfg, info)
     assert train_ds.cardinality() == tf.data.INFINITE_CARDINALITY and valid_ds.cardinality() > 0
     assert throughput.tokens_per_epoch == 2 * cfg.batch_size * info.num_steps
     assert fit_data(cfg.replace(steps_per_epoch=None), info)[2].tokens_per_epoch == info.num_train * info.num_steps

@@ -56,6 +56,50 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class StreamValidation(keras.callbacks.Callback):
+    """Adds val_stream_perplexity to the epoch logs: each source's whole validation stream scored with the
+    state carried across it (trainer.stateful.StreamScorer), beside the zero-state window perplexity.
+
+    `core` is the carry_state network, None for the core of the CarriedStateModel being trained (the
+    tuner's trials each bring their own); `sync_from`, when given, is the plain model it copies weights
+    from first (one weight layout). Must come before the loggers and checkpoints that read it."""
+
+    def __init__(self, streams, core=None, sync_from=None):
+        super().__init__()
+        self.streams, self.core, self.sync_from = streams, core, sync_from
+        self._scorers = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        from trainer.stateful import StreamScorer
+
+        if logs is None or not self.streams:
+            return
+        core = self.core if self.core is not None else self.model.core
+        if self.sync_from is not None:
+            core.set_weights(self.sync_from.get_weights())
+        if id(core) not in self._scorers:
+            self._scorers = {id(core): StreamScorer(core)}  # one traced scorer per network
+        logs["val_stream_perplexity"] = self._scorers[id(core)].perplexity(self.streams)
+
+
+class GradientNormLog(keras.callbacks.Callback):
+    """Adds grad_norm to the epoch logs: the mean global gradient norm (before clipping) over the epoch's
+    steps, which trainer.train's optimizers record (trainer.optimizers.GradientNormRecorder)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        recorder = getattr(self.model.optimizer, "grad_norm_sum", None)
+        if recorder is not None:
+            self.model.optimizer.grad_norm_sum.assign(0.0)
+            self.model.optimizer.grad_norm_count.assign(0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        if logs is None or getattr(optimizer, "grad_norm_sum", None) is None:
+            return
+        count = float(keras.ops.convert_to_numpy(optimizer.grad_norm_count))
+        logs["grad_norm"] = float(keras.ops.convert_to_numpy(optimizer.grad_norm_sum)) / count if count else 0.0
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN/inf or exploded; the run stops before the bad state is backed up."""
 
@@ -143,7 +187,8 @@ class EpochLine(keras.callbacks.Callback):
         if not (epoch == 0 or (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):
             return
         parts = [f"epoch {epoch + 1:>{len(str(self.epochs))}}/{self.epochs}"]
-        for key, label in (("perplexity", "perplexity"), ("val_perplexity", "val perplexity")):
+        for key, label in (("perplexity", "perplexity"), ("val_perplexity", "val perplexity"),
+                           ("val_stream_perplexity", "stream")):
             if key in logs:
                 parts.append(f"{label} {float(logs[key]):.3f}")
         if "tokens_per_s" in logs:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 CELLS = ("gru", "lstm", "rnn", "scratch")
 FORMS = ("stacked", "layers", "fused", "native")  # see trainer.model
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "warmup_cosine")  # see trainer.optimizers
 
 
 def _check_types(config) -> None:
@@ -89,6 +90,12 @@ class TrainConfig:
     # with a small --stride and the data repeats: every epoch is a fresh sample of window offsets.
     steps_per_epoch: int | None = None
     reduce_lr_patience: int = 0  # halve lr after this many epochs without a better val perplexity (0: never)
+    weight_decay: float = 0.0    # AdamW's decoupled weight decay (optimizer adamw only)
+    lr_schedule: str = "constant"  # constant | warmup_cosine (linear warm-up, cosine decay to lr / 10)
+    warmup_steps: int = 0        # warmup_cosine: steps of linear warm-up
+    # Truncated BPTT: each source's training stream in batch_size contiguous lanes, read in order, the
+    # state carried from batch to batch (reset at epoch start and at each source); see trainer.stateful.
+    stateful: bool = False
     sample_prefix: str = "it has"
     sample_chars: int = 20
 
@@ -101,6 +108,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps and self.lr_schedule != "warmup_cosine":
+            raise ValueError("warmup_steps needs lr_schedule warmup_cosine")
+        if self.lr_schedule != "constant" and self.reduce_lr_patience:
+            raise ValueError("reduce_lr_patience changes the rate itself; it cannot be combined with an lr schedule")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(f"weight_decay needs optimizer adamw (got {self.optimizer})")
         if self.reduce_lr_patience < 0:
             raise ValueError(f"reduce_lr_patience must be >= 0, got {self.reduce_lr_patience}")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -123,7 +142,8 @@ class TrainConfig:
 
     def hparams(self) -> dict:
         keys = ("cell", "num_layers", "num_hiddens", "dropout", "batch_size", "epochs", "optimizer", "lr",
-                "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience")
+                "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay", "lr_schedule",
+                "warmup_steps", "stateful")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> "TrainConfig":

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline import vocab as vocab_lib
@@ -27,6 +28,8 @@ class DataInfo:
     num_valid: int
     source_paths: tuple[str, ...] = ()                          # metadata.json's sources, in source-index order
     shard_records: dict[str, int] = field(default_factory=dict)  # shard file name → windows in it
+    split: str = "holdout"                                      # holdout (windows per source) | d2l (one sequence)
+    stride: int | None = None                                   # tokens between window starts
 
     @property
     def vocab_size(self) -> int:
@@ -54,6 +57,9 @@ def load_data_info(data_dir: str) -> DataInfo:
         normalize, tokenizer = str(meta["normalize"]), str(meta["tokenizer"])
         source_paths = tuple(str(source["path"]) for source in meta.get("sources", []))
         shard_records = {str(shard["file"]): int(shard["records"]) for shard in meta.get("shards", [])}
+        config = meta.get("config", {})
+        split = str(config.get("split", "holdout"))
+        stride = 1 if split == "d2l" else int(config.get("stride") or num_steps)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{data_dir}: metadata.json or vocab.txt is damaged ({type(err).__name__}: {err}); "
                         f"run pipeline.preprocess again") from None
@@ -70,7 +76,7 @@ def load_data_info(data_dir: str) -> DataInfo:
     return DataInfo(data_dir=data_dir, vocab=tuple(vocab), num_steps=num_steps, normalize=normalize,
                     tokenizer=tokenizer, train_files=files["train"], valid_files=files["valid"],
                     num_train=num_train, num_valid=num_valid, source_paths=source_paths,
-                    shard_records=shard_records)
+                    shard_records=shard_records, split=split, stride=stride)
 
 
 def check_records(info: DataInfo) -> None:
@@ -109,3 +115,84 @@ def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: in
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options)
+
+
+# ---- token streams: stateful training (truncated BPTT) and full-context evaluation ----
+
+def _files_by_source(files) -> dict[int, list[str]]:
+    """Shards <split>-<source index>-<block>.tfrecord grouped by source, each group in block order."""
+    groups: dict[int, list[str]] = {}
+    for path in sorted(files):
+        groups.setdefault(int(os.path.basename(path).split("-")[1]), []).append(path)
+    return dict(sorted(groups.items()))
+
+
+def read_windows(files, num_steps: int) -> np.ndarray:
+    """Every window of the files, in file and record order: [N, num_steps + 1] int32."""
+    spec = {"tokens": tf.io.FixedLenFeature([num_steps + 1], tf.int64)}
+    ds = tf.data.TFRecordDataset(list(files)).batch(65536).map(lambda b: tf.io.parse_example(b, spec)["tokens"])
+    parts = [batch.numpy().astype(np.int32) for batch in ds]
+    return np.concatenate(parts) if parts else np.zeros((0, num_steps + 1), np.int32)
+
+
+def split_streams(info: DataInfo, split: str) -> list[np.ndarray]:
+    """Each source's token stream of a split ("train" or "valid"), rebuilt from the windows preprocessing wrote.
+
+    Windows start every `stride` tokens, so the stream is each window's first `stride` tokens, then the
+    last window whole: the records are the one copy of the data, read by the one input pipeline. The
+    d2l split is one sequence (source 0). A stride longer than a window leaves gaps: no stream.
+    """
+    if info.stride > info.num_steps + 1:
+        raise UserError(f"{info.data_dir}: windows every {info.stride} tokens leave gaps between windows of "
+                        f"{info.num_steps + 1}; a token stream needs --stride <= num_steps + 1 "
+                        f"(run pipeline.preprocess again)")
+    files = info.train_files if split == "train" else info.valid_files
+    streams = []
+    for paths in _files_by_source(files).values():
+        windows = read_windows(paths, info.num_steps)                     # [N, T + 1]
+        if len(windows):
+            streams.append(np.concatenate([windows[:, :info.stride].reshape(-1), windows[-1, info.stride:]]))
+    return streams
+
+
+def lanes(stream: np.ndarray, batch_size: int, num_steps: int) -> np.ndarray:
+    """[n] tokens → [batch_size, lane_len + 1]: batch_size contiguous lanes, lane b starting at b · lane_len,
+    lane_len a multiple of num_steps (the book's sequential partitioning). Each lane's last token is the
+    next lane's first, so every token of the used stream is predicted exactly once per epoch."""
+    lane_len = (len(stream) - 1) // batch_size // num_steps * num_steps
+    starts = np.arange(batch_size) * lane_len
+    return stream[starts[:, None] + np.arange(lane_len + 1)]
+
+
+def stateful_batches(streams, batch_size: int, num_steps: int):
+    """Streams → (ids [N, B, T], targets [N, B, T], reset [N]): for each stream in order, consecutive
+    num_steps windows of its lanes; reset is 1 on the first batch of each stream (state starts from zero)."""
+    ids, targets, reset = [], [], []
+    for stream in streams:
+        lane = lanes(stream, batch_size, num_steps)                          # [B, L + 1]
+        for k, start in enumerate(range(0, lane.shape[1] - 1, num_steps)):
+            ids.append(lane[:, start:start + num_steps])
+            targets.append(lane[:, start + 1:start + num_steps + 1])
+            reset.append(1.0 if k == 0 else 0.0)
+    if not ids:
+        longest = max((len(s) for s in streams), default=0)
+        raise UserError(f"--stateful: --batch-size {batch_size} lanes of {num_steps} steps need "
+                        f"{batch_size * num_steps + 1} tokens in a source; the longest has {longest}")
+    return np.stack(ids), np.stack(targets), np.asarray(reset, np.float32)
+
+
+def make_stateful_dataset(info: DataInfo, batch_size: int) -> tuple[tf.data.Dataset, int]:
+    """(batches, their number): the training stream as ({"ids" [B, T], "reset" [B]}, targets [B, T]) batches,
+    in lane order (no shuffle: row b of batch k + 1 continues row b of batch k).
+
+    Rows are batched by a batch op, so a tf.distribute strategy splits every global batch into the same
+    contiguous row ranges per replica (and per worker): each replica keeps its lanes from batch to batch."""
+    ids, targets, reset = stateful_batches(split_streams(info, "train"), batch_size, info.num_steps)
+    count = len(ids)
+    reset_rows = np.repeat(reset[:, None], batch_size, axis=1)              # [N, B]
+    rows = ({"ids": ids.reshape(count * batch_size, -1), "reset": reset_rows.reshape(-1)},
+            targets.reshape(count * batch_size, -1))
+    ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options), count

@@ -52,10 +52,10 @@ class FusedRNNStack(keras.layers.Layer):
     """
 
     def __init__(self, cell: str, num_layers: int, num_hiddens: int, vocab_size: int,
-                 dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0, return_state: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.cell, self.num_layers, self.num_hiddens = cell, num_layers, num_hiddens
-        self.vocab_size, self.dropout = vocab_size, dropout
+        self.vocab_size, self.dropout, self.return_state = vocab_size, dropout, return_state
         self.cells = [cells_lib.make_cell(cell, num_hiddens, name=f"cell_{i}") for i in range(num_layers)]
 
     def build(self, input_shape):
@@ -70,15 +70,34 @@ class FusedRNNStack(keras.layers.Layer):
         return [None] + [tf.cast(tf.random.uniform((batch, self.num_hiddens)) < keep, self.compute_dtype) / keep
                          for _ in range(1, self.num_layers)]
 
-    def call(self, ids, training=False):
+    def initial_states(self, batch, states=None) -> list[list]:
+        """Per layer, its state tensors [B, h]: zeros, or the flat list `states` (layer by layer) regrouped."""
+        if states is None:
+            return [[tf.zeros((batch, self.num_hiddens), self.compute_dtype)] * cells_lib.num_states(c)
+                    for c in self.cells]
+        nested, k = [], 0
+        for c in self.cells:
+            n = cells_lib.num_states(c)
+            nested.append([tf.cast(s, self.compute_dtype) for s in states[k:k + n]])
+            k += n
+        return nested
+
+    def _result(self, outputs, final_states):
+        """outputs [B, T, h], or [outputs, *flat final states] for a layer built with return_state."""
+        if not self.return_state:
+            return outputs
+        return [outputs] + [s for layer in final_states for s in layer]
+
+    def call(self, ids, states=None, training=False):
+        """ids [B, T] (and optionally the flat initial states, [B, h] each) → outputs [B, T, h]
+        (and the flat final states when return_state)."""
         ids = tf.cast(ids, tf.int32)
         batch = tf.shape(ids)[0]
         masks = self._dropout_masks(batch, training)
         weights = [cells_lib.read_weights(c, self.compute_dtype) for c in self.cells]
         table = cells_lib.input_table(weights[0])  # [V, G]: the first layer's projection is a row lookup
         ids_by_step = tf.transpose(ids)              # [T, B]: each step's ids contiguous
-        states = [[tf.zeros((batch, self.num_hiddens), self.compute_dtype)] * cells_lib.num_states(c)
-                  for c in self.cells]
+        states = self.initial_states(batch, states)
 
         def step(step_ids, states):
             # step_ids [B]; the lookup happens per step, so no [T, B, G] projection is materialised
@@ -97,7 +116,7 @@ class FusedRNNStack(keras.layers.Layer):
             for step_ids in tf.unstack(ids_by_step, axis=0):
                 out, states = step(step_ids, states)
                 outputs.append(out)
-            return tf.transpose(tf.stack(outputs, axis=0), [1, 0, 2])  # [B, T, h]
+            return self._result(tf.transpose(tf.stack(outputs, axis=0), [1, 0, 2]), states)  # [B, T, h]
         flat = [s for layer in states for s in layer]
 
         def scan_fn(carry, step_ids):
@@ -109,31 +128,35 @@ class FusedRNNStack(keras.layers.Layer):
             out, new = step(step_ids, nested)
             return out, [s for layer in new for s in layer]
 
-        outputs, _ = tf.scan(scan_fn, ids_by_step,
-                             initializer=(tf.zeros((batch, self.num_hiddens), self.compute_dtype), flat))
-        return tf.transpose(outputs, [1, 0, 2])
+        outputs, carried = tf.scan(scan_fn, ids_by_step,
+                                   initializer=(tf.zeros((batch, self.num_hiddens), self.compute_dtype), flat))
+        # carried holds every step's states [T, B, h]: the final ones are the last row (T ≥ 1)
+        final = self.initial_states(batch, [c[-1] for c in carried]) if self.return_state else None
+        return self._result(tf.transpose(outputs, [1, 0, 2]), final)
 
     def get_config(self):
         return {**super().get_config(), "cell": self.cell, "num_layers": self.num_layers,
-                "num_hiddens": self.num_hiddens, "vocab_size": self.vocab_size, "dropout": self.dropout}
+                "num_hiddens": self.num_hiddens, "vocab_size": self.vocab_size, "dropout": self.dropout,
+                "return_state": self.return_state}
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
 class NativeRNNStack(FusedRNNStack):
     """FusedRNNStack's cells and weights, run layer by layer through the native whole-sequence kernels."""
 
-    def call(self, ids, training=False):
+    def call(self, ids, states=None, training=False):
         from trainer import native
 
         ok, why = native.available()
         if not ok:  # e.g. a saved model loaded for export on a machine without a compiler: same maths
             warnings.warn(f"native RNN kernels unavailable ({why}); running the fused graph form", stacklevel=2)
-            return super().call(ids, training=training)
+            return super().call(ids, states=states, training=training)
         ids = tf.cast(ids, tf.int32)
         ids_by_step = tf.transpose(ids)                               # [T, B]
         batch = tf.shape(ids_by_step)[1]
         masks = self._dropout_masks(batch, training)
-        out = None
+        initial = [[tf.cast(s, tf.float32) for s in layer] for layer in self.initial_states(batch, states)]
+        out, final = None, []
         for i, cell in enumerate(self.cells):
             w = cells_lib.read_weights(cell, tf.float32)
             if i == 0:
@@ -141,39 +164,74 @@ class NativeRNNStack(FusedRNNStack):
             else:
                 x = out if masks[i] is None else out * tf.cast(masks[i], out.dtype)       # mask [B, H]
                 xp = native.project(x, w.kernel, w.input_bias)                            # [T, B, G]
-            zeros = tf.zeros((batch, self.num_hiddens), tf.float32)
-            out, _ = native.run_layer(w, xp, [zeros] * cells_lib.num_states(cell))        # [T, B, H]
-        return tf.cast(tf.transpose(out, [1, 0, 2]), self.compute_dtype)                # [B, T, H]
+            out, layer_final = native.run_layer(w, xp, initial[i])                       # [T, B, H]
+            final.append([tf.cast(s, self.compute_dtype) for s in layer_final])
+        return self._result(tf.cast(tf.transpose(out, [1, 0, 2]), self.compute_dtype), final)  # [B, T, H]
 
 
 _LAYER_CLASSES = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
 
 
-def build_model(cfg: ModelConfig) -> keras.Model:
-    """An uncompiled model: ids [B, T] (int32) → logits [B, T, vocab] (float32)."""
+def num_state_tensors(cfg: ModelConfig) -> int:
+    """How many [B, h] tensors make the recurrent state: h per layer, and c too for LSTM."""
+    return cfg.num_layers * (2 if cfg.cell == "lstm" else 1)
+
+
+def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
+    """An uncompiled model: ids [B, T] (int32) → logits [B, T, vocab] (float32).
+
+    carry_state: the same network (same weights, same order) taking the flat initial states as more
+    inputs and returning the final states after the logits, [ids, *states] → [logits, *states], each
+    state [B, h] (layer by layer; LSTM h then c). Used for stateful training and stream evaluation.
+    """
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    states = ([keras.Input(shape=(cfg.num_hiddens,), name=f"state_{i}") for i in range(num_state_tensors(cfg))]
+              if carry_state else None)
+    final = []
     if cfg.form in ("fused", "native"):
         if cfg.form == "native" and cfg.cell not in ("gru", "lstm"):
             raise ValueError(f"the native form has kernels for gru and lstm, not {cfg.cell!r}; use 'fused'")
         stack_class = NativeRNNStack if cfg.form == "native" else FusedRNNStack
-        hidden = stack_class(cfg.cell, cfg.num_layers, cfg.num_hiddens, cfg.vocab_size, cfg.dropout, name="rnn")(ids)
+        stack = stack_class(cfg.cell, cfg.num_layers, cfg.num_hiddens, cfg.vocab_size, cfg.dropout,
+                            return_state=carry_state, name="rnn")
+        hidden = stack(ids, states=states) if carry_state else stack(ids)
+        if carry_state:
+            hidden, final = hidden[0], list(hidden[1:])
     elif cfg.form == "stacked":
         stack = keras.layers.StackedRNNCells(
             [cells_lib.make_cell(cfg.cell, cfg.num_hiddens, dropout=cfg.dropout if i else 0.0, name=f"cell_{i}")
              for i in range(cfg.num_layers)])
-        hidden = keras.layers.RNN(stack, return_sequences=True, name="rnn")(OneHot(cfg.vocab_size)(ids))
+        rnn = keras.layers.RNN(stack, return_sequences=True, return_state=carry_state, name="rnn")
+        one_hot = OneHot(cfg.vocab_size)(ids)
+        if carry_state:
+            per_layer = len(states) // cfg.num_layers
+            nested = [states[i * per_layer:(i + 1) * per_layer] for i in range(cfg.num_layers)]
+            hidden, *ends = rnn(one_hot, initial_state=[s if per_layer > 1 else s[0] for s in nested])
+            final = [t for end in ends for t in (end if isinstance(end, (list, tuple)) else [end])]
+        else:
+            hidden = rnn(one_hot)
     else:
         if cfg.cell == "scratch":
             raise ValueError("the scratch cell has no cuDNN layer; use form 'stacked' or 'fused'")
         hidden = OneHot(cfg.vocab_size)(ids)
+        per_layer = num_state_tensors(cfg) // cfg.num_layers
         for i in range(cfg.num_layers):
             if i and cfg.dropout:  # same mask at every step, like the cells' input dropout
                 hidden = keras.layers.Dropout(cfg.dropout, noise_shape=(None, 1, cfg.num_hiddens))(hidden)
-            hidden = _LAYER_CLASSES[cfg.cell](cfg.num_hiddens, return_sequences=True, name=f"rnn_{i}")(hidden)
+            layer = _LAYER_CLASSES[cfg.cell](cfg.num_hiddens, return_sequences=True, return_state=carry_state,
+                                             name=f"rnn_{i}")
+            if carry_state:
+                hidden, *ends = layer(hidden, initial_state=states[i * per_layer:(i + 1) * per_layer])
+                final += ends
+            else:
+                hidden = layer(hidden)
     if cfg.dropout:  # on the top layer's outputs too: every non-recurrent connection (Zaremba et al., 2014)
         hidden = keras.layers.Dropout(cfg.dropout, name="output_dropout")(hidden)
     logits = keras.layers.Dense(cfg.vocab_size, dtype="float32", name="logits")(hidden)
-    return keras.Model(ids, logits, name=f"deep_{cfg.cell}_{cfg.num_layers}x{cfg.num_hiddens}")
+    name = f"deep_{cfg.cell}_{cfg.num_layers}x{cfg.num_hiddens}"
+    if carry_state:
+        return keras.Model([ids, *states], [logits, *final], name=name + "_carried")
+    return keras.Model(ids, logits, name=name)
 
 
 def model_cells(model: keras.Model) -> list:

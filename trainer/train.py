@@ -15,7 +15,7 @@ from typing import Sequence
 
 from pipeline import atomic, cli, locks, vocab as vocab_lib
 from pipeline.cli import UserError
-from trainer.config import CELLS, FORMS, OPTIMIZERS, ModelConfig, TrainConfig
+from trainer.config import CELLS, FORMS, LR_SCHEDULES, OPTIMIZERS, ModelConfig, TrainConfig
 
 RUN_CONFIG = "run_config.json"
 
@@ -75,6 +75,17 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--reduce-lr-patience", type=int, metavar="EPOCHS",
                    help="halve the learning rate after EPOCHS epochs without a better validation perplexity "
                         "(default: 0, never)")
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="decoupled weight decay (needs --optimizer adamw) " + _default("weight_decay"))
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="constant, or a linear warm-up over --warmup-steps then cosine decay to lr / 10 at the "
+                        "last step " + _default("lr_schedule"))
+    p.add_argument("--warmup-steps", type=int, metavar="N", help="warm-up steps of warmup_cosine "
+                   + _default("warmup_steps"))
+    p.add_argument("--stateful", action="store_true", default=None,
+                   help="truncated backpropagation through time: each source's training text in --batch-size "
+                        "contiguous lanes read in order, the state carried from batch to batch (reset at epoch "
+                        "start and at each source); checkpoints keep the best val_stream_perplexity")
     p.add_argument("--progress", choices=sorted(PROGRESS), default=None,
                    help="what to print while training: Keras's progress bar, one short line per epoch, or nothing "
                         "(default: bar)")
@@ -174,15 +185,17 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
-def compile_model(model, cfg: TrainConfig):
+def compile_model(model, cfg: TrainConfig, steps_per_epoch: int | None = None):
+    """Loss, metrics and optimizer (trainer.optimizers); an lr schedule spans epochs × steps_per_epoch steps."""
     import keras
 
     from trainer.metrics import BitsPerToken, Perplexity, TokenCrossEntropy
+    from trainer.optimizers import learning_rate, make_optimizer
 
-    if cfg.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=float(cfg.lr), global_clipnorm=cfg.clip_norm or None)
-    else:
-        optimizer = keras.optimizers.Adam(learning_rate=float(cfg.lr), global_clipnorm=cfg.clip_norm or None)
+    if cfg.lr_schedule != "constant" and not steps_per_epoch:
+        raise ValueError("an lr schedule needs the number of steps per epoch")
+    lr = learning_rate(cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.epochs * (steps_per_epoch or 1))
+    optimizer = make_optimizer(cfg.optimizer, lr, cfg.clip_norm, cfg.weight_decay)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
     model.compile(optimizer=optimizer,
@@ -192,24 +205,78 @@ def compile_model(model, cfg: TrainConfig):
 
 
 def fit_data(cfg: TrainConfig, info):
-    """(training batches, validation batches, Throughput callback) for fit(), shared with the tuner.
+    """(training batches, validation batches, Throughput callback, batches per epoch) for fit(), shared with
+    the tuner.
 
     With cfg.steps_per_epoch the training windows repeat, so an epoch is that many batches drawn from a
     reshuffled stream: windows made with a small --stride give every epoch fresh window offsets while
-    keeping epochs, and so validation, early stopping and lr patience, at a fixed size."""
-    from trainer import callbacks as cb
-    from trainer.data import make_dataset
+    keeping epochs, and so validation, early stopping and lr patience, at a fixed size. With cfg.stateful
+    the batches are the training stream's lanes in order (trainer.data.make_stateful_dataset)."""
+    import math
 
-    train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                            num_windows=info.num_train)
+    from trainer import callbacks as cb
+    from trainer.data import make_dataset, make_stateful_dataset
+
+    if cfg.stateful:
+        train_ds, batches = make_stateful_dataset(info, cfg.batch_size)
+    else:
+        train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                num_windows=info.num_train)
+        batches = math.ceil(info.num_train / cfg.batch_size)
     if cfg.steps_per_epoch:
-        train_ds = train_ds.repeat()
+        train_ds, batches = train_ds.repeat(), cfg.steps_per_epoch
     valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False,
                             num_windows=info.num_valid)
-    windows = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch else info.num_train
+    windows = batches * cfg.batch_size if cfg.steps_per_epoch or cfg.stateful else info.num_train
     throughput = cb.Throughput(tokens_per_epoch=windows * info.num_steps,
                                tokens_per_batch=cfg.batch_size * info.num_steps)
-    return train_ds, valid_ds, throughput
+    return train_ds, valid_ds, throughput, batches
+
+
+def build_training_model(cfg: TrainConfig, model_cfg: ModelConfig, steps_per_epoch: int, replicas: int = 1):
+    """The compiled model fit() trains: the plain network, or for --stateful the carry_state network inside
+    a CarriedStateModel holding each replica's batch_size / replicas lanes. Call in the strategy's scope."""
+    from trainer.model import build_model
+    from trainer.stateful import CarriedStateModel
+
+    if not cfg.stateful:
+        return compile_model(build_model(model_cfg), cfg, steps_per_epoch)
+    if cfg.batch_size % replicas:
+        raise UserError(f"--stateful: --batch-size {cfg.batch_size} lanes do not split evenly over {replicas} "
+                        f"replicas")
+    model = CarriedStateModel(build_model(model_cfg, carry_state=True), rows=cfg.batch_size // replicas)
+    return compile_model(model, cfg, steps_per_epoch)
+
+
+def plain_model(model, model_cfg: ModelConfig, cfg: TrainConfig, steps_per_epoch: int):
+    """The ids → logits network with the trained weights, compiled for evaluate() (a CarriedStateModel's core
+    has the plain network's weight layout)."""
+    from trainer.model import build_model
+    from trainer.stateful import CarriedStateModel
+
+    if not isinstance(model, CarriedStateModel):
+        return model
+    plain = build_model(model_cfg)
+    plain.set_weights(model.core.get_weights())
+    return compile_model(plain, cfg, steps_per_epoch)
+
+
+def stream_validation(model, model_cfg: ModelConfig, info):
+    """The callback that logs val_stream_perplexity (callbacks.StreamValidation) for this model."""
+    from trainer import callbacks as cb
+    from trainer.data import split_streams
+    from trainer.model import build_model
+    from trainer.stateful import CarriedStateModel
+
+    streams = split_streams(info, "valid")
+    if isinstance(model, CarriedStateModel):
+        return cb.StreamValidation(streams, model.core)
+    return cb.StreamValidation(streams, build_model(model_cfg, carry_state=True), sync_from=model)
+
+
+def monitored(cfg: TrainConfig) -> str:
+    """The validation figure that picks the best checkpoint: the stream's under --stateful."""
+    return "val_stream_perplexity" if cfg.stateful else "val_perplexity"
 
 
 def lr_schedule_callbacks(cfg: TrainConfig) -> list:
@@ -421,11 +488,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
 
     from trainer import callbacks as cb
     from trainer.generate import TextModel
-    from trainer.model import build_model
 
-    train_ds, valid_ds, throughput = fit_data(cfg, info)
+    train_ds, valid_ds, throughput, steps_per_epoch = fit_data(cfg, info)
     with strategy.scope():
-        model = compile_model(build_model(model_cfg), cfg)
+        model = build_training_model(cfg, model_cfg, steps_per_epoch, strategy.num_replicas_in_sync)
     if cfg.distribute == "multi_worker":
         # Keras 3.15 fit() builds the model from an input batch all-reduced across workers, which
         # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): build from a local batch.
@@ -438,15 +504,17 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     history_path = os.path.join(work_dir, "history.csv")
     checkpoints = os.path.join(work_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
-    best_so_far = min((r["val_perplexity"] for r in read_history(history_path) if "val_perplexity" in r),
-                      default=None)
+    monitor = monitored(cfg)
+    best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
+        stream_validation(model, model_cfg, info),  # before everything that reads val_stream_perplexity
+        cb.GradientNormLog(),
         *lr_schedule_callbacks(cfg),  # before the logger: it adds the epoch's learning_rate to the logs
         cb.LearningRateLog(),          # the same column when it is not there
         keras.callbacks.CSVLogger(history_path, append=True),
-        cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor="val_perplexity",
+        cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor=monitor,
                                  mode="min", save_best_only=True, initial_value_threshold=best_so_far),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "last.weights.h5")),
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
@@ -465,11 +533,12 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     best_path = os.path.join(checkpoints, "best.weights.h5")
     if os.path.exists(best_path):
         model.load_weights(best_path)
+    model = plain_model(model, model_cfg, cfg, steps_per_epoch)  # from here on: ids → logits, what exports and evaluations read
     per_source = per_source_validation(model, info, cfg.batch_size)
     text_model = TextModel(model, info.vocab, info.normalize, info.tokenizer)
     sample = text_model.greedy(tf.constant([cfg.sample_prefix]), cfg.sample_chars)["text"][0].numpy().decode()
     last = history[-1]
-    best = min(history, key=lambda r: r.get("val_perplexity", math.inf))
+    best = min(history, key=lambda r: r.get(monitor, math.inf))
     steady = [r["tokens_per_s"] for r in history[1:] if "tokens_per_s" in r] or [last.get("tokens_per_s", 0.0)]
     train_seconds = sum(r.get("train_seconds", 0.0) for r in history)
     trained_tokens = sum(r["tokens_per_s"] * r["train_seconds"] for r in history
@@ -478,6 +547,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         "train_ppl": last["perplexity"], "val_ppl": last["val_perplexity"],
         "train_bpc": last["bits_per_token"], "val_bpc": last["val_bits_per_token"],
         "best_val_ppl": best["val_perplexity"], "best_epoch": int(best["epoch"]) + 1,
+        "val_stream_ppl": last.get("val_stream_perplexity", math.nan),
+        "best_val_stream_ppl": best.get("val_stream_perplexity", math.nan), "selected_by": monitor,
+        "grad_norm": last.get("grad_norm", math.nan),
         "epochs": len(history),
         "train_tokens_per_s": trained_tokens / train_seconds if train_seconds else 0.0,
         "train_tokens_per_s_steady": sorted(steady)[len(steady) // 2],

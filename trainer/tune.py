@@ -77,11 +77,10 @@ def declare_hyperparameters(hp, space: SearchSpace) -> dict:
     return values
 
 
-def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int):
+def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int, steps_per_epoch: int | None = None):
     import keras_tuner as kt
 
-    from trainer.model import build_model
-    from trainer.train import compile_model, model_config_for
+    from trainer.train import build_training_model, model_config_for
 
     class DeepRNNHyperModel(kt.HyperModel):
         """The trainer's own builder and compile step, with hyperparameters from the search space."""
@@ -90,7 +89,7 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int):
 
         def build(self, hp):
             cfg = base.replace(**declare_hyperparameters(hp, space))
-            model = compile_model(build_model(model_config_for(cfg, vocab_size)), cfg)
+            model = build_training_model(cfg, model_config_for(cfg, vocab_size), steps_per_epoch or 1)
             self.last_num_params = int(model.count_params())
             return model
 
@@ -119,12 +118,12 @@ def make_keras_tuner_saves_atomic() -> None:
 
 
 def make_tuner(kind: str, hypermodel, directory: str, max_trials: int | None, max_epochs: int,
-               executions: int, seed: int):
+               executions: int, seed: int, objective_name: str = OBJECTIVE):
     import keras_tuner as kt
 
     make_keras_tuner_saves_atomic()
 
-    objective = kt.Objective(OBJECTIVE, direction="min")
+    objective = kt.Objective(objective_name, direction="min")
     common = dict(objective=objective, directory=directory, project_name="search", overwrite=False, seed=seed,
                   executions_per_trial=executions, max_consecutive_failed_trials=3)
     if kind == "hyperband":
@@ -203,7 +202,9 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return front
 
 
-def write_outputs(tuner_dir: str, rows: list[dict]) -> dict | None:
+def write_outputs(tuner_dir: str, rows: list[dict], fixed: dict | None = None) -> dict | None:
+    """trials.csv, pareto.png and best_hparams.json (the best point, plus `fixed` settings every trial
+    shared that trainer.train must repeat, e.g. stateful)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,7 +240,7 @@ def write_outputs(tuner_dir: str, rows: list[dict]) -> dict | None:
     if not done:
         return None
     best = min(done, key=lambda r: r["val_perplexity"])
-    hparams = {k: best[k] for k in HPARAM_KEYS}
+    hparams = {**{k: best[k] for k in HPARAM_KEYS}, **(fixed or {})}
     atomic.write_text(os.path.join(tuner_dir, "best_hparams.json"), json.dumps(hparams, indent=2) + "\n")
     return {**hparams, "val_perplexity": best["val_perplexity"], "trial_id": best["trial_id"]}
 
@@ -255,9 +256,9 @@ def write_hparams_logs(tuner_dir: str, rows: list[dict]) -> None:
             tf.summary.scalar(OBJECTIVE, r["val_perplexity"], step=int(r["epochs"] or 1))
 
 
-def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict) -> str:
+def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict, objective: str = OBJECTIVE) -> str:
     """One line per finished trial (`--quiet`): its point in the space, its best score, its cost."""
-    scores = [v for log in logs for v in log.get(OBJECTIVE, []) if math.isfinite(v)]
+    scores = [v for log in logs for v in log.get(objective, []) if math.isfinite(v)]
     point = f"{values.get('num_layers')} × {values.get('num_hiddens')} {str(values.get('cell', '')).upper()}, " \
             f"{values.get('optimizer')} lr {values.get('lr', math.nan):.3g}, dropout {values.get('dropout', 0.0):.2f}"
     result = f"val perplexity {min(scores):.3f}" if scores else "no finite val perplexity"
@@ -279,7 +280,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     configure_cpu_threads(base, resolved_form(base))
     from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
-    from trainer.train import fit_data, lr_schedule_callbacks
+    from trainer.data import split_streams
+    from trainer.train import fit_data, lr_schedule_callbacks, monitored
 
     info = load_data_info(data_dir)
     check_records(info)
@@ -287,11 +289,13 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         raise UserError(f"--batch-size {base.batch_size} is larger than the {info.num_train} training windows")
     os.makedirs(tuner_dir, exist_ok=True)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
-    hypermodel = make_hypermodel(base, space, info.vocab_size)
+    train_ds, valid_ds, throughput, steps_per_epoch = fit_data(base, info)
+    hypermodel = make_hypermodel(base, space, info.vocab_size, steps_per_epoch)
+    objective = monitored(base)  # val_stream_perplexity for --stateful trials
 
     if max_trials is None and time_budget_min is not None:
         max_trials = 10**6  # the budget is the limit
-    tuner = make_tuner(tuner_kind, hypermodel, tuner_dir, max_trials, max_epochs, executions, base.seed)
+    tuner = make_tuner(tuner_kind, hypermodel, tuner_dir, max_trials, max_epochs, executions, base.seed, objective)
     original_run_trial = tuner.run_trial
 
     def run_trial(trial, *args, **kwargs):
@@ -308,17 +312,17 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
                  "epochs": len(logs[0].get("loss", [])) if logs else None}
         atomic.write_text(os.path.join(tuner.get_trial_dir(trial.trial_id), "extra.json"), json.dumps(extra))
         if base.verbose == 2:
-            print(trial_line(trial.trial_id, trial.hyperparameters.values, logs, extra), flush=True)
+            print(trial_line(trial.trial_id, trial.hyperparameters.values, logs, extra, objective), flush=True)
         return histories
 
     tuner.run_trial = run_trial
-    train_ds, valid_ds, throughput = fit_data(base, info)
     callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput,
+                 *([cb.StreamValidation(split_streams(info, "valid"))] if base.stateful else []),
                  *lr_schedule_callbacks(base)]
     if early_stopping:
         import keras
 
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="min", patience=early_stopping))
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=objective, mode="min", patience=early_stopping))
     if time_budget_min is not None:
         deadline = time.time() + 60 * time_budget_min
         limit_by_time(tuner.oracle, deadline)
@@ -328,7 +332,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
         return None  # workers leave the outputs to the chief
     rows = _trial_rows(tuner, space, base, info.vocab_size)
-    best = write_outputs(tuner_dir, rows)
+    best = write_outputs(tuner_dir, rows, {"stateful": True} if base.stateful else None)
     write_hparams_logs(tuner_dir, rows)
     return best
 
@@ -370,6 +374,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="batches per trial epoch (default: one pass over the windows); the data repeats")
     p.add_argument("--reduce-lr-patience", type=int, default=0, metavar="EPOCHS",
                    help="halve a trial's lr after EPOCHS epochs without a better validation perplexity (0: never)")
+    p.add_argument("--stateful", action="store_true",
+                   help="train every trial with carried state (trainer.train --stateful) and score trials by "
+                        "val_stream_perplexity; best_hparams.json then says stateful")
     p.add_argument("--seed", type=int, default=0, help="seed of the oracle and of every trial's model")
     p.add_argument("--quiet", action="store_true", help="one line per trial instead of KerasTuner's display")
     return p
@@ -382,7 +389,8 @@ def parse_args(argv):
         space = SearchSpace(args.min_layers, args.max_layers, args.min_hiddens, args.max_hiddens,
                             tuple(args.cells), args.max_dropout, tuple(args.optimizers))
         base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
-                           steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience)
+                           steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience,
+                           stateful=args.stateful)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:

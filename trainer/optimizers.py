@@ -1,0 +1,69 @@
+"""Optimizers and learning-rate schedules for trainer.train, each recording the gradient norm it sees.
+
+SGD (the book's), Adam, and AdamW (decoupled weight decay, Loshchilov & Hutter); a constant rate or a
+linear warm-up followed by cosine decay to a tenth of the peak. The global gradient norm before clipping
+is summed in two optimizer variables per step, so callbacks.GradientNormLog can put the epoch's mean in
+history.csv (a norm that grows before a divergence, or sits at the clip value, shows here first).
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+SCHEDULES = ("constant", "warmup_cosine")
+COSINE_FLOOR = 0.1  # warmup_cosine decays to this fraction of the peak rate
+
+
+class GradientNormRecorder:
+    """Mixin for a Keras optimizer: adds the global norm of every step's gradients (before clipping) to
+    grad_norm_sum and 1 to grad_norm_count."""
+
+    def build(self, variables):
+        super().build(variables)
+        self.grad_norm_sum = self.add_variable((), initializer="zeros", name="grad_norm_sum",
+                                               aggregation="only_first_replica")
+        self.grad_norm_count = self.add_variable((), initializer="zeros", name="grad_norm_count",
+                                                 aggregation="only_first_replica")
+
+    def _clip_gradients(self, grads):
+        present = [tf.cast(g, tf.float32) for g in grads if g is not None]
+        if present:
+            self.grad_norm_sum.assign_add(tf.linalg.global_norm(present))
+            self.grad_norm_count.assign_add(1.0)
+        return super()._clip_gradients(grads)
+
+
+@keras.saving.register_keras_serializable(package="deep_rnn")
+class RecordingSGD(GradientNormRecorder, keras.optimizers.SGD):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="deep_rnn")
+class RecordingAdam(GradientNormRecorder, keras.optimizers.Adam):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="deep_rnn")
+class RecordingAdamW(GradientNormRecorder, keras.optimizers.AdamW):
+    pass
+
+
+def learning_rate(lr: float, schedule: str, warmup_steps: int, total_steps: int):
+    """A float (constant) or a schedule: linear warm-up from ~0 to lr over warmup_steps, then cosine decay
+    to COSINE_FLOOR · lr at total_steps (Keras's CosineDecay with its warm-up)."""
+    if schedule == "constant":
+        return float(lr)
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(total_steps - warmup, 1), alpha=COSINE_FLOOR,
+        warmup_target=float(lr), warmup_steps=warmup)
+
+
+def make_optimizer(name: str, lr, clip_norm: float, weight_decay: float = 0.0):
+    """name sgd | adam | adamw; lr a float or a schedule; clip_norm 0 turns clipping off."""
+    clip = {"global_clipnorm": clip_norm or None}
+    if name == "sgd":
+        return RecordingSGD(learning_rate=lr, **clip)
+    if name == "adam":
+        return RecordingAdam(learning_rate=lr, **clip)
+    return RecordingAdamW(learning_rate=lr, weight_decay=weight_decay, **clip)
