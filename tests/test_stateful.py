@@ -176,3 +176,18 @@ def test_bad_optimizer_combinations_exit_2(tiny_data, tmp_path):
     proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
                    "--lr-schedule", "warmup_cosine", "--reduce-lr-patience", "2")
     assert_user_error(proc, "cannot be combined with an lr schedule")
+
+
+def test_evaluate_full_context_equals_the_stream_metric_from_model_dir_and_export(trained, exported, tiny_data,
+                                                                                   tmp_path):
+    from trainer.data import load_data_info, split_streams
+    from trainer.evaluate import evaluate
+
+    info = load_data_info(str(tiny_data))
+    text = tmp_path / "valid.txt"
+    text.write_text("".join(info.vocab[i] for i in split_streams(info, "valid")[0]))
+    expected = trained[1]["best_val_stream_ppl"]
+    for where in ({"model_dir": str(trained[0])}, {"export": str(exported / "deep_rnn")}):
+        rows = evaluate([str(text)], full_context=True, **where)
+        assert rows[0]["perplexity"] == pytest.approx(expected, rel=1e-4), where
+        assert rows[0]["scored_tokens"] == rows[0]["tokens"] - 1

@@ -9,6 +9,9 @@ stripping), normalised and tokenized with the model's own normaliser and vocabul
 windows the trainer validates on (num_steps + 1 tokens, every num_steps tokens, each from a zero
 state), so a model's validation part gives the trainer's validation perplexity. `--export` scores the
 same windows through the SavedModel's `score` signature in the session loader TF Serving uses.
+`--full-context` scores each text as one stream instead, the state carried from its first token to its
+last (what a served model does; the trainer's val_stream_perplexity on its validation part); with
+`--export`, each text is one `score` request, so it must fit the export's max_input_tokens.
 """
 from __future__ import annotations
 
@@ -63,6 +66,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="as pipeline.preprocess --decode-errors")
     p.add_argument("--strip-boilerplate", choices=boilerplate.MODES, default="auto",
                    help="as pipeline.preprocess --strip-boilerplate")
+    p.add_argument("--full-context", action="store_true",
+                   help="score each text as one stream with the state carried across all of it, instead of "
+                        "zero-state windows")
     p.add_argument("--batch-size", type=cli.positive_int, default=256, metavar="N",
                    help="windows per batch (an export caps it at its max_batch_size)")
     return p
@@ -127,6 +133,33 @@ def keras_scorer(model, num_steps: int, batch_size: int) -> Callable[[SourceText
     return score
 
 
+def keras_stream_scorer(model, model_config: dict) -> Callable[[SourceText], tuple[float, int]]:
+    """Scores each source as one stream, the state carried across it (trainer.stateful.StreamScorer)."""
+    from trainer.config import ModelConfig
+    from trainer.model import build_model
+    from trainer.stateful import StreamScorer
+
+    core = build_model(ModelConfig(**model_config), carry_state=True)
+    core.set_weights(model.get_weights())  # one weight layout for both forms of the network
+    scorer = StreamScorer(core)
+    return lambda src: scorer.losses([src.ids])[0]
+
+
+def export_stream_scorer(servable, spec: ModelSpec, max_tokens: int) -> Callable[[SourceText], tuple[float, int]]:
+    """Scores each source as one text through the `score` signature (state carried across the request)."""
+    separator = "" if spec.tokenizer == "char" else " "
+
+    def score(src: SourceText) -> tuple[float, int]:
+        if len(src.tokens) > max_tokens:
+            raise UserError(f"{src.source}: {len(src.tokens):,} tokens, more than the export's max_input_tokens "
+                            f"{max_tokens:,}; score it with --model-dir, or export with a larger "
+                            f"--max-input-tokens")
+        out = servable.predict("score", {"text": np.array([separator.join(src.tokens).encode()], dtype=object)})
+        return -float(out["log_likelihood"][0]), int(out["num_tokens"][0])
+
+    return score
+
+
 def export_scorer(servable, spec: ModelSpec, batch_size: int) -> Callable[[SourceText], tuple[float, int]]:
     """Scores each window as one text through the `score` signature: the window's tokens joined back
     into text, which the graph normalises (a no-op on normalised text) and tokenizes again."""
@@ -165,12 +198,12 @@ def _row(source: str, chars: int, tokens: int, unknown: int, nats: float, scored
 # ---- the two kinds of model ----
 
 def model_dir_spec(model_dir: str):
-    """(ModelSpec, keras model) of a finished training run."""
+    """(ModelSpec, keras model, its ModelConfig as a dict) of a finished training run."""
     from serving.export import load_trained
 
     model, vocab, run_config = load_trained(model_dir)
     return ModelSpec(run_config["normalize"], run_config["tokenizer"], int(run_config["num_steps"]),
-                     tuple(vocab)), model
+                     tuple(vocab)), model, run_config["model"]
 
 
 def export_version_dir(path: str) -> str:
@@ -185,8 +218,8 @@ def export_version_dir(path: str) -> str:
     return os.path.join(path, str(found[-1]))
 
 
-def export_spec(version_dir: str) -> tuple[ModelSpec, int]:
-    """(ModelSpec, max_batch_size) from the export's assets.extra (the trainer's run_config and vocabulary)."""
+def export_spec(version_dir: str) -> tuple[ModelSpec, dict]:
+    """(ModelSpec, serving limits) from the export's assets.extra (the trainer's run_config and vocabulary)."""
     from serving.export import LIMITS_FILE
 
     extra = os.path.join(version_dir, "assets.extra")
@@ -201,7 +234,7 @@ def export_spec(version_dir: str) -> tuple[ModelSpec, int]:
         if spec.num_steps + 1 > int(limits["max_input_tokens"]):
             raise UserError(f"--export {version_dir}: windows of {spec.num_steps + 1} tokens exceed its "
                             f"max_input_tokens {limits['max_input_tokens']}")
-        return spec, int(limits["max_batch_size"])
+        return spec, {key: int(limits[key]) for key in ("max_batch_size", "max_input_tokens")}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"--export {version_dir}: assets.extra is incomplete ({type(err).__name__}: {err}); "
                         "export it again with serving.export") from None
@@ -209,16 +242,16 @@ def export_spec(version_dir: str) -> tuple[ModelSpec, int]:
 
 def evaluate(corpus: Sequence[str], model_dir: str | None = None, export: str | None = None,
              encoding: str = "auto", decode_errors: str = "strict", strip_boilerplate: str = "auto",
-             batch_size: int = 256) -> list[dict]:
+             batch_size: int = 256, full_context: bool = False) -> list[dict]:
     """The whole stage: one row per source and an overall row (see evaluate_sources)."""
     if (model_dir is None) == (export is None):
         raise UserError("give exactly one of --model-dir and --export")
     cli.quiet_tensorflow()
     if export:
         version_dir = export_version_dir(export)
-        spec, max_batch = export_spec(version_dir)
+        spec, limits = export_spec(version_dir)
     else:
-        spec, model = model_dir_spec(model_dir)
+        spec, model, model_config = model_dir_spec(model_dir)
     try:
         cfg = transform.PreprocessConfig(normalize=spec.normalize, tokenizer=spec.tokenizer, num_steps=spec.num_steps,
                                          encoding=encoding, decode_errors=decode_errors,
@@ -227,13 +260,17 @@ def evaluate(corpus: Sequence[str], model_dir: str | None = None, export: str | 
         raise UserError(str(err)) from None
     texts = read_sources(corpus, spec, cfg)
     if not export:
-        return evaluate_sources(texts, keras_scorer(model, spec.num_steps, batch_size))
+        scorer = (keras_stream_scorer(model, model_config) if full_context
+                  else keras_scorer(model, spec.num_steps, batch_size))
+        return evaluate_sources(texts, scorer)
     from serving.servable import Servable
 
     name = os.path.basename(os.path.normpath(version_dir))
     servable = Servable(version_dir, int(name) if name.isdigit() else 0)
     try:
-        return evaluate_sources(texts, export_scorer(servable, spec, min(batch_size, max_batch)))
+        scorer = (export_stream_scorer(servable, spec, limits["max_input_tokens"]) if full_context
+                  else export_scorer(servable, spec, min(batch_size, limits["max_batch_size"])))
+        return evaluate_sources(texts, scorer)
     finally:
         servable.close()
 
@@ -251,7 +288,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     rows = evaluate(args.corpus, args.model_dir, args.export, args.encoding, args.decode_errors,
-                    args.strip_boilerplate, args.batch_size)
+                    args.strip_boilerplate, args.batch_size, args.full_context)
     print(format_table(rows))
     if args.json:
         atomic.write_text(args.json, json.dumps(rows, indent=2) + "\n")
