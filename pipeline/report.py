@@ -86,6 +86,11 @@ def build_report(run_dir: str, serving: dict) -> str:
                   f"- final train perplexity **{metrics['train_ppl']:.3f}** ({metrics['train_bpc']:.3f} bits/token), "
                   f"validation perplexity **{metrics['val_ppl']:.3f}** ({metrics['val_bpc']:.3f} bits/token); "
                   f"best validation {metrics['best_val_ppl']:.3f} at epoch {metrics['best_epoch']} (the exported weights)",
+                  *([f"- full-context validation perplexity (each source's whole held-out stream, state carried): "
+                     f"**{metrics['best_val_stream_ppl']:.3f}** for the exported weights"
+                     f"{' (they were chosen by it: --stateful)' if metrics.get('selected_by') == 'val_stream_perplexity' else ''}"]
+                    if isinstance(metrics.get("best_val_stream_ppl"), float)
+                    and metrics["best_val_stream_ppl"] == metrics["best_val_stream_ppl"] else []),
                   f"- throughput {metrics['train_tokens_per_s']:,.0f} training tokens/s on {metrics['device']}; "
                   f"training time {metrics['train_seconds']:.1f} s", "",
                   "![training curves: perplexity per epoch](model/curves.png)", ""]

@@ -48,8 +48,10 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_workers_on_localhost(tiny_data, tmp_path):
-    """MultiWorkerMirroredStrategy from TF_CONFIG: both workers step together; only the chief writes."""
+@pytest.mark.parametrize("extra", [[], ["--stateful"]], ids=["windows", "stateful"])
+def test_two_workers_on_localhost(tiny_data, tmp_path, extra):
+    """MultiWorkerMirroredStrategy from TF_CONFIG: both workers step together; only the chief writes.
+    --stateful: each worker carries its own half of the lanes (AutoShardPolicy.DATA splits every batch)."""
     import subprocess
     import sys
 
@@ -63,7 +65,7 @@ def test_two_workers_on_localhost(tiny_data, tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "trainer.train", "--data", str(tiny_data), "--model-dir", str(model_dir),
              "--distribute", "multi_worker", "--epochs", "2", "--num-hiddens", "16", "--batch-size", "256",
-             "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+             "--quiet", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outputs]
     summaries = [[ln for ln in o.splitlines() if ln.startswith("train: ")] for o in outputs]
@@ -85,3 +87,41 @@ def test_multi_worker_needs_tf_config(tiny_data, tmp_path):
     proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
                    "--distribute", "multi_worker", env=env)
     assert_user_error(proc, "TF_CONFIG")
+
+
+MIRRORED_LANES = """
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from trainer.config import ModelConfig
+from trainer.data import stateful_batches
+from trainer.model import build_model
+from trainer.stateful import CarriedStateModel
+strategy = tf.distribute.MirroredStrategy()
+ids, targets, reset = stateful_batches([np.arange(4 * 15 + 1) % 11], batch_size=4, num_steps=5)
+rows = tf.data.Dataset.from_tensor_slices(({"ids": ids.reshape(-1, 5), "reset": np.repeat(reset, 4)},
+                                           targets.reshape(-1, 5))).batch(4)
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = CarriedStateModel(build_model(ModelConfig(11, num_hiddens=6), carry_state=True), rows=2)
+for x, _ in strategy.experimental_distribute_dataset(rows):
+    strategy.run(lambda x: model(x, training=True), args=(x,))
+lanes = np.concatenate(list(ids), axis=1)                                  # [4, 15]: each lane whole
+_, *final = model.core([tf.constant(lanes), *[tf.zeros((4, 6))] * len(model.carried)])
+for replica, local in enumerate(strategy.experimental_local_results(model.carried[-1])):
+    np.testing.assert_allclose(local.numpy(), final[-1].numpy()[2 * replica:2 * replica + 2], atol=2e-5)
+print("LANES_OK")
+"""
+
+
+@pytest.mark.slow
+def test_stateful_replicas_each_carry_their_own_lanes(tmp_path):
+    """Under MirroredStrategy each replica's carried state is its rows' lanes run as one sequence."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_LANES], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "LANES_OK" in proc.stdout, proc.stderr[-3000:]

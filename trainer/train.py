@@ -376,7 +376,10 @@ def plot_curves(history: list[dict], path: str, title: str, book_reference: floa
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     epochs = [int(r["epoch"]) + 1 for r in history]
     ax.plot(epochs, [r["perplexity"] for r in history], label="train")
-    ax.plot(epochs, [r.get("val_perplexity", math.nan) for r in history], label="validation")
+    ax.plot(epochs, [r.get("val_perplexity", math.nan) for r in history], label="validation (windows)")
+    if any("val_stream_perplexity" in r for r in history):
+        ax.plot(epochs, [r.get("val_stream_perplexity", math.nan) for r in history],
+                label="validation (full context: state carried)")
     if book_reference:
         ax.axhline(book_reference, color="grey", linestyle="--", linewidth=1,
                    label=f"the book's 2 × 32 GRU, validation {book_reference}")
@@ -384,7 +387,8 @@ def plot_curves(history: list[dict], path: str, title: str, book_reference: floa
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("perplexity (log scale)")
     ax.set_yscale("log")
-    shown = [v for r in history for v in (r["perplexity"], r.get("val_perplexity", math.nan)) if math.isfinite(v)]
+    shown = [v for r in history for v in (r["perplexity"], r.get("val_perplexity", math.nan),
+                                          r.get("val_stream_perplexity", math.nan)) if math.isfinite(v)]
     ax.yaxis.set_major_locator(FixedLocator(plain_log_ticks(shown + ([book_reference] if book_reference else []))))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))  # "20", not "2 × 10^1"
     ax.yaxis.set_minor_locator(NullLocator())
@@ -495,8 +499,11 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     if cfg.distribute == "multi_worker":
         # Keras 3.15 fit() builds the model from an input batch all-reduced across workers, which
         # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): build from a local batch.
+        batch = next(iter(train_ds))
+        if cfg.stateful:  # a replica's rows: the carried state holds batch_size / replicas lanes
+            batch = tf.nest.map_structure(lambda t: t[:model.rows], batch)
         with strategy.scope():
-            model._symbolic_build(data_batch=next(iter(train_ds)))
+            model._symbolic_build(data_batch=batch)
         model._maybe_symbolic_build = lambda *args, **kwargs: None
 
     # Each process reads back the history it wrote itself: a worker reading the chief's file could
