@@ -30,19 +30,20 @@ RESERVE_MIN = 1.5  # kept back from training for the final evaluation, the sampl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench.shakespeare", description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget for everything (default: 30)")
-    p.add_argument("--corpus", default=str(SHARED_DATA / "tinyshakespeare.txt"))
-    p.add_argument("--cell", default="gru", choices=("gru", "lstm"))
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--num-hiddens", type=int, default=384)
-    p.add_argument("--dropout", type=float, default=0.2)
+    p = argparse.ArgumentParser(prog="bench.shakespeare", description=__doc__.split("\n")[0],
+                                formatter_class=cli.HelpFormatter, epilog=cli.examples_from(__doc__))
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget for everything")
+    p.add_argument("--corpus", default=str(SHARED_DATA / "tinyshakespeare.txt"), help="the text to model")
+    p.add_argument("--cell", default="gru", choices=("gru", "lstm"), help="recurrent cell")
+    p.add_argument("--num-layers", type=int, default=2, help="stacked recurrent layers")
+    p.add_argument("--num-hiddens", type=int, default=384, help="units per layer")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout between layers and before the output")
     p.add_argument("--num-steps", type=int, default=128, help="truncated BPTT length")
     p.add_argument("--batch-size", type=int, default=64, help="lanes")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW's peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
     p.add_argument("--epochs", type=int, default=8, help="validation points (the budget's steps split evenly)")
-    p.add_argument("--sample-chars", type=int, default=500)
+    p.add_argument("--sample-chars", type=int, default=500, help="characters sampled after the prompt")
     p.add_argument("--workdir", help="keep data and models here (default: a temporary directory)")
     return p
 
