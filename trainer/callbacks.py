@@ -67,7 +67,7 @@ class StreamValidation(keras.callbacks.Callback):
     def __init__(self, streams, core=None, sync_from=None):
         super().__init__()
         self.streams, self.core, self.sync_from = streams, core, sync_from
-        self._scorers = {}
+        self._scorer = None  # traced for one network; a new trial's network gets a new one
 
     def on_epoch_end(self, epoch, logs=None):
         from trainer.stateful import StreamScorer
@@ -77,9 +77,9 @@ class StreamValidation(keras.callbacks.Callback):
         core = self.core if self.core is not None else self.model.core
         if self.sync_from is not None:
             core.set_weights(self.sync_from.get_weights())
-        if id(core) not in self._scorers:
-            self._scorers = {id(core): StreamScorer(core)}  # one traced scorer per network
-        logs["val_stream_perplexity"] = self._scorers[id(core)].perplexity(self.streams)
+        if self._scorer is None or self._scorer.core is not core:
+            self._scorer = StreamScorer(core)
+        logs["val_stream_perplexity"] = self._scorer.perplexity(self.streams)
 
 
 class GradientNormLog(keras.callbacks.Callback):
@@ -87,8 +87,7 @@ class GradientNormLog(keras.callbacks.Callback):
     steps, which trainer.train's optimizers record (trainer.optimizers.GradientNormRecorder)."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        recorder = getattr(self.model.optimizer, "grad_norm_sum", None)
-        if recorder is not None:
+        if getattr(self.model.optimizer, "grad_norm_sum", None) is not None:  # built by the first step
             self.model.optimizer.grad_norm_sum.assign(0.0)
             self.model.optimizer.grad_norm_count.assign(0.0)
 

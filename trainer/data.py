@@ -119,7 +119,7 @@ def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: in
 
 # ---- token streams: stateful training (truncated BPTT) and full-context evaluation ----
 
-def _files_by_source(files) -> dict[int, list[str]]:
+def files_by_source(files) -> dict[int, list[str]]:
     """Shards <split>-<source index>-<block>.tfrecord grouped by source, each group in block order."""
     groups: dict[int, list[str]] = {}
     for path in sorted(files):
@@ -148,7 +148,7 @@ def split_streams(info: DataInfo, split: str) -> list[np.ndarray]:
                         f"(run pipeline.preprocess again)")
     files = info.train_files if split == "train" else info.valid_files
     streams = []
-    for paths in _files_by_source(files).values():
+    for paths in files_by_source(files).values():
         windows = read_windows(paths, info.num_steps)                     # [N, T + 1]
         if len(windows):
             streams.append(np.concatenate([windows[:, :info.stride].reshape(-1), windows[-1, info.stride:]]))

@@ -136,12 +136,9 @@ def keras_scorer(model, num_steps: int, batch_size: int) -> Callable[[SourceText
 def keras_stream_scorer(model, model_config: dict) -> Callable[[SourceText], tuple[float, int]]:
     """Scores each source as one stream, the state carried across it (trainer.stateful.StreamScorer)."""
     from trainer.config import ModelConfig
-    from trainer.model import build_model
-    from trainer.stateful import StreamScorer
+    from trainer.stateful import StreamScorer, carried_network
 
-    core = build_model(ModelConfig(**model_config), carry_state=True)
-    core.set_weights(model.get_weights())  # one weight layout for both forms of the network
-    scorer = StreamScorer(core)
+    scorer = StreamScorer(carried_network(ModelConfig(**model_config), weights_from=model))
     return lambda src: scorer.losses([src.ids])[0]
 
 

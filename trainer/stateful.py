@@ -12,7 +12,19 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from trainer.config import ModelConfig
 from trainer.metrics import token_cross_entropy
+
+
+def carried_network(model_cfg: ModelConfig, weights_from: keras.Model | None = None) -> keras.Model:
+    """The carry_state network of model_cfg, with the weights of a plain model of it when given (the two
+    share one weight layout)."""
+    from trainer.model import build_model
+
+    core = build_model(model_cfg, carry_state=True)
+    if weights_from is not None:
+        core.set_weights(weights_from.get_weights())
+    return core
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")

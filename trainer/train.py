@@ -265,13 +265,12 @@ def stream_validation(model, model_cfg: ModelConfig, info):
     """The callback that logs val_stream_perplexity (callbacks.StreamValidation) for this model."""
     from trainer import callbacks as cb
     from trainer.data import split_streams
-    from trainer.model import build_model
-    from trainer.stateful import CarriedStateModel
+    from trainer.stateful import CarriedStateModel, carried_network
 
     streams = split_streams(info, "valid")
     if isinstance(model, CarriedStateModel):
         return cb.StreamValidation(streams, model.core)
-    return cb.StreamValidation(streams, build_model(model_cfg, carry_state=True), sync_from=model)
+    return cb.StreamValidation(streams, carried_network(model_cfg), sync_from=model)
 
 
 def monitored(cfg: TrainConfig) -> str:
@@ -413,15 +412,13 @@ def curves_title(model_dir: str, model_cfg: ModelConfig, info) -> str:
 def per_source_validation(model, info, batch_size: int) -> list[dict]:
     """Validation perplexity of each source, when the holdout split kept one validation part per source
     (shards valid-<source index>-*.tfrecord); [] when the validation windows are not split by source."""
-    from trainer.data import make_dataset
+    from trainer.data import files_by_source, make_dataset
 
-    by_source: dict[int, list[str]] = {}
-    for path in info.valid_files:
-        by_source.setdefault(int(os.path.basename(path).split("-")[1]), []).append(path)
+    by_source = files_by_source(info.valid_files)
     if len(by_source) < 2:
         return []
     rows = []
-    for index, files in sorted(by_source.items()):
+    for index, files in by_source.items():
         windows = sum(info.shard_records.get(os.path.basename(path), 0) for path in files) or None
         result = model.evaluate(make_dataset(files, info.num_steps, batch_size, shuffle=False, num_windows=windows),
                                 verbose=0, return_dict=True)
