@@ -13,7 +13,7 @@ import sys
 from pipeline import cli
 from bench.common import ROOT, machine
 
-BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_ceiling"]
+BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_ceiling", "shakespeare"]
 STUDIES = ["cells", "authors"]  # the chapter's exercises (`make study`)
 
 
@@ -58,6 +58,8 @@ def render(results: dict) -> str:
                       f"Keras fit (every epoch's training and evaluation, first-step graph build included) and "
                       f"{_f(ours['outside_training_s'], 1)} s start-up, data checks, model build, the sample and "
                       "saving.", ""]
+        if r.get("where_time_goes"):
+            lines += render_time_breakdown(r["where_time_goes"])
         if "roofline" in r:
             rl = r["roofline"]
             lines += [f"Roofline: training costs {_f(rl['train_flops_per_token'], 0)} FLOP per token; independent "
@@ -142,6 +144,13 @@ def render(results: dict) -> str:
                   f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
                   f"- relative improvement: {_f(100 * r['relative_improvement'], 1)} % (target ≥ 25 %: "
                   f"{'met' if r['target_25pct_met'] else 'not met'})"]
+        if r.get("tuned_val_stream_ppl") is not None:
+            stream_gain = r["stream_relative_improvement"]
+            lines += [f"- full context (each validation stream scored with the state carried, what a served model "
+                      f"sees): tuned {_f(r['tuned_val_stream_ppl'])}"
+                      f"{' (trained stateful)' if r.get('stateful') else ''}, book's 2 × 32 GRU "
+                      f"{_f(r['baseline_2x32_gru']['best_val_stream_ppl'])}: {_f(100 * stream_gain, 1)} % lower "
+                      f"(target ≥ 25 %: {'met' if stream_gain >= 0.25 else 'not met'})"]
         profiles = r.get("val_ppl_by_context") or {}
         if profiles.get("baseline"):
             keys = list(profiles["baseline"])
@@ -171,6 +180,8 @@ def render(results: dict) -> str:
                   f"{_f(c['train_tokens_per_s'], 0)} tokens/s (median of the runs) = {_f(c['training_gflops'], 1)} GFLOP/s, "
                   f"{_f(100 * c['share_of_matmul_rate'], 0)} % of this CPU's dense float32 matmul rate through "
                   f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)", ""]
+    if "shakespeare" in results:
+        lines += render_shakespeare(results["shakespeare"])
     if "cells" in results:
         lines += render_cells(results["cells"])
     if "authors" in results:
@@ -180,6 +191,51 @@ def render(results: dict) -> str:
         lines += ["## Not yet measured", "", ", ".join(missing) + f" (run `python -m bench.<name>`); machine here: "
                   f"{m['cpu']}, {m['cores']} cores.", ""]
     return "\n".join(lines)
+
+
+BREAKDOWN_COLUMNS = {"start_s": "start", "load_tensorflow_s": "load TF", "setup_s": "setup",
+                     "graph_build_s": "graph build", "train_steps_s": "steps", "window_validation_s": "window val",
+                     "stream_validation_s": "stream val", "epoch_bookkeeping_s": "checkpoints, logs",
+                     "finish_s": "sample, saving"}
+
+
+def render_time_breakdown(rows: list[dict]) -> list[str]:
+    """The train_vs_d2l table of where each form's whole process spends its seconds."""
+    head = " | ".join(BREAKDOWN_COLUMNS.values())
+    lines = ["Where the time goes (seconds of each whole `trainer.train` process, the forms one after the other in "
+             "the same run; start = interpreter and imports before training code, setup = data checks, input "
+             "pipeline and model build, graph build = the first epoch's excess over a steady epoch):", "",
+             f"| form | {head} | total s | book / ours | best val ppl | steady tokens/s |",
+             "|---" * (len(BREAKDOWN_COLUMNS) + 5) + "|"]
+    for row in rows:
+        lines.append(f"| {row['form']} | " + " | ".join(_f(row[k], 1) for k in BREAKDOWN_COLUMNS)
+                     + f" | {_f(row['process_wall_s'], 1)} | {_f(row['wall_ratio_book_over_form'])} | "
+                       f"{_f(row['best_val_ppl'])} | {_f(row['train_tokens_per_s_steady'], 0)} |")
+    return lines + [""]
+
+
+def render_shakespeare(r: dict) -> list[str]:
+    """The bench.shakespeare section: the figure against nanoGPT's, the curve and the sample."""
+    lines = ["## Character-level tinyshakespeare in a time budget (`python -m bench.shakespeare`)",
+             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, GPU: {r['machine']['gpu']}. "
+             f"Characters as they are, nanoGPT's split (last 10 % validates); {r['recipe']}: {r['model']}. "
+             f"Budget {_f(r['budget_minutes'], 0)} min for everything (preprocessing, a calibration run that sizes "
+             f"the schedule, training, evaluation, the sample).", "",
+             f"- validation loss over the whole validation stream with the state carried: "
+             f"**{_f(r['val_loss_nats'], 4)} nats per character** (epoch {r['best_epoch']} of {r['epochs_run']}; "
+             f"target ≤ {_f(r['target_nats'])}: {'reached' if r['reached'] else 'not reached'}); the same model on "
+             f"zero-state windows of the TBPTT length: {_f(r['val_window_nats'], 4)}",
+             f"- {_f(r['minutes'], 1)} minutes in all, {_f(r['tokens_per_s'], 0)} training tokens/s, "
+             f"{r['trained_tokens']:,} training tokens",
+             f"- nanoGPT's character transformer: {r['nanogpt']['gpu_val_loss_nats']} nats on an A100 (about 3 "
+             f"minutes), about {r['nanogpt']['cpu_val_loss_nats']} with its CPU configuration", "",
+             "| epoch | train nats | val nats (windows) | val nats (stream) | learning rate | grad norm |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {c['epoch']} | {_f(c['train_nats'], 3)} | {_f(c['val_window_nats'], 3)} | "
+              f"{_f(c['val_stream_nats'], 3)} | {_f(c['learning_rate'], 5)} | {_f(c['grad_norm'])} |"
+              for c in r["curve"]]
+    sample = r["sample"].replace("\n", " / ").replace("|", "\\|").replace("`", "'")
+    return lines + ["", f"Sample (prompt {r['sample_prompt']!r}, temperature 0.8): {sample}", ""]
 
 
 def render_cells(r: dict) -> list[str]:

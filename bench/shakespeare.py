@@ -113,7 +113,7 @@ def run(args) -> dict:
         "sample": sample,
         "recipe": "fixed (no search)", "target_nats": 1.50, "reached": math.log(metrics["best_val_stream_ppl"]) <= 1.50,
         "val_window_nats": math.log(metrics["best_val_ppl"]), "best_epoch": metrics["best_epoch"],
-        "epochs_run": metrics["epochs"], "planned_steps": steps_per_epoch * args.epochs,
+        "epochs_run": metrics["epochs"], "num_steps": args.num_steps, "planned_steps": steps_per_epoch * args.epochs,
         "trained_tokens": int(metrics["train_tokens_per_s"] * metrics["train_seconds"]),
         "calibration_tokens_per_s": tokens_per_s, "preprocess_s": preprocess_s,
         "budget_minutes": args.minutes, "curve": curve, "sample_prompt": SAMPLE_PROMPT, "nanogpt": NANOGPT,

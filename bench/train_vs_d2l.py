@@ -125,7 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps-per-execution", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--large-only", action="store_true", help="print only the larger model's JSON line")
     parser.add_argument("--backend-form", default="auto", help="trainer.train's --backend-form (default auto)")
+    parser.add_argument("--compare-forms", nargs="*", default=["stacked", "native", "layers"],
+                        help="more forms run the same way (whole processes, one after the other) for the table of "
+                             "where the time goes; none: only --backend-form")
     return parser
+
+
+def where_time_goes(metrics: dict) -> dict:
+    """A trainer process's wall time in parts (trainer.train's time_breakdown plus the interpreter's start
+    and imports before train_and_evaluate), with its perplexities and form."""
+    parts = {"start_s": metrics["process_wall_s"] - metrics["wall_s"], **metrics["time_breakdown"]}
+    return {"form": metrics["form"], "process_wall_s": metrics["process_wall_s"], **parts,
+            "best_val_ppl": metrics["best_val_ppl"], "val_ppl": metrics["val_ppl"],
+            "train_tokens_per_s_steady": metrics["train_tokens_per_s_steady"]}
 
 
 def main() -> None:
@@ -148,7 +160,15 @@ def main() -> None:
     ours["outside_training_s"] = process_wall_s - ours["train_seconds"]  # start-up, graph build, artefacts
     ours["steps_per_execution"] = cfg.steps_per_execution
     reference = book_reference(machine()["cpu"])  # the book's wall time on this kind of CPU
-    result = {"book_config": ours, "book_reference": reference,
+    breakdown = [where_time_goes(metrics)]
+    for form in args.compare_forms:
+        if form != metrics["form"]:
+            other = train_process(data_dir, f"{model_dir}-{form}", "--epochs", str(cfg.epochs),
+                                  "--steps-per-execution", str(cfg.steps_per_execution), "--backend-form", form)
+            breakdown.append(where_time_goes(other))
+    for row in breakdown:
+        row["wall_ratio_book_over_form"] = reference["wall_s"] / row["process_wall_s"]
+    result = {"book_config": ours, "book_reference": reference, "where_time_goes": breakdown,
               "wall_ratio_book_over_ours": reference["wall_s"] / process_wall_s,
               "speedup_vs_book_tokens_per_s": ours["train_tokens_per_s"] / BOOK_REFERENCE["train_tokens_per_s"],
               "targets": {"val_ppl_le_6.4_exported_best_epoch": ours["best_val_ppl"] <= 6.4,

@@ -56,3 +56,29 @@ def test_cells_section_lists_every_run():
                                       "plot": "results/cells.png", "runs": runs}))
     assert "| gru | 2 × 32 | book width |" in section and "| lstm | 2 × 27 | equal parameters |" in section
     assert "Lowest validation perplexity: gru 2 × 32 (6.20)" in section and "shortest run: lstm 2 × 27" in section
+
+
+def test_time_breakdown_table_has_a_row_per_form():
+    from bench.run_all import BREAKDOWN_COLUMNS, render_time_breakdown
+
+    rows = [{"form": form, "process_wall_s": 60.0 + i, "wall_ratio_book_over_form": 93 / (60.0 + i),
+             "best_val_ppl": 6.2, "train_tokens_per_s_steady": 8e5, **{k: 1.5 for k in BREAKDOWN_COLUMNS}}
+            for i, form in enumerate(["fused", "stacked"])]
+    table = "\n".join(render_time_breakdown(rows))
+    assert "| fused | 1.5 | 1.5 |" in table and "| 61.0 | 1.52 | 6.20 | 800,000 |" in table
+
+
+def test_shakespeare_section_shows_the_figure_the_curve_and_the_sample():
+    from bench.run_all import render_shakespeare
+
+    curve = [{"epoch": e, "train_nats": 1.6, "val_window_nats": 1.7, "val_stream_nats": 1.55 - e / 100,
+              "learning_rate": 1e-3, "grad_norm": 0.5} for e in (1, 2)]
+    result = {"machine": {"cpu": "c", "cores": 2, "gpu": None}, "recipe": "fixed (no search)", "model": "2 × 384 GRU",
+              "budget_minutes": 30, "val_loss_nats": 1.53, "best_epoch": 2, "epochs_run": 2, "target_nats": 1.5,
+              "reached": False, "val_window_nats": 1.7, "minutes": 29.5, "tokens_per_s": 16000.0,
+              "trained_tokens": 27000000, "nanogpt": {"gpu_val_loss_nats": 1.4697, "cpu_val_loss_nats": 1.88},
+              "curve": curve, "sample": "ROMEO:\nWhat | say `you`", "sample_prompt": "ROMEO:\n"}
+    section = "\n".join(render_shakespeare(result))
+    assert "**1.5300 nats per character** (epoch 2 of 2; target ≤ 1.50: not reached)" in section
+    assert "| 2 | 1.600 | 1.700 | 1.530 |" in section
+    assert "ROMEO: / What \\| say 'you'" in section

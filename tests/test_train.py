@@ -34,6 +34,23 @@ def test_smoke_run_writes_every_artefact(trained):
     np.testing.assert_allclose(on_disk["val_bpc"], np.log2(on_disk["val_ppl"]), rtol=1e-4)
 
 
+def test_time_breakdown_accounts_for_the_whole_run(trained):
+    """metrics.json says where the wall time went; the parts add up to wall_s and each is measured."""
+    model_dir, _ = trained
+    on_disk = json.loads((model_dir / "metrics.json").read_text())
+    parts = on_disk["time_breakdown"]
+    assert set(parts) == {"load_tensorflow_s", "setup_s", "graph_build_s", "train_steps_s", "window_validation_s",
+                          "stream_validation_s", "epoch_bookkeeping_s", "finish_s"}
+    assert all(v >= 0 for v in parts.values())
+    assert sum(parts.values()) == pytest.approx(on_disk["wall_s"], rel=0.02)
+    for key in ("setup_s", "train_steps_s", "window_validation_s", "stream_validation_s", "finish_s"):
+        assert parts[key] > 0, key
+    with open(model_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["valid_seconds"]) > 0 and float(r["stream_seconds"]) > 0 for r in rows)
+    assert parts["window_validation_s"] == pytest.approx(sum(float(r["valid_seconds"]) for r in rows))
+
+
 def test_perplexity_is_a_streaming_token_metric(trained, tiny_data):
     """val perplexity equals exp(mean token loss) over the whole validation set, recomputed here."""
     import keras
@@ -149,12 +166,16 @@ def test_throughput_counts_the_batches_an_epoch_ran():
     for batch in range(3):
         throughput.on_train_batch_end(batch)
     throughput.on_test_begin()
+    time.sleep(0.01)
+    throughput.on_test_end()
     throughput.on_epoch_end(0, logs)
     assert logs["tokens_per_s"] * logs["train_seconds"] == pytest.approx(300)
+    assert logs["valid_seconds"] >= 0.01
     throughput.on_epoch_begin(1)
     throughput.on_train_batch_end(9)  # steps_per_execution: one call for the last steps of the epoch
     throughput.on_epoch_end(1, logs)
     assert logs["tokens_per_s"] * logs["train_seconds"] == pytest.approx(950)
+    assert logs["valid_seconds"] == 0.0  # no validation ran this epoch
 
 
 def test_bad_flags_exit_2(tiny_data, tmp_path):

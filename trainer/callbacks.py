@@ -79,7 +79,9 @@ class StreamValidation(keras.callbacks.Callback):
             core.set_weights(self.sync_from.get_weights())
         if self._scorer is None or self._scorer.core is not core:
             self._scorer = StreamScorer(core)
+        started = time.perf_counter()
         logs["val_stream_perplexity"] = self._scorer.perplexity(self.streams)
+        logs["stream_seconds"] = time.perf_counter() - started
 
 
 class GradientNormLog(keras.callbacks.Callback):
@@ -104,7 +106,8 @@ class TrainingDiverged(UserError):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Adds `train_seconds` and `tokens_per_s` (training steps only, no validation) to each epoch's logs.
+    """Adds `train_seconds` and `tokens_per_s` (training steps only, no validation) and `valid_seconds`
+    (the window validation) to each epoch's logs.
 
     Tokens are counted from the batches run (a whole batch of tokens_per_batch each, capped at
     tokens_per_epoch for a short last batch), so an epoch that a Deadline cuts short is not credited
@@ -113,11 +116,11 @@ class Throughput(keras.callbacks.Callback):
     def __init__(self, tokens_per_epoch: int, tokens_per_batch: int):
         super().__init__()
         self.tokens_per_epoch, self.tokens_per_batch = tokens_per_epoch, tokens_per_batch
-        self._start = self._train_end = None
+        self._start = self._train_end = self._valid_end = None
         self._batches = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._train_end, self._batches = time.perf_counter(), None, 0
+        self._start, self._train_end, self._valid_end, self._batches = time.perf_counter(), None, None, 0
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches = batch + 1  # the index of the last step run (several with steps_per_execution)
@@ -126,11 +129,16 @@ class Throughput(keras.callbacks.Callback):
         if self._start is not None and self._train_end is None:
             self._train_end = time.perf_counter()
 
+    def on_test_end(self, logs=None):
+        if self._train_end is not None:
+            self._valid_end = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
         seconds = (self._train_end or time.perf_counter()) - self._start
         if logs is not None:
             logs["train_seconds"] = seconds
             logs["tokens_per_s"] = self.tokens_this_epoch() / seconds
+            logs["valid_seconds"] = self._valid_end - self._train_end if self._valid_end is not None else 0.0
 
     def tokens_this_epoch(self) -> int:
         return min(self.tokens_per_epoch, self._batches * self.tokens_per_batch)
