@@ -226,7 +226,9 @@ def render_shakespeare(r: dict) -> list[str]:
              f"target ≤ {_f(r['target_nats'])}: {'reached' if r['reached'] else 'not reached'}); the same model on "
              f"zero-state windows of the TBPTT length: {_f(r['val_window_nats'], 4)}",
              f"- {_f(r['minutes'], 1)} minutes in all, {_f(r['tokens_per_s'], 0)} training tokens/s, "
-             f"{r['trained_tokens']:,} training tokens",
+             f"{r['trained_tokens']:,} training tokens ({r['planned_steps']:,} steps were planned from the "
+             f"calibration run's {_f(r['calibration_tokens_per_s'], 0)} tokens/s; training slower than that is stopped by the deadline "
+             "before the schedule ends)",
              f"- nanoGPT's character transformer: {r['nanogpt']['gpu_val_loss_nats']} nats on an A100 (about 3 "
              f"minutes), about {r['nanogpt']['cpu_val_loss_nats']} with its CPU configuration", "",
              "| epoch | train nats | val nats (windows) | val nats (stream) | learning rate | grad norm |",

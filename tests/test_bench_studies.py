@@ -76,7 +76,8 @@ def test_shakespeare_section_shows_the_figure_the_curve_and_the_sample():
     result = {"machine": {"cpu": "c", "cores": 2, "gpu": None}, "recipe": "fixed (no search)", "model": "2 × 384 GRU",
               "budget_minutes": 30, "val_loss_nats": 1.53, "best_epoch": 2, "epochs_run": 2, "target_nats": 1.5,
               "reached": False, "val_window_nats": 1.7, "minutes": 29.5, "tokens_per_s": 16000.0,
-              "trained_tokens": 27000000, "nanogpt": {"gpu_val_loss_nats": 1.4697, "cpu_val_loss_nats": 1.88},
+              "trained_tokens": 27000000, "planned_steps": 3200,
+              "calibration_tokens_per_s": 16000.0, "nanogpt": {"gpu_val_loss_nats": 1.4697, "cpu_val_loss_nats": 1.88},
               "curve": curve, "sample": "ROMEO:\nWhat | say `you`", "sample_prompt": "ROMEO:\n"}
     section = "\n".join(render_shakespeare(result))
     assert "**1.5300 nats per character** (epoch 2 of 2; target ≤ 1.50: not reached)" in section
