@@ -110,6 +110,33 @@ def test_stream_scorer_chunks_do_not_change_the_result():
     np.testing.assert_allclose(alone[0][0], whole[1][0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("form", ["fused", "stacked", "layers"])
+def test_streams_are_scored_by_the_native_kernels_with_any_forms_weights(form):
+    """Stream scoring runs one row token after token: on a CPU it must take the native kernels (a silent
+    fall-back to the graph forms costs ~10× per epoch), with the trained form's weights, same numbers."""
+    import keras
+
+    from trainer import native
+    from trainer.config import ModelConfig
+    from trainer.model import build_model, model_form
+    from trainer.stateful import StreamScorer, carried_network
+
+    assert native.available()[0], native.available()[1]
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(vocab_size=9, cell="gru", num_layers=2, num_hiddens=5, form=form)
+    trained = build_model(cfg)
+    scorer_core = carried_network(cfg, weights_from=trained)
+    scorer = StreamScorer(scorer_core, chunk=64)
+    graph = scorer._run.get_concrete_function().graph
+    op_types = {op.type for op in graph.get_operations()}
+    op_types |= {op.type for f in graph._functions.values() for op in f.graph.get_operations()}
+    assert model_form(scorer_core) == "native" and native.OP_TYPES["gru"] in op_types
+    streams = [np.random.default_rng(2).integers(0, 9, 300)]
+    own_form = StreamScorer(build_model(cfg, carry_state=True), chunk=64)
+    own_form.core.set_weights(trained.get_weights())
+    np.testing.assert_allclose(scorer.losses(streams)[0][0], own_form.losses(streams)[0][0], rtol=1e-5)
+
+
 def test_export_score_with_carried_state_equals_the_stream_metric(trained, exported, tiny_data):
     """The SavedModel's score signature, in the session loader TF Serving uses, over the whole validation
     stream as one text, gives the trainer's val_stream_perplexity of the exported (best) epoch."""

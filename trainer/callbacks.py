@@ -57,28 +57,29 @@ class LearningRateLog(keras.callbacks.Callback):
 
 
 class StreamValidation(keras.callbacks.Callback):
-    """Adds val_stream_perplexity to the epoch logs: each source's whole validation stream scored with the
-    state carried across it (trainer.stateful.StreamScorer), beside the zero-state window perplexity.
+    """Adds val_stream_perplexity (and stream_seconds) to the epoch logs: each source's whole validation
+    stream scored with the state carried across it (trainer.stateful.StreamScorer), beside the zero-state
+    window perplexity.
 
-    `core` is the carry_state network, None for the core of the CarriedStateModel being trained (the
-    tuner's trials each bring their own); `sync_from`, when given, is the plain model it copies weights
-    from first (one weight layout). Must come before the loggers and checkpoints that read it."""
+    Scores with a carry_state copy of the model being trained in the fastest scoring form
+    (trainer.stateful.carried_network), its weights copied from the model (the core of a CarriedStateModel)
+    every epoch; the model needs the `model_cfg` attribute trainer.train.build_training_model sets. Must
+    come before the loggers and checkpoints that read it."""
 
-    def __init__(self, streams, core=None, sync_from=None):
+    def __init__(self, streams):
         super().__init__()
-        self.streams, self.core, self.sync_from = streams, core, sync_from
-        self._scorer = None  # traced for one network; a new trial's network gets a new one
+        self.streams = streams
+        self._scorer = self._source = None  # traced for one network; a new trial's model gets a new one
 
     def on_epoch_end(self, epoch, logs=None):
-        from trainer.stateful import StreamScorer
+        from trainer.stateful import CarriedStateModel, StreamScorer, carried_network
 
         if logs is None or not self.streams:
             return
-        core = self.core if self.core is not None else self.model.core
-        if self.sync_from is not None:
-            core.set_weights(self.sync_from.get_weights())
-        if self._scorer is None or self._scorer.core is not core:
-            self._scorer = StreamScorer(core)
+        source = self.model.core if isinstance(self.model, CarriedStateModel) else self.model
+        if self._scorer is None or self._source is not source:
+            self._scorer, self._source = StreamScorer(carried_network(self.model.model_cfg)), source
+        self._scorer.core.set_weights(source.get_weights())
         started = time.perf_counter()
         logs["val_stream_perplexity"] = self._scorer.perplexity(self.streams)
         logs["stream_seconds"] = time.perf_counter() - started

@@ -235,16 +235,19 @@ def fit_data(cfg: TrainConfig, info):
 
 def build_training_model(cfg: TrainConfig, model_cfg: ModelConfig, steps_per_epoch: int, replicas: int = 1):
     """The compiled model fit() trains: the plain network, or for --stateful the carry_state network inside
-    a CarriedStateModel holding each replica's batch_size / replicas lanes. Call in the strategy's scope."""
+    a CarriedStateModel holding each replica's batch_size / replicas lanes. Call in the strategy's scope.
+    The model keeps model_cfg (attribute `model_cfg`) for the callbacks that build copies of it."""
     from trainer.model import build_model
     from trainer.stateful import CarriedStateModel
 
     if not cfg.stateful:
-        return compile_model(build_model(model_cfg), cfg, steps_per_epoch)
-    if cfg.batch_size % replicas:
+        model = build_model(model_cfg)
+    elif cfg.batch_size % replicas:
         raise UserError(f"--stateful: --batch-size {cfg.batch_size} lanes do not split evenly over {replicas} "
                         f"replicas")
-    model = CarriedStateModel(build_model(model_cfg, carry_state=True), rows=cfg.batch_size // replicas)
+    else:
+        model = CarriedStateModel(build_model(model_cfg, carry_state=True), rows=cfg.batch_size // replicas)
+    model.model_cfg = model_cfg
     return compile_model(model, cfg, steps_per_epoch)
 
 
@@ -261,16 +264,12 @@ def plain_model(model, model_cfg: ModelConfig, cfg: TrainConfig, steps_per_epoch
     return compile_model(plain, cfg, steps_per_epoch)
 
 
-def stream_validation(model, model_cfg: ModelConfig, info):
-    """The callback that logs val_stream_perplexity (callbacks.StreamValidation) for this model."""
+def stream_validation(info):
+    """The callback that logs val_stream_perplexity (callbacks.StreamValidation) over info's validation streams."""
     from trainer import callbacks as cb
     from trainer.data import split_streams
-    from trainer.stateful import CarriedStateModel, carried_network
 
-    streams = split_streams(info, "valid")
-    if isinstance(model, CarriedStateModel):
-        return cb.StreamValidation(streams, model.core)
-    return cb.StreamValidation(streams, carried_network(model_cfg), sync_from=model)
+    return cb.StreamValidation(split_streams(info, "valid"))
 
 
 def monitored(cfg: TrainConfig) -> str:
@@ -540,7 +539,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
-        stream_validation(model, model_cfg, info),  # before everything that reads val_stream_perplexity
+        stream_validation(info),  # before everything that reads val_stream_perplexity
         cb.GradientNormLog(),
         *lr_schedule_callbacks(cfg),  # before the logger: it adds the epoch's learning_rate to the logs
         cb.LearningRateLog(),          # the same column when it is not there

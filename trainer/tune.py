@@ -280,8 +280,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     configure_cpu_threads(base, resolved_form(base))
     from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
-    from trainer.data import split_streams
-    from trainer.train import fit_data, lr_schedule_callbacks, monitored
+    from trainer.train import fit_data, lr_schedule_callbacks, monitored, stream_validation
 
     info = load_data_info(data_dir)
     check_records(info)
@@ -317,7 +316,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
 
     tuner.run_trial = run_trial
     callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput,
-                 *([cb.StreamValidation(split_streams(info, "valid"))] if base.stateful else []),
+                 *([stream_validation(info)] if base.stateful else []),
                  *lr_schedule_callbacks(base)]
     if early_stopping:
         import keras
