@@ -55,7 +55,10 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, size=(steps + warmup, batch, num_steps + 1), dtype=np.int32)
     batches = [(tf.constant(b[:, :-1]), tf.constant(b[:, 1:])) for b in ids]
-    for x, y in batches[:warmup]:  # trace and warm up
+    start = time.perf_counter()
+    model.train_on_batch(*batches[0])  # traces and builds the training graph, then runs one step
+    first_step_s = time.perf_counter() - start
+    for x, y in batches[1:warmup]:  # warm up
         model.train_on_batch(x, y)
     start = time.perf_counter()
     for x, y in batches[warmup:]:
@@ -67,6 +70,7 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
             "device": "GPU" if gpus else "CPU", "precision": "mixed" if mixed_precision else "float32",
             "params": int(model.count_params()),
             "train_tokens_per_s": steps * batch * num_steps / seconds, "ms_per_step": 1e3 * seconds / steps,
+            "first_step_s": first_step_s,
             "cudnn": any("CudnnRNN" in t for t in types), "native_ops": any(t.startswith("DeepRnn") for t in types)}
 
 

@@ -12,6 +12,7 @@ import sys
 
 from pipeline import cli
 from bench.common import ROOT, machine
+from trainer.forms import pick_form
 
 BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_ceiling", "shakespeare"]
 STUDIES = ["cells", "authors"]  # the chapter's exercises (`make study`)
@@ -95,20 +96,22 @@ def render(results: dict) -> str:
                   f"Device {r['device']}, Adam, synthetic ids (vocab {r['vocab']}); each row in a process of its own "
                   "with the trainer's thread set-up for that form. `auto` = the form `--backend-form auto` picks "
                   "from these rows; × stacked = its speed over the book's cell stack at the same size and precision.",
-                  "", "| cell | size | batch × steps | precision | form | train tokens/s | ms/step | × stacked | "
-                  "native ops | CudnnRNN ops |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "Speeds within 5 % of the fastest are a tie, which the shorter first step (graph tracing and "
+                  "building, paid once per run) wins.",
+                  "", "| cell | size | batch × steps | precision | form | train tokens/s | ms/step | first step s | "
+                  "× stacked | native ops | CudnnRNN ops |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         groups = {}
         for x in r["rows"]:
             groups.setdefault((x["cell"], x["size"], x["batch"], x.get("precision", "float32")), []).append(x)
         for (cell, size, batch, precision), rows in groups.items():
             stacked = next((x["train_tokens_per_s"] for x in rows if x["form"] == "stacked"), None)
-            fastest = max(rows, key=lambda x: x["train_tokens_per_s"])["form"]
+            auto = pick_form(rows)
             for x in rows:
                 ratio = _f(x["train_tokens_per_s"] / stacked, 2) if stacked else "–"
-                form = f"**{x['form']}** (auto)" if x["form"] == fastest else x["form"]
+                form = f"**{x['form']}** (auto)" if x["form"] == auto else x["form"]
                 lines.append(f"| {cell} | {size} | {batch} × {x['num_steps']} | {precision} | {form} | "
-                             f"{_f(x['train_tokens_per_s'], 0)} | {_f(x['ms_per_step'], 1)} | {ratio} | "
-                             f"{x['native_ops']} | {x['cudnn']} |")
+                             f"{_f(x['train_tokens_per_s'], 0)} | {_f(x['ms_per_step'], 1)} | "
+                             f"{_f(x.get('first_step_s', '–'), 1)} | {ratio} | {x['native_ops']} | {x['cudnn']} |")
         if r["device"] == "CPU":
             lines += ["", "No GPU here: the cuDNN comparison (2 × 256 and 3 × 1024, the `layers` form against the "
                       "cell stack) runs with the same command on a GPU machine."]

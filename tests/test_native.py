@@ -108,6 +108,19 @@ def test_auto_picks_the_measured_fastest_form_at_the_nearest_width(tmp_path):
     assert measured_form("gru", 32, "CPU", mixed_precision=True, path=path) is None
 
 
+def test_auto_breaks_a_speed_tie_by_the_shorter_graph_build(tmp_path):
+    """Within 5 % of the fastest steady speed the form that builds its graph faster wins (a cost every run
+    pays once); beyond that, speed decides whatever the build costs."""
+    def rows(native_speed):
+        return [dict(cell="gru", size="2x32", batch=1024, device="CPU", form=form, train_tokens_per_s=speed,
+                     first_step_s=build) for form, speed, build in [("fused", 100.0, 9.0), ("native", native_speed, 1.0),
+                                                                    ("stacked", 97.0, 2.0)]]
+    assert measured_form("gru", 32, "CPU", path=_forms_file(tmp_path, rows(96.0))) == "native"
+    assert measured_form("gru", 32, "CPU", path=_forms_file(tmp_path, rows(94.0))) == "stacked"
+    no_builds = [{k: v for k, v in r.items() if k != "first_step_s"} for r in rows(96.0)]
+    assert measured_form("gru", 32, "CPU", path=_forms_file(tmp_path, no_builds)) == "fused"
+
+
 def test_auto_uses_the_native_kernels_where_measured_fastest_and_never_falls_back_silently(monkeypatch):
     """The committed bench.forms measurements decide; where they say native, the training graph must run it."""
     on_gpu = bool(tf.config.list_physical_devices("GPU"))

@@ -231,6 +231,37 @@ def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_whole(tmp_pa
     assert keras.callbacks.BackupAndRestore in type(backup).__mro__
 
 
+def test_latest_state_is_saved_at_most_every_interval_and_at_the_end(tmp_path):
+    """With short epochs the backup and last.weights.h5 are written at most every min_interval_s seconds,
+    and whatever was skipped is written when training ends; the best checkpoint is never throttled."""
+    from trainer import callbacks as cb
+    from trainer.config import ModelConfig
+    from trainer.model import build_model
+
+    model = build_model(ModelConfig(vocab_size=5, num_hiddens=4))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    backup = cb.AtomicBackupAndRestore(str(tmp_path / "backup"), min_interval_s=3600, delete_checkpoint=False)
+    last = cb.AtomicModelCheckpoint(str(tmp_path / "last.weights.h5"), min_interval_s=3600)
+    record = tmp_path / "backup" / "training_metadata.json"
+    for callback in (backup, last):
+        callback.set_model(model)
+    for epoch in range(3):
+        model.set_weights([w * 0 + epoch for w in model.get_weights()])
+        backup.on_epoch_end(epoch)
+        last.on_epoch_end(epoch, {})
+        assert json.loads(record.read_text())["epoch"] == 1  # only the first epoch's state so far
+    for callback in (backup, last):
+        callback.on_train_end()
+    assert json.loads(record.read_text())["epoch"] == 3
+    for path in (tmp_path / "backup" / "latest.weights.h5", tmp_path / "last.weights.h5"):
+        fresh = build_model(ModelConfig(vocab_size=5, num_hiddens=4))
+        fresh.load_weights(str(path))
+        assert all(np.all(w == 2) for w in fresh.get_weights())
+    with pytest.raises(ValueError, match="best"):
+        cb.AtomicModelCheckpoint(str(tmp_path / "best.weights.h5"), min_interval_s=10, save_best_only=True,
+                                 monitor="loss")
+
+
 @pytest.mark.reliability
 def test_sigkill_during_training_resumes_to_the_same_epoch_count(tiny_data, tmp_path):
     model_dir = tmp_path / "m"

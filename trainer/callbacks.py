@@ -20,11 +20,40 @@ def save_weights_atomically(model, path: str) -> None:
         model.save_weights(tmp)
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint(save_weights_only=True) whose file is replaced atomically."""
+class ThrottledEpochSaves:
+    """Mixin for the epoch-end saves of the latest state: at most one every `min_interval_s` seconds (like
+    tf.train.CheckpointManager's checkpoint_interval), the last skipped one made when training ends. With
+    epochs of a fraction of a second, saving each one costs more than a tenth of the run (bench.train_vs_d2l's
+    time breakdown); a crash repeats at most min_interval_s of training. A run that raises (divergence)
+    never saves its skipped state."""
 
-    def __init__(self, filepath: str, **kwargs):
+    min_interval_s = 0.0
+    _saved_at = -math.inf
+    _skipped = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() - self._saved_at < self.min_interval_s:
+            self._skipped = (epoch, logs)
+            return
+        super().on_epoch_end(epoch, logs)
+        self._saved_at, self._skipped = time.monotonic(), None
+
+    def on_train_end(self, logs=None):
+        if self._skipped is not None:
+            super().on_epoch_end(*self._skipped)
+            self._skipped = None
+        super().on_train_end(logs)
+
+
+class AtomicModelCheckpoint(ThrottledEpochSaves, keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint(save_weights_only=True) whose file is replaced atomically; min_interval_s > 0 for
+    the latest weights (not with save_best_only: a best epoch is always saved)."""
+
+    def __init__(self, filepath: str, min_interval_s: float = 0.0, **kwargs):
         super().__init__(filepath, save_weights_only=True, **kwargs)
+        if min_interval_s and self.save_best_only:
+            raise ValueError("min_interval_s would skip best epochs; use it for the latest weights only")
+        self.min_interval_s = min_interval_s
 
     def _save_model(self, epoch, batch, logs):
         filepath = self._get_file_path(epoch, batch, logs)
@@ -33,12 +62,17 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             save_weights_atomically(self.model, filepath)
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose weights and epoch record are each replaced atomically.
+class AtomicBackupAndRestore(ThrottledEpochSaves, keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose weights and epoch record are each replaced atomically, at most one backup
+    every min_interval_s seconds (ThrottledEpochSaves).
 
     Keras writes both in place: a kill while the JSON record is truncated leaves an empty file that
     the next run cannot parse. Weights are written first, so a kill between the two repeats at most
     the epoch in flight."""
+
+    def __init__(self, backup_dir: str, min_interval_s: float = 0.0, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.min_interval_s = min_interval_s
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)

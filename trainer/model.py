@@ -15,9 +15,6 @@ bias; then the output layer), so weights move between them with set_weights:
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import warnings
 
 import keras
@@ -26,6 +23,7 @@ from keras import ops
 
 from trainer import cells as cells_lib
 from trainer.config import ModelConfig
+from trainer.forms import measured_form
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
@@ -249,29 +247,6 @@ def model_form(model: keras.Model) -> str:
     if isinstance(layer, NativeRNNStack):
         return "native"
     return "fused" if isinstance(layer, FusedRNNStack) else "stacked" if layer is not None else "layers"
-
-
-FORMS_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "bench", "results", "forms.json")
-
-
-def measured_form(cell: str, num_hiddens: int, device: str, mixed_precision: bool = False,
-                  path: str | None = None) -> str | None:
-    """The fastest form bench.forms measured for this cell and device at the nearest width, or None."""
-    try:
-        with open(path or FORMS_RESULTS) as f:
-            rows = json.load(f).get("rows", [])
-    except (OSError, ValueError):
-        return None
-    precision = "mixed" if mixed_precision else "float32"
-    rows = [r for r in rows if r.get("cell") == cell and r.get("device") == device
-            and r.get("precision", "float32") == precision]
-    if not rows:
-        return None
-    width = lambda r: int(r["size"].split("x")[1])  # noqa: E731
-    nearest = min(rows, key=lambda r: abs(math.log(width(r) / num_hiddens)))
-    same = [r for r in rows if r["size"] == nearest["size"] and r.get("batch") == nearest.get("batch")]
-    return max(same, key=lambda r: r["train_tokens_per_s"])["form"]
 
 
 def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precision: bool = False) -> str:

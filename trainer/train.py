@@ -18,6 +18,7 @@ from pipeline.cli import UserError
 from trainer.config import CELLS, FORMS, LR_SCHEDULES, OPTIMIZERS, ModelConfig, TrainConfig
 
 RUN_CONFIG = "run_config.json"
+LATEST_STATE_EVERY_S = 10.0  # the backup and last.weights.h5: at most this often (and at the end), not every epoch
 
 
 EXAMPLES = """examples:
@@ -546,9 +547,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         keras.callbacks.CSVLogger(history_path, append=True),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor=monitor,
                                  mode="min", save_best_only=True, initial_value_threshold=best_so_far),
-        cb.AtomicModelCheckpoint(os.path.join(checkpoints, "last.weights.h5")),
+        cb.AtomicModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), min_interval_s=LATEST_STATE_EVERY_S),
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
-        cb.AtomicBackupAndRestore(os.path.join(work_dir, "backup"), delete_checkpoint=False),
+        cb.AtomicBackupAndRestore(os.path.join(work_dir, "backup"), min_interval_s=LATEST_STATE_EVERY_S,
+                                  delete_checkpoint=False),
     ]
     if cfg.time_limit_min:
         callbacks.append(cb.Deadline(time.time() + 60 * cfg.time_limit_min))
