@@ -436,10 +436,10 @@ def save_model(model, path: str) -> None:
 def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     """Trains (or resumes) a model on RUN/data into model_dir and returns metrics.json's content."""
     cli.quiet_tensorflow()
-    started = time.perf_counter()
+    clock = {"started": time.perf_counter()}  # phase readings for metrics.json's time_breakdown
     import keras  # noqa: F401  (timed: loading TensorFlow and Keras is part of what a user waits for)
 
-    loaded = time.perf_counter()
+    clock["loaded"] = time.perf_counter()
     configure_cpu_threads(cfg, resolved_form(cfg))
     strategy = make_strategy(cfg.distribute)  # before any other TF work (multi-worker needs that)
 
@@ -460,11 +460,10 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{path}: exists and is not a directory")
     with locks.exclusive(work_dir, "trainer.train"):
-        return _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, (started, loaded),
-                             run_config)
+        return _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock, run_config)
 
 
-def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, started, run_config) -> dict:
+def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock, run_config) -> dict:
     """The part of train_and_evaluate that needs the model dir to itself: resume checks, artefacts, training."""
     import keras
     import tensorflow as tf
@@ -480,22 +479,23 @@ def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, st
         keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU")
                                                 else "mixed_bfloat16")
     try:
-        return _train(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, started)
+        return _train(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def time_breakdown(clock: dict, this_run: list[dict]) -> dict:
-    """Where this process's wall time went, in seconds, from the phase clock readings and this run's
-    history rows (train_seconds, valid_seconds, stream_seconds per epoch); the parts add up to wall_s.
+def time_breakdown(clock: dict, epoch_logs: dict) -> dict:
+    """Where this process's wall time went, in seconds, from the phase clock readings and the epoch logs of
+    this process's fit() (History.history: train_seconds, valid_seconds, stream_seconds per epoch); the
+    parts add up to wall_s.
 
     The first epoch's steps cost more than a steady one (tracing and building the training graph); that
     excess is `graph_build_s`, the rest of the steps `train_steps_s`."""
-    train = [r.get("train_seconds", 0.0) for r in this_run]
+    train = epoch_logs.get("train_seconds", [])
     steady = sorted(train[1:])[len(train[1:]) // 2] if len(train) > 1 else None
     graph_build = max(0.0, train[0] - steady) if steady is not None else 0.0
-    window = sum(r.get("valid_seconds", 0.0) for r in this_run)
-    stream = sum(r.get("stream_seconds", 0.0) for r in this_run)
+    window = sum(epoch_logs.get("valid_seconds", []))
+    stream = sum(epoch_logs.get("stream_seconds", []))
     fit = clock["fitted"] - clock["fit"]
     return {"load_tensorflow_s": clock["loaded"] - clock["started"],
             "setup_s": clock["fit"] - clock["loaded"],  # data checks, input pipeline, model build, callbacks
@@ -508,7 +508,7 @@ def time_breakdown(clock: dict, this_run: list[dict]) -> dict:
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_dir: str, chief: bool,
-           strategy, started: tuple[float, float]) -> dict:
+           strategy, clock: dict) -> dict:
     """Builds, fits, checkpoints and evaluates; writes the artefacts when this process is the chief."""
     import keras
     import tensorflow as tf
@@ -535,8 +535,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     checkpoints = os.path.join(work_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     monitor = monitored(cfg)
-    earlier = read_history(history_path)  # epochs of earlier runs (resume)
-    best_so_far = min((r[monitor] for r in earlier if monitor in r), default=None)
+    best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
@@ -556,8 +555,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         callbacks.append(cb.Deadline(time.time() + 60 * cfg.time_limit_min))
     if cfg.verbose == PROGRESS["epoch"]:
         callbacks.append(cb.EpochLine(cfg.epochs))
-    clock = {"started": started[0], "loaded": started[1], "fit": time.perf_counter()}
-    model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+    clock["fit"] = time.perf_counter()
+    fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
               callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]), shuffle=False)  # tf.data shuffles
 
     clock["fitted"] = time.perf_counter()
@@ -603,7 +602,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
                     BOOK_REFERENCE["val_ppl"] if comparable else None)
     clock["finished"] = time.perf_counter()
     metrics["wall_s"] = clock["finished"] - clock["started"]
-    metrics["time_breakdown"] = time_breakdown(clock, history[len(earlier):])
+    metrics["time_breakdown"] = time_breakdown(clock, fitted.history)
     if chief:
         atomic.write_text(os.path.join(model_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     return metrics
