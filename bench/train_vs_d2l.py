@@ -18,6 +18,7 @@ from bench.common import ROOT, emit, machine, train_process
 from pipeline import transform
 from pipeline.book import BOOK_REFERENCE, book_reference
 from pipeline.preprocess import preprocess
+from trainer.config import FORMS
 
 def book_config(epochs: int) -> dict:
     from trainer.config import TrainConfig
@@ -124,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-large", action="store_true", help="skip the larger model's throughput and MFU")
     parser.add_argument("--steps-per-execution", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--large-only", action="store_true", help="print only the larger model's JSON line")
-    parser.add_argument("--backend-form", default="auto", help="trainer.train's --backend-form (default auto)")
-    parser.add_argument("--compare-forms", nargs="*", default=["stacked", "native", "layers"],
+    parser.add_argument("--backend-form", default="auto", choices=("auto", *FORMS),
+                        help="trainer.train's --backend-form (default auto)")
+    parser.add_argument("--compare-forms", nargs="*", default=["stacked", "native", "layers"], choices=FORMS,
                         help="more forms run the same way (whole processes, one after the other) for the table of "
                              "where the time goes; none: only --backend-form")
     return parser

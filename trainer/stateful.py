@@ -20,8 +20,8 @@ from trainer.metrics import token_cross_entropy
 def scoring_form(model_cfg: ModelConfig) -> str:
     """The form that scores streams fastest: a stream is one row run token after token, which the native
     kernels do in one op per layer and chunk on a CPU, where the graph forms run a graph of small ops per
-    step (bench.train_vs_d2l's time breakdown: 1.7 s against 23 s for the book's 100 epochs). All forms
-    share one weight layout, so any model's weights load into it; elsewhere the model's own form."""
+    step (per-epoch stream validation in the fused form was the largest overhead of the book's run in
+    bench.train_vs_d2l's time breakdown). All forms share one weight layout, so any model's weights load into it; elsewhere the model's own form."""
     from trainer import native
 
     if (model_cfg.cell in ("gru", "lstm") and keras.mixed_precision.global_policy().compute_dtype == "float32"
