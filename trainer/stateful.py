@@ -21,7 +21,8 @@ def scoring_form(model_cfg: ModelConfig) -> str:
     """The form that scores streams fastest: a stream is one row run token after token, which the native
     kernels do in one op per layer and chunk on a CPU, where the graph forms run a graph of small ops per
     step (per-epoch stream validation in the fused form was the largest overhead of the book's run in
-    bench.train_vs_d2l's time breakdown). All forms share one weight layout, so any model's weights load into it; elsewhere the model's own form."""
+    bench.train_vs_d2l's time breakdown). All forms share one weight layout, so any model's weights load
+    into it; elsewhere the model's own form."""
     from trainer import native
 
     if (model_cfg.cell in ("gru", "lstm") and keras.mixed_precision.global_policy().compute_dtype == "float32"
