@@ -166,3 +166,97 @@ def test_a_native_trained_model_exports_standard_ops_only(tiny_data, tmp_path):
     for _ in range(12):  # the book's predict: rerun the whole (native-form) Keras model per character
         ids.append(int(np.argmax(np.asarray(model(np.array([ids], "int32")))[0, -1])))
     assert text == "it has" + "".join(vocab[i] for i in ids[6:])
+
+
+def _bf16_or_skip():
+    if not native.has_bf16():
+        pytest.skip("this CPU has no AVX512_BF16: the native kernels' bfloat16 products cannot run here")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_bf16_products_match_float32_to_bfloat16_rounding(cell):
+    """Odd sizes (rows not a multiple of the microkernel's 6, columns not of 16, K odd): bfloat16 products
+    with float32 accumulation stay within bfloat16's rounding (8 bits of mantissa) of the float32 kernels,
+    forward and backward (the float32 kernels' own numbers are tested against Keras's cells above)."""
+    _bf16_or_skip()
+    library = native.load()
+    rng = np.random.default_rng(5)
+    steps, batch, units = 9, 13, 21
+    gates = 3 if cell == "gru" else 4
+    xp = tf.constant(rng.normal(size=(steps, batch, gates * units)), tf.float32)
+    h0 = tf.constant(rng.normal(size=(batch, units)) * 0.3, tf.float32)
+    kernel = tf.constant(rng.normal(size=(units, gates * units)) / units ** 0.5, tf.float32)
+    bias = tf.constant(rng.normal(size=(gates * units,)) * 0.1, tf.float32)
+    dh = tf.constant(rng.normal(size=(steps, batch, units)), tf.float32)
+
+    def run(bf16):
+        if cell == "gru":
+            h, g = library.deep_rnn_gru_sequence(xp, h0, kernel, bias, bf16=bf16)
+            return h, library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, bf16=bf16)[0]
+        h, c, g = library.deep_rnn_lstm_sequence(xp, h0, h0, kernel, bf16=bf16)
+        return h, library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, bf16=bf16)[0]
+
+    (h32, d32), (h16, d16) = run(False), run(True)
+    assert not np.array_equal(h32.numpy(), h16.numpy())  # the bf16 path really ran
+    np.testing.assert_allclose(h16.numpy(), h32.numpy(), atol=2e-2 * np.abs(h32.numpy()).max())
+    np.testing.assert_allclose(d16.numpy(), d32.numpy(), atol=2e-2 * np.abs(d32.numpy()).max())
+
+
+def test_mixed_precision_native_runs_bf16_products_and_matches_float32(monkeypatch):
+    """Under mixed_bfloat16 the native model's kernels run with bf16=True (no silent float32 fallback),
+    its logits and gradients stay near the float32 stack's, and auto takes it where measured fastest."""
+    import keras
+
+    _bf16_or_skip()
+    keras.utils.set_random_seed(4)
+    reference = build_model(ModelConfig(11, cell="lstm", num_layers=2, num_hiddens=24, form="stacked"))
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        fast = build_model(ModelConfig(11, cell="lstm", num_layers=2, num_hiddens=24, form="native"))
+        fast.set_weights(reference.get_weights())
+        rng = np.random.default_rng(2)
+        ids, targets = rng.integers(0, 11, (7, 10)).astype("int32"), rng.integers(0, 11, (7, 10))
+        (want_logits, want_grads), (got_logits, got_grads) = (_logits_and_grads(m, ids, targets)
+                                                              for m in (reference, fast))
+        fn = tf.function(lambda x: fast(x, training=True)).get_concrete_function(tf.TensorSpec([2, 8], tf.int32))
+        ops = [op for f in [fn.graph, *(g.graph for g in fn.graph._functions.values())]
+               for op in f.get_operations() if op.type == "DeepRnnLstmSequence"]
+        assert ops and all(op.get_attr("bf16") for op in ops)
+        monkeypatch.setattr("trainer.model.measured_form", lambda *a, **k: "native")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert resolve_form("auto", "lstm", 24, mixed_precision=True) == "native"
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    np.testing.assert_allclose(got_logits, want_logits, atol=3e-2 * np.abs(want_logits).max())
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, want, atol=5e-2 * np.abs(want).max())
+
+
+def test_auto_leaves_native_under_mixed_precision_without_avx512_bf16(monkeypatch):
+    monkeypatch.setattr("trainer.model.measured_form", lambda *a, **k: "native")
+    monkeypatch.setattr(native, "has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="AVX512_BF16"):
+        assert resolve_form("auto", "gru", 256, mixed_precision=True) == "fused"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_form("auto", "gru", 256) == "native"  # float32 needs no bfloat16
+
+
+def test_mixed_precision_native_trains_as_well_as_float32_and_exports(tiny_data, tmp_path):
+    """The quality check for bfloat16 products: the same seeded run in both precisions reaches nearly the
+    same validation perplexity; the mixed-precision model exports with standard ops."""
+    from serving.export import check_portable, export_model
+    from tests.conftest import TINY_TRAIN
+    from trainer.train import train_and_evaluate
+
+    _bf16_or_skip()
+    runs = {}
+    for mixed in (False, True):
+        cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3, "backend_form": "native", "mixed_precision": mixed})
+        runs[mixed] = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / f"mixed{mixed}"))
+    assert runs[True]["form"] == runs[False]["form"] == "native"
+    assert abs(runs[True]["val_ppl"] / runs[False]["val_ppl"] - 1) < 0.03, (runs[True]["val_ppl"],
+                                                                           runs[False]["val_ppl"])
+    check_portable(export_model(str(tmp_path / "mixedTrue"), str(tmp_path / "export")))

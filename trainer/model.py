@@ -10,7 +10,8 @@ bias; then the output layer), so weights move between them with set_weights:
              at step t runs beside layer l at step t+1.
 - "native":  NativeRNNStack — one C++ op per layer runs the whole sequence (trainer/native.py), with
              each layer's input projection and the weight gradients as single large matmuls. GRU and
-             LSTM, float32, CPU, training only (exports keep standard ops).
+             LSTM, CPU, training only (exports keep standard ops); float32, or under mixed precision
+             bfloat16 products with float32 accumulation where the CPU has AVX512_BF16.
 `--backend-form auto` picks among them from bench.forms' measurements (resolve_form).
 """
 from __future__ import annotations
@@ -154,6 +155,10 @@ class NativeRNNStack(FusedRNNStack):
         batch = tf.shape(ids_by_step)[1]
         masks = self._dropout_masks(batch, training)
         initial = [[tf.cast(s, tf.float32) for s in layer] for layer in self.initial_states(batch, states)]
+        bf16 = self.compute_dtype == "bfloat16" and native.has_bf16()  # mixed precision on a CPU that has it
+        if self.compute_dtype == "bfloat16" and not bf16:
+            warnings.warn("mixed precision: this CPU has no AVX512_BF16, so the native kernels run their "
+                          "recurrent products in float32", stacklevel=2)
         out, final = None, []
         for i, cell in enumerate(self.cells):
             w = cells_lib.read_weights(cell, tf.float32)
@@ -161,8 +166,8 @@ class NativeRNNStack(FusedRNNStack):
                 xp = native.lookup_rows(cells_lib.input_table(w), ids_by_step)            # [T, B, G]
             else:
                 x = out if masks[i] is None else out * tf.cast(masks[i], out.dtype)       # mask [B, H]
-                xp = native.project(x, w.kernel, w.input_bias)                            # [T, B, G]
-            out, layer_final = native.run_layer(w, xp, initial[i])                       # [T, B, H]
+                xp = native.project(x, w.kernel, w.input_bias, bf16)                      # [T, B, G]
+            out, layer_final = native.run_layer(w, xp, initial[i], bf16)                 # [T, B, H]
             final.append([tf.cast(s, self.compute_dtype) for s in layer_final])
         return self._result(tf.cast(tf.transpose(out, [1, 0, 2]), self.compute_dtype), final)  # [B, T, H]
 
@@ -253,8 +258,9 @@ def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precisi
     """'auto' → the form bench.forms measured fastest for this cell, width and device (bench/results/forms.json).
 
     Without a measurement: the cuDNN-eligible layers on a GPU, the fused stack on a CPU. The native kernels
-    are float32 CPU kernels: where they would be chosen but cannot be built or loaded, the fused stack
-    runs instead and a warning says why (tests/test_native.py fails when that happens under `make test`).
+    are CPU kernels (bfloat16 products only with AVX512_BF16): where they would be chosen but cannot be
+    built or loaded, or mixed precision asks for bfloat16 they lack here, the fused stack runs instead and
+    a warning says why (tests/test_native.py fails when that happens under `make test`).
     """
     if requested != "auto":
         return requested
@@ -266,9 +272,11 @@ def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precisi
         from trainer import native
 
         ok, why = native.available()
-        if not ok or cell not in ("gru", "lstm") or mixed_precision:
-            if ok:
-                why = "the native kernels are float32 gru/lstm kernels"
+        if ok and cell not in ("gru", "lstm"):
+            ok, why = False, "the native kernels are gru/lstm kernels"
+        if ok and mixed_precision and not native.has_bf16():
+            ok, why = False, "mixed precision needs bfloat16 products, which need AVX512_BF16 (not on this CPU)"
+        if not ok:
             warnings.warn(f"--backend-form auto: the native form is fastest here but {why}; using 'fused'",
                           stacklevel=2)
             form = "fused"

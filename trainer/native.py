@@ -99,6 +99,18 @@ def load():
     return library
 
 
+@functools.lru_cache(maxsize=None)
+def has_bf16() -> bool:
+    """Whether the kernels here can run their recurrent products in bfloat16 (built with AVX512_BF16)."""
+    import ctypes
+
+    try:
+        load()
+    except NativeUnavailable:
+        return False
+    return bool(ctypes.CDLL(build()).deep_rnn_has_bf16())
+
+
 def available() -> tuple[bool, str]:
     """(True, "") when the kernels load here, else (False, why)."""
     try:
@@ -114,15 +126,19 @@ def _register_gradients(library) -> None:
     def previous_states(first, seq):  # [B, H], [T, B, H] → [T·B, H]: the state each step started from
         return tf.reshape(tf.concat([first[None], seq[:-1]], axis=0), [-1, tf.shape(seq)[-1]])
 
+    def kernel_gradient(op, h0, h, d_products):  # Σ_t h_{t-1}ᵀ · d(h_{t-1} U) as one large matmul: [H, G·H]
+        states, d_products = previous_states(h0, h), tf.reshape(d_products, [-1, tf.shape(d_products)[-1]])
+        if op.get_attr("bf16"):  # as the op's own products: bfloat16 factors, float32 accumulation
+            states, d_products = tf.cast(states, tf.bfloat16), tf.cast(d_products, tf.bfloat16)
+        return tf.cast(tf.matmul(states, d_products, transpose_a=True), tf.float32)
+
     @tf.RegisterGradient("DeepRnnGruSequence")
     def _gru_grad(op, dh, _dgates):  # gates is internal to the layer: nothing downstream reads it
         _, h0, kernel, _ = op.inputs
         h, gates = op.outputs
         dh = tf.zeros_like(h) if dh is None else dh
-        dxp, dhp, dh0 = library.deep_rnn_gru_sequence_grad(h0, kernel, h, gates, dh)
-        flat_dhp = tf.reshape(dhp, [-1, tf.shape(dhp)[-1]])                     # [T·B, 3H]
-        dkernel = tf.matmul(previous_states(h0, h), flat_dhp, transpose_a=True)  # one large matmul
-        return dxp, dh0, dkernel, column_sums(flat_dhp)
+        dxp, dhp, dh0 = library.deep_rnn_gru_sequence_grad(h0, kernel, h, gates, dh, bf16=op.get_attr("bf16"))
+        return dxp, dh0, kernel_gradient(op, h0, h, dhp), column_sums(tf.reshape(dhp, [-1, tf.shape(dhp)[-1]]))
 
     @tf.RegisterGradient("DeepRnnLstmSequence")
     def _lstm_grad(op, dh, dc, _dgates):
@@ -130,9 +146,9 @@ def _register_gradients(library) -> None:
         h, c, gates = op.outputs
         dh = tf.zeros_like(h) if dh is None else dh
         dc = tf.zeros_like(c) if dc is None else dc
-        dxp, dh0, dc0 = library.deep_rnn_lstm_sequence_grad(h0, c0, kernel, h, c, gates, dh, dc)
-        dkernel = tf.matmul(previous_states(h0, h), tf.reshape(dxp, [-1, tf.shape(dxp)[-1]]), transpose_a=True)
-        return dxp, dh0, dc0, dkernel
+        dxp, dh0, dc0 = library.deep_rnn_lstm_sequence_grad(h0, c0, kernel, h, c, gates, dh, dc,
+                                                            bf16=op.get_attr("bf16"))
+        return dxp, dh0, dc0, kernel_gradient(op, h0, h, dxp)
 
 
 def column_sums(x):
@@ -159,8 +175,9 @@ def lookup_rows(table, ids):
     return lookup(table)
 
 
-def project(x, kernel, bias):
-    """x [T, B, d] → x W + b [T, B, G] as one large matmul; the bias gradient as a matrix-vector product."""
+def project(x, kernel, bias, bf16: bool = False):
+    """x [T, B, d] → x W + b [T, B, G] (float32) as one large matmul, in bfloat16 with bf16; the bias
+    gradient as a matrix-vector product."""
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -168,13 +185,16 @@ def project(x, kernel, bias):
         return y + b, lambda dy: (dy, column_sums(tf.reshape(dy, [-1, tf.shape(dy)[-1]])))
 
     steps, batch = tf.shape(x)[0], tf.shape(x)[1]
+    if bf16:
+        x, kernel = tf.cast(x, tf.bfloat16), tf.cast(kernel, tf.bfloat16)
     y = tf.reshape(tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel), [steps, batch, -1])
-    return add_bias(y, bias)
+    return add_bias(tf.cast(y, tf.float32), bias)
 
 
-def run_layer(weights, xp, states):
+def run_layer(weights, xp, states, bf16: bool = False):
     """One layer over the whole sequence: xp [T, B, gates] (x W + input bias), states [[B, H], ...] →
-    (outputs [T, B, H], final states). Float32 (the kernels' only type)."""
+    (outputs [T, B, H], final states), all float32; with bf16 the recurrent products round their factors
+    to bfloat16 (mixed precision; needs has_bf16())."""
     import tensorflow as tf
 
     library = load()
@@ -182,10 +202,11 @@ def run_layer(weights, xp, states):
     states = [tf.cast(s, tf.float32) for s in states]
     kernel = tf.cast(weights.recurrent_kernel, tf.float32)
     if weights.kind == "gru":
-        h, _ = library.deep_rnn_gru_sequence(xp, states[0], kernel, tf.cast(weights.recurrent_bias, tf.float32))
+        h, _ = library.deep_rnn_gru_sequence(xp, states[0], kernel, tf.cast(weights.recurrent_bias, tf.float32),
+                                             bf16=bf16)
         return h, [h[-1]]
     if weights.kind == "lstm":
-        h, c, _ = library.deep_rnn_lstm_sequence(xp, states[0], states[1], kernel)
+        h, c, _ = library.deep_rnn_lstm_sequence(xp, states[0], states[1], kernel, bf16=bf16)
         return h, [h[-1], c[-1]]
     raise ValueError(f"the native form has no kernel for the {weights.kind!r} cell (gru and lstm have)")
 

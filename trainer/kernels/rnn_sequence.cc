@@ -8,6 +8,17 @@
 //
 // Maths and weight layout are Keras's: GRUCell(reset_after=True), gates z, r, h; LSTMCell, gates i, f, c, o.
 // Training only: exported SavedModels never contain these ops (trainer/generate.py uses standard ops).
+//
+// With the attribute bf16 (mixed precision on a CPU with AVX512_BF16) the recurrent products h_{t-1} U and
+// their backward counterparts round both factors to bfloat16 and accumulate in float32 (vdpbf16ps), about
+// twice float32's rate; states, gates and everything else stay float32.
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -43,6 +54,206 @@ void ForEachRowRange(OpKernelContext* ctx, int64_t batch, int64_t cost_per_row, 
   tensorflow::Shard(workers->num_threads, workers->workers, batch, cost_per_row, fn);
 }
 
+// ---------------------------------------------------------------- bfloat16 products (AVX512_BF16)
+
+#if defined(__AVX512BF16__)
+constexpr bool kHasBf16 = true;
+#else
+constexpr bool kHasBf16 = false;
+#endif
+
+// Whether this build can run the bf16 attribute: trainer/native.py asks through ctypes.
+extern "C" int deep_rnn_has_bf16() { return kHasBf16 ? 1 : 0; }
+
+// Round-to-nearest-even float → bfloat16 bits (as vcvtne2ps2bf16 does; inputs here are finite).
+inline uint32_t Bf16Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u + 0x7fff + ((u >> 16) & 1)) >> 16;
+}
+
+// B [K, N] in the microkernel's layout: rows 2p and 2p+1 interleaved as bf16 pairs (one uint32 per column),
+// columns padded with zeros to a multiple of 16 (one zmm), K padded to even.
+struct PackedBf16 {
+  int64_t k_pairs = 0, n = 0, n_padded = 0;
+  std::vector<uint32_t> data;  // [k_pairs, n_padded]
+};
+
+// Packs B = M (transpose false) or Mᵀ (true) for a row-major M.
+PackedBf16 PackBf16(const float* m, int64_t m_rows, int64_t m_cols, bool transpose) {
+  PackedBf16 b;
+  const int64_t k = transpose ? m_cols : m_rows;
+  b.n = transpose ? m_rows : m_cols;
+  b.k_pairs = (k + 1) / 2;
+  b.n_padded = (b.n + 15) / 16 * 16;
+  b.data.assign(b.k_pairs * b.n_padded, 0);
+  auto at = [&](int64_t row, int64_t col) -> float {  // B[row, col]
+    if (row >= k) return 0.0f;
+    return transpose ? m[col * m_cols + row] : m[row * m_cols + col];
+  };
+  for (int64_t p = 0; p < b.k_pairs; ++p)
+    for (int64_t j = 0; j < b.n; ++j)
+      b.data[p * b.n_padded + j] = Bf16Bits(at(2 * p, j)) | (Bf16Bits(at(2 * p + 1, j)) << 16);
+  return b;
+}
+
+#if defined(__AVX512BF16__)
+// c[R rows, 16·C columns from col] = a_pairs[R, k_pairs] · B, accumulating in float32 registers.
+template <int R, int C>
+inline void Bf16Block(const uint32_t* a, const PackedBf16& b, int64_t col, float* c, int64_t ldc) {
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) acc[r][j] = _mm512_setzero_ps();
+  const uint32_t* bp = b.data.data() + col;
+  for (int64_t p = 0; p < b.k_pairs; ++p, bp += b.n_padded) {
+    __m512bh bv[C];
+    for (int j = 0; j < C; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(bp + 16 * j);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(a[r * b.k_pairs + p]);
+      for (int j = 0; j < C; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, bv[j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) _mm512_storeu_ps(c + r * ldc + col + 16 * j, acc[r][j]);
+}
+
+// All rows against the column panel [col, col + 16·C): the panel stays in cache while the rows pass.
+template <int C>
+inline void Bf16Panel(const uint32_t* a_pairs, int64_t rows, const PackedBf16& b, int64_t col, float* c) {
+  const int64_t ldc = b.n_padded, kp = b.k_pairs;
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) Bf16Block<6, C>(a_pairs + r * kp, b, col, c + r * ldc, ldc);
+  for (; r < rows; ++r) Bf16Block<1, C>(a_pairs + r * kp, b, col, c + r * ldc, ldc);
+}
+#endif
+
+// B [K, N] float32 for the AVX-512 float32 microkernel: columns padded with zeros to a multiple of 16.
+struct PackedF32 {
+  int64_t k = 0, n = 0, n_padded = 0;
+  std::vector<float> data;  // [k, n_padded]
+};
+
+PackedF32 PackF32(const float* m, int64_t m_rows, int64_t m_cols, bool transpose) {
+  PackedF32 b;
+  b.k = transpose ? m_cols : m_rows;
+  b.n = transpose ? m_rows : m_cols;
+  b.n_padded = (b.n + 15) / 16 * 16;
+  b.data.assign(b.k * b.n_padded, 0.0f);
+  for (int64_t i = 0; i < b.k; ++i)
+    for (int64_t j = 0; j < b.n; ++j) b.data[i * b.n_padded + j] = transpose ? m[j * m_cols + i] : m[i * m_cols + j];
+  return b;
+}
+
+#if defined(__AVX512F__)
+constexpr bool kHasAvx512 = true;
+
+// c[R rows, 16·C columns from col] = a[R, k] (row stride lda) · B in float32 FMAs: Eigen's general product
+// repacks both factors on every call, which costs more than the product at the recurrence's small shapes.
+template <int R, int C>
+inline void F32Block(const float* a, int64_t lda, const PackedF32& b, int64_t col, float* c, int64_t ldc) {
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) acc[r][j] = _mm512_setzero_ps();
+  const float* bp = b.data.data() + col;
+  for (int64_t p = 0; p < b.k; ++p, bp += b.n_padded) {
+    __m512 bv[C];
+    for (int j = 0; j < C; ++j) bv[j] = _mm512_loadu_ps(bp + 16 * j);
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + p]);
+      for (int j = 0; j < C; ++j) acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) _mm512_storeu_ps(c + r * ldc + col + 16 * j, acc[r][j]);
+}
+
+template <int C>
+inline void F32Panel(const float* a, int64_t rows, const PackedF32& b, int64_t col, float* c) {
+  const int64_t ldc = b.n_padded;
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) F32Block<6, C>(a + r * b.k, b.k, b, col, c + r * ldc, ldc);
+  for (; r < rows; ++r) F32Block<1, C>(a + r * b.k, b.k, b, col, c + r * ldc, ldc);
+}
+#else
+constexpr bool kHasAvx512 = false;
+#endif
+
+// c [rows, b.n_padded] (row-major) = a [rows, K] (row-major) · B in float32. Only called when kHasAvx512.
+void MatMulF32(const float* a, int64_t rows, const PackedF32& b, float* c) {
+#if defined(__AVX512F__)
+  int64_t col = 0;
+  for (; col + 64 <= b.n_padded; col += 64) F32Panel<4>(a, rows, b, col, c);
+  for (; col < b.n_padded; col += 16) F32Panel<1>(a, rows, b, col, c);
+#endif
+}
+
+// c [rows, b.n_padded] (row-major) = a [rows, K] (row-major, float32) · B, both factors rounded to bfloat16.
+// a_pairs is scratch that this call sizes. Only called when kHasBf16 (the op refuses the attribute otherwise).
+void MatMulBf16(const float* a, int64_t rows, int64_t k, const PackedBf16& b, float* c,
+                std::vector<uint32_t>& a_pairs) {
+#if defined(__AVX512BF16__)
+  a_pairs.resize(rows * b.k_pairs);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = a + r * k;
+    uint32_t* dst = a_pairs.data() + r * b.k_pairs;
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32)  // 32 floats → 16 pairs; the low half of the result holds the first 16
+      _mm512_storeu_si512(dst + i / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16),
+                                                                     _mm512_loadu_ps(src + i)));
+    for (; i < k; i += 2) dst[i / 2] = Bf16Bits(src[i]) | (i + 1 < k ? Bf16Bits(src[i + 1]) << 16 : 0u);
+  }
+  int64_t col = 0;
+  for (; col + 64 <= b.n_padded; col += 64) Bf16Panel<4>(a_pairs.data(), rows, b, col, c);
+  for (; col < b.n_padded; col += 16) Bf16Panel<1>(a_pairs.data(), rows, b, col, c);
+#endif
+}
+
+// The recurrent product of one thread's rows: out [rows, N] = a [rows, K] · B, B = U or Uᵀ: bf16 pairs, the
+// AVX-512 float32 microkernel, or (CPUs without AVX-512) Eigen's product.
+struct RecurrentProduct {
+  const float* u;  // [K, N] row-major
+  int64_t k, n;
+  bool bf16, transpose;
+  PackedBf16 packed_bf16;
+  PackedF32 packed_f32;
+  Matrix u_t;  // Eigen fallback: Uᵀ, contiguous (a product with a transposed map is ~25 % slower)
+
+  RecurrentProduct(const float* u, int64_t u_rows, int64_t u_cols, bool bf16, bool transpose)
+      : u(u), k(transpose ? u_cols : u_rows), n(transpose ? u_rows : u_cols), bf16(bf16), transpose(transpose) {
+    if (bf16) {
+      packed_bf16 = PackBf16(u, u_rows, u_cols, transpose);
+    } else if (kHasAvx512) {
+      packed_f32 = PackF32(u, u_rows, u_cols, transpose);
+    } else if (transpose) {
+      u_t = ConstMatrixMap(u, u_rows, u_cols).transpose();
+    }
+  }
+
+  // Per-thread scratch for one product.
+  struct Scratch {
+    std::vector<uint32_t> a_pairs;
+    Matrix padded;
+  };
+
+  // out = a · B; out is any row-major block of n columns (a Matrix, or a map into an output tensor).
+  template <typename Out>
+  void Run(const float* a, int64_t rows, Out&& out, Scratch& s) const {
+    if (bf16) {
+      s.padded.resize(rows, packed_bf16.n_padded);
+      MatMulBf16(a, rows, k, packed_bf16, s.padded.data(), s.a_pairs);
+      out = s.padded.leftCols(n);
+    } else if (kHasAvx512) {
+      s.padded.resize(rows, packed_f32.n_padded);
+      MatMulF32(a, rows, packed_f32, s.padded.data());
+      out = s.padded.leftCols(n);
+    } else if (transpose) {
+      out.noalias() = ConstMatrixMap(a, rows, k) * u_t;
+    } else {
+      out.noalias() = ConstMatrixMap(a, rows, k) * ConstMatrixMap(u, k, n);
+    }
+  }
+};
+
 absl::Status CheckRank(InferenceContext* c, int input, int rank) {
   ShapeHandle unused;
   return c->WithRank(c->input(input), rank, &unused);
@@ -51,6 +262,7 @@ absl::Status CheckRank(InferenceContext* c, int input, int rank) {
 // ---------------------------------------------------------------- GRU
 
 REGISTER_OP("DeepRnnGruSequence")
+    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
     .Input("xp: float")                // [T, B, 3H]: x_t W + input bias, gates z, r, h
     .Input("h0: float")                // [B, H]
     .Input("recurrent_kernel: float")  // [H, 3H]
@@ -69,6 +281,7 @@ REGISTER_OP("DeepRnnGruSequence")
     });
 
 REGISTER_OP("DeepRnnGruSequenceGrad")
+    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
     .Input("h0: float")                // [B, H]
     .Input("recurrent_kernel: float")  // [H, 3H]
     .Input("h: float")                 // [T, B, H]
@@ -100,8 +313,15 @@ void CheckForwardShapes(OpKernelContext* ctx, int gates, const Tensor& xp, const
 }
 
 class GruSequenceOp : public OpKernel {
+ private:
+  bool bf16_ = false;
+
  public:
-  explicit GruSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit GruSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
+    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
+                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &xp = ctx->input(0), &h0 = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
@@ -114,20 +334,21 @@ class GruSequenceOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({steps, batch, 4 * units}), &gates));
     const float *xp_data = xp.flat<float>().data(), *h0_data = h0.flat<float>().data();
     float *h_data = h->flat<float>().data(), *gates_data = gates->flat<float>().data();
-    ConstMatrixMap kernel(u.flat<float>().data(), units, 3 * units);
+    const RecurrentProduct product(u.flat<float>().data(), units, 3 * units, bf16_, /*transpose=*/false);
     RowVectorMap b(bias.flat<float>().data(), 3 * units);
     const int64_t H = units;
 
     ForEachRowRange(ctx, batch, steps * units * units * 12, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
       Matrix hp(rows, 3 * H);  // h_{t-1} U + b for this thread's rows
+      RecurrentProduct::Scratch scratch;
       for (int64_t t = 0; t < steps; ++t) {
         const float* prev_data = t == 0 ? h0_data + first * H : h_data + ((t - 1) * batch + first) * H;
         ConstMatrixMap prev(prev_data, rows, H);
         ConstMatrixMap x(xp_data + (t * batch + first) * 3 * H, rows, 3 * H);
         MatrixMap out(h_data + (t * batch + first) * H, rows, H);
         MatrixMap g(gates_data + (t * batch + first) * 4 * H, rows, 4 * H);
-        hp.noalias() = prev * kernel;
+        product.Run(prev_data, rows, hp, scratch);
         hp.rowwise() += b;
         auto z = g.leftCols(H), r = g.middleCols(H, H), cand = g.middleCols(2 * H, H), hp_h = g.rightCols(H);
         z = Sigmoid((x.leftCols(H) + hp.leftCols(H)).array()).matrix();
@@ -141,8 +362,15 @@ class GruSequenceOp : public OpKernel {
 };
 
 class GruSequenceGradOp : public OpKernel {
+ private:
+  bool bf16_ = false;
+
  public:
-  explicit GruSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit GruSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
+    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
+                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &h0 = ctx->input(0), &u = ctx->input(1), &h = ctx->input(2), &gates = ctx->input(3),
@@ -158,12 +386,13 @@ class GruSequenceGradOp : public OpKernel {
     const float *gates_data = gates.flat<float>().data(), *dh_data = dh.flat<float>().data();
     float *dxp_data = dxp->flat<float>().data(), *dhp_data = dhp->flat<float>().data();
     float* dh0_data = dh0->flat<float>().data();
-    ConstMatrixMap kernel(u.flat<float>().data(), H, 3 * H);
+    const RecurrentProduct product_t(u.flat<float>().data(), H, 3 * H, bf16_, /*transpose=*/true);  // · Uᵀ
 
     ForEachRowRange(ctx, batch, steps * H * H * 12, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
       Matrix carry = Matrix::Zero(rows, H);  // dL/dh_t from step t+1
       Matrix grad(rows, H);
+      RecurrentProduct::Scratch scratch;
       for (int64_t t = steps - 1; t >= 0; --t) {
         const float* prev_data = t == 0 ? h0_data + first * H : h_data + ((t - 1) * batch + first) * H;
         ConstMatrixMap prev(prev_data, rows, H);
@@ -182,7 +411,7 @@ class GruSequenceGradOp : public OpKernel {
         dx.middleCols(H, H) = (da * hp_h * r * (1.0f - r)).matrix();
         dr.leftCols(2 * H) = dx.leftCols(2 * H);
         dr.rightCols(H) = (da * r).matrix();
-        carry.noalias() = dr * kernel.transpose();
+        product_t.Run(dr.data(), rows, carry, scratch);
         carry.array() += d * z;
       }
       MatrixMap(dh0_data + first * H, rows, H) = carry;
@@ -196,6 +425,7 @@ REGISTER_KERNEL_BUILDER(Name("DeepRnnGruSequenceGrad").Device(tensorflow::DEVICE
 // ---------------------------------------------------------------- LSTM
 
 REGISTER_OP("DeepRnnLstmSequence")
+    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
     .Input("xp: float")                // [T, B, 4H]: x_t W + bias, gates i, f, c, o
     .Input("h0: float")                // [B, H]
     .Input("c0: float")                // [B, H]
@@ -214,6 +444,7 @@ REGISTER_OP("DeepRnnLstmSequence")
     });
 
 REGISTER_OP("DeepRnnLstmSequenceGrad")
+    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
     .Input("h0: float")                // [B, H]
     .Input("c0: float")                // [B, H]
     .Input("recurrent_kernel: float")  // [H, 4H]
@@ -233,8 +464,15 @@ REGISTER_OP("DeepRnnLstmSequenceGrad")
     });
 
 class LstmSequenceOp : public OpKernel {
+ private:
+  bool bf16_ = false;
+
  public:
-  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
+    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
+                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &xp = ctx->input(0), &h0 = ctx->input(1), &c0 = ctx->input(2), &u = ctx->input(3);
@@ -250,10 +488,11 @@ class LstmSequenceOp : public OpKernel {
     const float* c0_data = c0.flat<float>().data();
     float *h_data = h->flat<float>().data(), *c_data = c->flat<float>().data();
     float* gates_data = gates->flat<float>().data();
-    ConstMatrixMap kernel(u.flat<float>().data(), H, 4 * H);
+    const RecurrentProduct product(u.flat<float>().data(), H, 4 * H, bf16_, /*transpose=*/false);
 
     ForEachRowRange(ctx, batch, steps * H * H * 16, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
+      RecurrentProduct::Scratch scratch;
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t prev_offset = ((t - 1) * batch + first) * H;
         ConstMatrixMap h_prev(t == 0 ? h0_data + first * H : h_data + prev_offset, rows, H);
@@ -262,7 +501,7 @@ class LstmSequenceOp : public OpKernel {
         MatrixMap g(gates_data + (t * batch + first) * 4 * H, rows, 4 * H);
         MatrixMap h_out(h_data + (t * batch + first) * H, rows, H);
         MatrixMap c_out(c_data + (t * batch + first) * H, rows, H);
-        g.noalias() = h_prev * kernel;
+        product.Run(h_prev.data(), rows, g, scratch);
         g += x;
         g.leftCols(2 * H) = Sigmoid(g.leftCols(2 * H).array()).matrix();
         g.middleCols(2 * H, H) = g.middleCols(2 * H, H).array().tanh().matrix();
@@ -276,8 +515,15 @@ class LstmSequenceOp : public OpKernel {
 };
 
 class LstmSequenceGradOp : public OpKernel {
+ private:
+  bool bf16_ = false;
+
  public:
-  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
+    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
+                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &h0 = ctx->input(0), &c0 = ctx->input(1), &u = ctx->input(2), &c = ctx->input(4),
@@ -295,10 +541,11 @@ class LstmSequenceGradOp : public OpKernel {
     const float* dc_data = dc.flat<float>().data();
     float *dxp_data = dxp->flat<float>().data(), *dh0_data = dh0->flat<float>().data();
     float* dc0_data = dc0->flat<float>().data();
-    ConstMatrixMap kernel(u.flat<float>().data(), H, 4 * H);
+    const RecurrentProduct product_t(u.flat<float>().data(), H, 4 * H, bf16_, /*transpose=*/true);  // · Uᵀ
 
     ForEachRowRange(ctx, batch, steps * H * H * 16, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
+      RecurrentProduct::Scratch scratch;
       Matrix h_carry = Matrix::Zero(rows, H), c_carry = Matrix::Zero(rows, H);
       Matrix tanh_c(rows, H), grad_c(rows, H);
       for (int64_t t = steps - 1; t >= 0; --t) {
@@ -318,7 +565,7 @@ class LstmSequenceGradOp : public OpKernel {
         dx.middleCols(2 * H, H) = (grad_c.array() * i * (1.0f - gg * gg)).matrix();
         dx.rightCols(H) = (h_carry.array() * tanh_c.array() * o * (1.0f - o)).matrix();
         c_carry = (grad_c.array() * f).matrix();
-        h_carry.noalias() = dx * kernel.transpose();
+        product_t.Run(dx.data(), rows, h_carry, scratch);
       }
       MatrixMap(dh0_data + first * H, rows, H) = h_carry;
       MatrixMap(dc0_data + first * H, rows, H) = c_carry;
