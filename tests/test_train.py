@@ -233,7 +233,7 @@ def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_whole(tmp_pa
 
 def test_latest_state_is_saved_at_most_every_interval_and_at_the_end(tmp_path):
     """With short epochs the backup and last.weights.h5 are written at most every min_interval_s seconds,
-    and whatever was skipped is written when training ends; the best checkpoint is never throttled."""
+    and whatever was skipped is written when training ends (best weights: the next test)."""
     from trainer import callbacks as cb
     from trainer.config import ModelConfig
     from trainer.model import build_model
@@ -260,6 +260,41 @@ def test_latest_state_is_saved_at_most_every_interval_and_at_the_end(tmp_path):
     with pytest.raises(ValueError, match="best"):
         cb.AtomicModelCheckpoint(str(tmp_path / "best.weights.h5"), min_interval_s=10, save_best_only=True,
                                  monitor="loss")
+
+
+def test_best_weights_are_held_between_writes_and_the_written_best_is_what_resumes_compare_to(tmp_path):
+    """A new best within min_interval_s of the last write is kept in memory and written when training ends,
+    with its own weights (not the last epoch's); best.json names the epoch and value the file holds, and a
+    run resumed after a crash compares against that, not against a better value that was never written."""
+    from trainer import callbacks as cb
+    from trainer.config import ModelConfig
+    from trainer.model import build_model
+
+    model = build_model(ModelConfig(vocab_size=5, num_hiddens=4))
+    weights, record = tmp_path / "best.weights.h5", tmp_path / "best.json"
+    best = cb.BestWeightsCheckpoint(str(weights), str(record), "val_loss", min_interval_s=3600)
+    best.set_model(model)
+
+    def load():
+        fresh = build_model(ModelConfig(vocab_size=5, num_hiddens=4))
+        fresh.load_weights(str(weights))
+        return {float(np.unique(w)[0]) for w in fresh.get_weights()}
+
+    for epoch, loss in enumerate([3.0, 2.0, 1.0, 1.5]):
+        model.set_weights([w * 0 + epoch for w in model.get_weights()])
+        best.on_epoch_end(epoch, {"val_loss": loss})
+    assert load() == {0.0} and json.loads(record.read_text()) == {"epoch": 0, "val_loss": 3.0}  # crash here
+    resumed = cb.BestWeightsCheckpoint(str(weights), str(record), "val_loss", min_interval_s=3600,
+                                       initial_value_threshold=cb.BestWeightsCheckpoint.read_record(str(record))
+                                       ["val_loss"])
+    resumed.set_model(model)
+    resumed.on_epoch_end(4, {"val_loss": 2.5})  # worse than the unwritten 1.0, better than the file's 3.0
+    resumed.on_train_end()  # the first write of a run is immediate, so nothing was pending
+    assert load() == {3.0} and json.loads(record.read_text()) == {"epoch": 4, "val_loss": 2.5}
+    best.on_train_end()  # the first run, had it ended: its held best (epoch 2), not the current weights
+    assert load() == {2.0} and json.loads(record.read_text()) == {"epoch": 2, "val_loss": 1.0}
+    assert {float(np.unique(w)[0]) for w in model.get_weights()} == {3.0}  # training's weights untouched
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
 
 
 @pytest.mark.reliability

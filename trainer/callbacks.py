@@ -47,12 +47,12 @@ class ThrottledEpochSaves:
 
 class AtomicModelCheckpoint(ThrottledEpochSaves, keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint(save_weights_only=True) whose file is replaced atomically; min_interval_s > 0 for
-    the latest weights (not with save_best_only: a best epoch is always saved)."""
+    the latest weights (not with save_best_only: BestWeightsCheckpoint keeps every best epoch)."""
 
     def __init__(self, filepath: str, min_interval_s: float = 0.0, **kwargs):
         super().__init__(filepath, save_weights_only=True, **kwargs)
         if min_interval_s and self.save_best_only:
-            raise ValueError("min_interval_s would skip best epochs; use it for the latest weights only")
+            raise ValueError("min_interval_s would skip best epochs; use BestWeightsCheckpoint")
         self.min_interval_s = min_interval_s
 
     def _save_model(self, epoch, batch, logs):
@@ -60,6 +60,57 @@ class AtomicModelCheckpoint(ThrottledEpochSaves, keras.callbacks.ModelCheckpoint
         if self._should_save_model(epoch, batch, logs, filepath):  # also tracks the best value
             os.makedirs(os.path.dirname(filepath) or ".", exist_ok=True)
             save_weights_atomically(self.model, filepath)
+
+
+class BestWeightsCheckpoint(keras.callbacks.ModelCheckpoint):
+    """The best epoch's weights (save_best_only), written atomically at most every min_interval_s seconds
+    and when training ends; a new best in between is held in memory. Beside the weights, record_path
+    gets {"epoch", monitor: value} after them, so a resumed run compares against the best on disk (not a
+    better one a crash kept from being written) and reports the epoch the weights are from."""
+
+    def __init__(self, filepath: str, record_path: str, monitor: str, min_interval_s: float = 0.0, **kwargs):
+        super().__init__(filepath, monitor=monitor, mode="min", save_weights_only=True, save_best_only=True,
+                         **kwargs)
+        self.record_path, self.min_interval_s = record_path, min_interval_s
+        self._written_at, self._pending = -math.inf, None  # pending: (epoch, value, weights or None)
+
+    @staticmethod
+    def read_record(record_path: str) -> dict | None:
+        try:
+            with open(record_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if not self._should_save_model(epoch, batch, logs, filepath):  # also tracks the best value
+            return
+        value = float((logs or {})[self.monitor])
+        if time.monotonic() - self._written_at >= self.min_interval_s:
+            self._write(epoch, value, None)
+        else:  # [arrays]: a copy, since training moves on
+            self._pending = (epoch, value, self.model.get_weights())
+
+    def _write(self, epoch, value, weights):
+        """Writes the model's current weights, or `weights` (restoring the current ones afterwards)."""
+        current = None
+        if weights is not None:
+            current = self.model.get_weights()
+            self.model.set_weights(weights)
+        try:
+            os.makedirs(os.path.dirname(self.filepath) or ".", exist_ok=True)
+            save_weights_atomically(self.model, self.filepath)
+        finally:
+            if current is not None:
+                self.model.set_weights(current)
+        atomic.write_text(self.record_path, json.dumps({"epoch": epoch, self.monitor: value}))
+        self._written_at, self._pending = time.monotonic(), None
+
+    def on_train_end(self, logs=None):
+        if self._pending is not None:
+            self._write(*self._pending)
+        super().on_train_end(logs)
 
 
 class AtomicBackupAndRestore(ThrottledEpochSaves, keras.callbacks.BackupAndRestore):

@@ -18,7 +18,7 @@ from pipeline.cli import UserError
 from trainer.config import CELLS, FORMS, LR_SCHEDULES, OPTIMIZERS, ModelConfig, TrainConfig
 
 RUN_CONFIG = "run_config.json"
-LATEST_STATE_EVERY_S = 10.0  # the backup and last.weights.h5: at most this often (and at the end), not every epoch
+LATEST_STATE_EVERY_S = 10.0  # backup, last and best weights: at most this often (and at the end), not every epoch
 
 
 EXAMPLES = """examples:
@@ -535,7 +535,11 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     checkpoints = os.path.join(work_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     monitor = monitored(cfg)
-    best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
+    best_record = os.path.join(checkpoints, "best.json")
+    on_disk = cb.BestWeightsCheckpoint.read_record(best_record)  # a resumed run: the best that was written
+    best_so_far = on_disk.get(monitor) if on_disk else None
+    if on_disk is None and os.path.exists(os.path.join(checkpoints, "best.weights.h5")):  # written before best.json
+        best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
@@ -544,8 +548,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         *lr_schedule_callbacks(cfg),  # before the logger: it adds the epoch's learning_rate to the logs
         cb.LearningRateLog(),          # the same column when it is not there
         keras.callbacks.CSVLogger(history_path, append=True),
-        cb.AtomicModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor=monitor,
-                                 mode="min", save_best_only=True, initial_value_threshold=best_so_far),
+        cb.BestWeightsCheckpoint(os.path.join(checkpoints, "best.weights.h5"), best_record, monitor,
+                                 min_interval_s=LATEST_STATE_EVERY_S, initial_value_threshold=best_so_far),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), min_interval_s=LATEST_STATE_EVERY_S),
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
         cb.AtomicBackupAndRestore(os.path.join(work_dir, "backup"), min_interval_s=LATEST_STATE_EVERY_S,
@@ -571,7 +575,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     text_model = TextModel(model, info.vocab, info.normalize, info.tokenizer)
     sample = text_model.greedy(tf.constant([cfg.sample_prefix]), cfg.sample_chars)["text"][0].numpy().decode()
     last = history[-1]
-    best = min(history, key=lambda r: r.get(monitor, math.inf))
+    written = cb.BestWeightsCheckpoint.read_record(best_record) or {}
+    best = next((r for r in history if int(r["epoch"]) == written.get("epoch")),  # the loaded weights' epoch
+                min(history, key=lambda r: r.get(monitor, math.inf)))
     steady = [r["tokens_per_s"] for r in history[1:] if "tokens_per_s" in r] or [last.get("tokens_per_s", 0.0)]
     train_seconds = sum(r.get("train_seconds", 0.0) for r in history)
     trained_tokens = sum(r["tokens_per_s"] * r["train_seconds"] for r in history
