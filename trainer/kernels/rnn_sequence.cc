@@ -11,7 +11,9 @@
 //
 // With the attribute bf16 (mixed precision on a CPU with AVX512_BF16) the recurrent products h_{t-1} U and
 // their backward counterparts round both factors to bfloat16 and accumulate in float32 (vdpbf16ps), about
-// twice float32's rate; states, gates and everything else stay float32.
+// twice float32's rate; states, gates and everything else stay float32. Compiling with
+// -DDEEP_RNN_EIGEN_PRODUCTS runs the float32 products through Eigen instead of the AVX-512 microkernel
+// (for A/B timing; also what CPUs without AVX-512 get).
 #include <cstring>
 #include <vector>
 
@@ -144,7 +146,7 @@ PackedF32 PackF32(const float* m, int64_t m_rows, int64_t m_cols, bool transpose
   return b;
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(DEEP_RNN_EIGEN_PRODUCTS)
 constexpr bool kHasAvx512 = true;
 
 // c[R rows, 16·C columns from col] = a[R, k] (row stride lda) · B in float32 FMAs: Eigen's general product
@@ -180,7 +182,7 @@ constexpr bool kHasAvx512 = false;
 
 // c [rows, b.n_padded] (row-major) = a [rows, K] (row-major) · B in float32. Only called when kHasAvx512.
 void MatMulF32(const float* a, int64_t rows, const PackedF32& b, float* c) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(DEEP_RNN_EIGEN_PRODUCTS)
   int64_t col = 0;
   for (; col + 64 <= b.n_padded; col += 64) F32Panel<4>(a, rows, b, col, c);
   for (; col < b.n_padded; col += 16) F32Panel<1>(a, rows, b, col, c);
