@@ -260,3 +260,19 @@ def test_mixed_precision_native_trains_as_well_as_float32_and_exports(tiny_data,
     assert abs(runs[True]["val_ppl"] / runs[False]["val_ppl"] - 1) < 0.03, (runs[True]["val_ppl"],
                                                                            runs[False]["val_ppl"])
     check_portable(export_model(str(tmp_path / "mixedTrue"), str(tmp_path / "export")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("march, cpu_flags", [("sapphirerapids", "avx512f avx512_bf16 avx512_fp16 amx_tile"),
+                                              ("cascadelake", "avx512f avx512_vnni"), ("x86-64-v3", "avx2 fma")])
+def test_kernels_compile_for_other_cpus(march, cpu_flags, tmp_path):
+    """The build must work on every CPU CI and developers get, not only this one: Intel with AMX and
+    AVX512_FP16 (TensorFlow's bundled Eigen fails on FP16 unless the build turns it off), AVX-512 without
+    bfloat16, and no AVX-512 at all (the Eigen products)."""
+    import subprocess
+
+    output = tmp_path / "rnn_sequence.so"
+    proc = subprocess.run(native.compile_command(str(output), march=march, cpu_flags=cpu_flags),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert output.stat().st_size > 0

@@ -51,6 +51,23 @@ def _compile_flags() -> tuple[list[str], list[str], str]:
     return tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(), tf.__version__
 
 
+def target_flags(cpu_flags: str, march: str = "native") -> list[str]:
+    """-march for the CPU, less what TensorFlow's bundled Eigen cannot compile: its AVX512_FP16 packet maths
+    (Sapphire Rapids and later) fails to build, and the kernels use no float16."""
+    flags = [f"-march={march}"]
+    if "avx512_fp16" in cpu_flags.split():
+        flags.append("-mno-avx512fp16")
+    return flags
+
+
+def compile_command(output: str, march: str = "native", cpu_flags: str | None = None) -> list[str]:
+    """The compiler command that builds the kernels into `output` for this TensorFlow."""
+    compile_flags, link_flags, _ = _compile_flags()
+    cpu_flags = cpu_fingerprint() if cpu_flags is None else cpu_flags
+    return [os.environ.get("CXX", "g++"), "-std=c++17", "-shared", "-fPIC", "-O3", *target_flags(cpu_flags, march),
+            "-w", SOURCE, "-o", output, *compile_flags, *link_flags]
+
+
 def library_path() -> str:
     compile_flags, link_flags, version = _compile_flags()
     with open(SOURCE, "rb") as f:
@@ -66,14 +83,11 @@ def build(force: bool = False) -> str:
     path = library_path()
     if os.path.exists(path) and not force:
         return path
-    compile_flags, link_flags, _ = _compile_flags()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
     os.close(fd)
-    command = [os.environ.get("CXX", "g++"), "-std=c++17", "-shared", "-fPIC", "-O3", "-march=native", "-w",
-               SOURCE, "-o", tmp, *compile_flags, *link_flags]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.run(compile_command(tmp), capture_output=True, text=True)
     except OSError as err:
         os.unlink(tmp)
         raise NativeUnavailable(f"no C++ compiler to build the native RNN kernels ({err})") from None
