@@ -74,28 +74,24 @@ inline uint32_t Bf16Bits(float f) {
   return (u + 0x7fff + ((u >> 16) & 1)) >> 16;
 }
 
-// B [K, N] in the microkernel's layout: rows 2p and 2p+1 interleaved as bf16 pairs (one uint32 per column),
+// B [K, N] in the bf16 microkernel's layout: rows 2p and 2p+1 interleaved as bf16 pairs (one uint32 per column),
 // columns padded with zeros to a multiple of 16 (one zmm), K padded to even.
 struct PackedBf16 {
   int64_t k_pairs = 0, n = 0, n_padded = 0;
   std::vector<uint32_t> data;  // [k_pairs, n_padded]
 };
 
-// Packs B = M (transpose false) or Mᵀ (true) for a row-major M.
-PackedBf16 PackBf16(const float* m, int64_t m_rows, int64_t m_cols, bool transpose) {
+PackedBf16 PackBf16(const Matrix& m) {  // m = B [K, N]
   PackedBf16 b;
-  const int64_t k = transpose ? m_cols : m_rows;
-  b.n = transpose ? m_rows : m_cols;
+  const int64_t k = m.rows();
+  b.n = m.cols();
   b.k_pairs = (k + 1) / 2;
   b.n_padded = (b.n + 15) / 16 * 16;
   b.data.assign(b.k_pairs * b.n_padded, 0);
-  auto at = [&](int64_t row, int64_t col) -> float {  // B[row, col]
-    if (row >= k) return 0.0f;
-    return transpose ? m[col * m_cols + row] : m[row * m_cols + col];
-  };
   for (int64_t p = 0; p < b.k_pairs; ++p)
     for (int64_t j = 0; j < b.n; ++j)
-      b.data[p * b.n_padded + j] = Bf16Bits(at(2 * p, j)) | (Bf16Bits(at(2 * p + 1, j)) << 16);
+      b.data[p * b.n_padded + j] =
+          Bf16Bits(m(2 * p, j)) | (2 * p + 1 < k ? Bf16Bits(m(2 * p + 1, j)) << 16 : 0u);  // K odd: a zero row
   return b;
 }
 
@@ -135,14 +131,14 @@ struct PackedF32 {
   std::vector<float> data;  // [k, n_padded]
 };
 
-PackedF32 PackF32(const float* m, int64_t m_rows, int64_t m_cols, bool transpose) {
+PackedF32 PackF32(const Matrix& m) {  // m = B [K, N]
   PackedF32 b;
-  b.k = transpose ? m_cols : m_rows;
-  b.n = transpose ? m_rows : m_cols;
+  b.k = m.rows();
+  b.n = m.cols();
   b.n_padded = (b.n + 15) / 16 * 16;
   b.data.assign(b.k * b.n_padded, 0.0f);
   for (int64_t i = 0; i < b.k; ++i)
-    for (int64_t j = 0; j < b.n; ++j) b.data[i * b.n_padded + j] = transpose ? m[j * m_cols + i] : m[i * m_cols + j];
+    for (int64_t j = 0; j < b.n; ++j) b.data[i * b.n_padded + j] = m(i, j);
   return b;
 }
 
@@ -213,21 +209,25 @@ void MatMulBf16(const float* a, int64_t rows, int64_t k, const PackedBf16& b, fl
 // The recurrent product of one thread's rows: out [rows, N] = a [rows, K] · B, B = U or Uᵀ: bf16 pairs, the
 // AVX-512 float32 microkernel, or (CPUs without AVX-512) Eigen's product.
 struct RecurrentProduct {
-  const float* u;  // [K, N] row-major
+  Matrix b;  // B = U or Uᵀ [K, N], contiguous (Eigen's product with a transposed map is ~25 % slower)
   int64_t k, n;
-  bool bf16, transpose;
+  bool bf16;
   PackedBf16 packed_bf16;
   PackedF32 packed_f32;
-  Matrix u_t;  // Eigen fallback: Uᵀ, contiguous (a product with a transposed map is ~25 % slower)
 
-  RecurrentProduct(const float* u, int64_t u_rows, int64_t u_cols, bool bf16, bool transpose)
-      : u(u), k(transpose ? u_cols : u_rows), n(transpose ? u_rows : u_cols), bf16(bf16), transpose(transpose) {
+  RecurrentProduct(const float* u, int64_t u_rows, int64_t u_cols, bool bf16, bool transpose) : bf16(bf16) {
+    const ConstMatrixMap u_map(u, u_rows, u_cols);
+    if (transpose) {
+      b = u_map.transpose();
+    } else {
+      b = u_map;
+    }
+    k = b.rows();
+    n = b.cols();
     if (bf16) {
-      packed_bf16 = PackBf16(u, u_rows, u_cols, transpose);
+      packed_bf16 = PackBf16(b);
     } else if (kHasAvx512) {
-      packed_f32 = PackF32(u, u_rows, u_cols, transpose);
-    } else if (transpose) {
-      u_t = ConstMatrixMap(u, u_rows, u_cols).transpose();
+      packed_f32 = PackF32(b);
     }
   }
 
@@ -248,10 +248,8 @@ struct RecurrentProduct {
       s.padded.resize(rows, packed_f32.n_padded);
       MatMulF32(a, rows, packed_f32, s.padded.data());
       out = s.padded.leftCols(n);
-    } else if (transpose) {
-      out.noalias() = ConstMatrixMap(a, rows, k) * u_t;
     } else {
-      out.noalias() = ConstMatrixMap(a, rows, k) * ConstMatrixMap(u, k, n);
+      out.noalias() = ConstMatrixMap(a, rows, k) * b;
     }
   }
 };
