@@ -14,6 +14,7 @@
 // twice float32's rate; states, gates and everything else stay float32. Compiling with
 // -DDEEP_RNN_EIGEN_PRODUCTS runs the float32 products through Eigen instead of the AVX-512 microkernel
 // (for A/B timing; also what CPUs without AVX-512 get).
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -49,11 +50,17 @@ auto Sigmoid(const Expr& x) {
   return (0.5f * x).tanh() * 0.5f + 0.5f;
 }
 
-// Runs fn(first_row, end_row) over the batch on the op's intra-op threads (each range runs all T steps).
+// Runs fn(first_row, end_row) over the batch on the op's intra-op threads (each range runs all T steps): one
+// contiguous range per thread, as even as possible. TensorFlow's own sharding cuts a batch of 64 into blocks of
+// a few rows, which leaves the products' register blocks (6 rows) mostly in their slow tails.
 template <typename Fn>
-void ForEachRowRange(OpKernelContext* ctx, int64_t batch, int64_t cost_per_row, Fn fn) {
+void ForEachRowRange(OpKernelContext* ctx, int64_t batch, Fn fn) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  tensorflow::Shard(workers->num_threads, workers->workers, batch, cost_per_row, fn);
+  const int64_t ranges = std::max<int64_t>(1, std::min<int64_t>(workers->num_threads, batch));
+  auto range = [&](int64_t first_range, int64_t end_range) {
+    for (int64_t i = first_range; i < end_range; ++i) fn(batch * i / ranges, batch * (i + 1) / ranges);
+  };
+  tensorflow::Shard(ranges, workers->workers, ranges, /*cost_per_unit=*/int64_t{1} << 40, range);
 }
 
 // ---------------------------------------------------------------- bfloat16 products (AVX512_BF16)
@@ -121,7 +128,15 @@ inline void Bf16Panel(const uint32_t* a_pairs, int64_t rows, const PackedBf16& b
   const int64_t ldc = b.n_padded, kp = b.k_pairs;
   int64_t r = 0;
   for (; r + 6 <= rows; r += 6) Bf16Block<6, C>(a_pairs + r * kp, b, col, c + r * ldc, ldc);
-  for (; r < rows; ++r) Bf16Block<1, C>(a_pairs + r * kp, b, col, c + r * ldc, ldc);
+  const uint32_t* a = a_pairs + r * kp;
+  float* out = c + r * ldc;
+  switch (rows - r) {  // the last 1–5 rows in one block: row by row, B's loads would outnumber the products
+    case 5: Bf16Block<5, C>(a, b, col, out, ldc); break;
+    case 4: Bf16Block<4, C>(a, b, col, out, ldc); break;
+    case 3: Bf16Block<3, C>(a, b, col, out, ldc); break;
+    case 2: Bf16Block<2, C>(a, b, col, out, ldc); break;
+    case 1: Bf16Block<1, C>(a, b, col, out, ldc); break;
+  }
 }
 #endif
 
@@ -170,7 +185,15 @@ inline void F32Panel(const float* a, int64_t rows, const PackedF32& b, int64_t c
   const int64_t ldc = b.n_padded;
   int64_t r = 0;
   for (; r + 6 <= rows; r += 6) F32Block<6, C>(a + r * b.k, b.k, b, col, c + r * ldc, ldc);
-  for (; r < rows; ++r) F32Block<1, C>(a + r * b.k, b.k, b, col, c + r * ldc, ldc);
+  const float* rest = a + r * b.k;
+  float* out = c + r * ldc;
+  switch (rows - r) {  // the last 1–5 rows in one block, as Bf16Panel
+    case 5: F32Block<5, C>(rest, b.k, b, col, out, ldc); break;
+    case 4: F32Block<4, C>(rest, b.k, b, col, out, ldc); break;
+    case 3: F32Block<3, C>(rest, b.k, b, col, out, ldc); break;
+    case 2: F32Block<2, C>(rest, b.k, b, col, out, ldc); break;
+    case 1: F32Block<1, C>(rest, b.k, b, col, out, ldc); break;
+  }
 }
 #else
 constexpr bool kHasAvx512 = false;
@@ -338,7 +361,7 @@ class GruSequenceOp : public OpKernel {
     RowVectorMap b(bias.flat<float>().data(), 3 * units);
     const int64_t H = units;
 
-    ForEachRowRange(ctx, batch, steps * units * units * 12, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
       Matrix hp(rows, 3 * H);  // h_{t-1} U + b for this thread's rows
       RecurrentProduct::Scratch scratch;
@@ -388,7 +411,7 @@ class GruSequenceGradOp : public OpKernel {
     float* dh0_data = dh0->flat<float>().data();
     const RecurrentProduct product_t(u.flat<float>().data(), H, 3 * H, bf16_, /*transpose=*/true);  // · Uᵀ
 
-    ForEachRowRange(ctx, batch, steps * H * H * 12, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
       Matrix carry = Matrix::Zero(rows, H);  // dL/dh_t from step t+1
       Matrix grad(rows, H);
@@ -490,7 +513,7 @@ class LstmSequenceOp : public OpKernel {
     float* gates_data = gates->flat<float>().data();
     const RecurrentProduct product(u.flat<float>().data(), H, 4 * H, bf16_, /*transpose=*/false);
 
-    ForEachRowRange(ctx, batch, steps * H * H * 16, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
       RecurrentProduct::Scratch scratch;
       for (int64_t t = 0; t < steps; ++t) {
@@ -543,7 +566,7 @@ class LstmSequenceGradOp : public OpKernel {
     float* dc0_data = dc0->flat<float>().data();
     const RecurrentProduct product_t(u.flat<float>().data(), H, 4 * H, bf16_, /*transpose=*/true);  // · Uᵀ
 
-    ForEachRowRange(ctx, batch, steps * H * H * 16, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
       const int64_t rows = end - first;
       RecurrentProduct::Scratch scratch;
       Matrix h_carry = Matrix::Zero(rows, H), c_carry = Matrix::Zero(rows, H);
