@@ -260,20 +260,25 @@ struct RecurrentProduct {
     Matrix padded;
   };
 
-  // out = a · B; out is any row-major block of n columns (a Matrix, or a map into an output tensor).
-  template <typename Out>
-  void Run(const float* a, int64_t rows, Out&& out, Scratch& s) const {
-    if (bf16) {
-      s.padded.resize(rows, packed_bf16.n_padded);
-      MatMulBf16(a, rows, k, packed_bf16, s.padded.data(), s.a_pairs);
-      out = s.padded.leftCols(n);
-    } else if (kHasAvx512) {
-      s.padded.resize(rows, packed_f32.n_padded);
-      MatMulF32(a, rows, packed_f32, s.padded.data());
-      out = s.padded.leftCols(n);
-    } else {
-      out.noalias() = ConstMatrixMap(a, rows, k) * b;
+  // out [rows, n] (row-major, contiguous) = a [rows, K] · B. The microkernels write whole 16-column panels, so
+  // they write straight into out unless N needs padding.
+  void Run(const float* a, int64_t rows, float* out, Scratch& s) const {
+    if (!bf16 && !kHasAvx512) {
+      MatrixMap(out, rows, n).noalias() = ConstMatrixMap(a, rows, k) * b;
+      return;
     }
+    const int64_t n_padded = bf16 ? packed_bf16.n_padded : packed_f32.n_padded;
+    float* c = out;
+    if (n_padded != n) {
+      s.padded.resize(rows, n_padded);
+      c = s.padded.data();
+    }
+    if (bf16) {
+      MatMulBf16(a, rows, k, packed_bf16, c, s.a_pairs);
+    } else {
+      MatMulF32(a, rows, packed_f32, c);
+    }
+    if (c != out) MatrixMap(out, rows, n) = s.padded.leftCols(n);
   }
 };
 
@@ -371,7 +376,7 @@ class GruSequenceOp : public OpKernel {
         ConstMatrixMap x(xp_data + (t * batch + first) * 3 * H, rows, 3 * H);
         MatrixMap out(h_data + (t * batch + first) * H, rows, H);
         MatrixMap g(gates_data + (t * batch + first) * 4 * H, rows, 4 * H);
-        product.Run(prev_data, rows, hp, scratch);
+        product.Run(prev_data, rows, hp.data(), scratch);
         hp.rowwise() += b;
         auto z = g.leftCols(H), r = g.middleCols(H, H), cand = g.middleCols(2 * H, H), hp_h = g.rightCols(H);
         z = Sigmoid((x.leftCols(H) + hp.leftCols(H)).array()).matrix();
@@ -434,7 +439,7 @@ class GruSequenceGradOp : public OpKernel {
         dx.middleCols(H, H) = (da * hp_h * r * (1.0f - r)).matrix();
         dr.leftCols(2 * H) = dx.leftCols(2 * H);
         dr.rightCols(H) = (da * r).matrix();
-        product_t.Run(dr.data(), rows, carry, scratch);
+        product_t.Run(dr.data(), rows, carry.data(), scratch);
         carry.array() += d * z;
       }
       MatrixMap(dh0_data + first * H, rows, H) = carry;
@@ -524,7 +529,7 @@ class LstmSequenceOp : public OpKernel {
         MatrixMap g(gates_data + (t * batch + first) * 4 * H, rows, 4 * H);
         MatrixMap h_out(h_data + (t * batch + first) * H, rows, H);
         MatrixMap c_out(c_data + (t * batch + first) * H, rows, H);
-        product.Run(h_prev.data(), rows, g, scratch);
+        product.Run(h_prev.data(), rows, g.data(), scratch);
         g += x;
         g.leftCols(2 * H) = Sigmoid(g.leftCols(2 * H).array()).matrix();
         g.middleCols(2 * H, H) = g.middleCols(2 * H, H).array().tanh().matrix();
@@ -588,7 +593,7 @@ class LstmSequenceGradOp : public OpKernel {
         dx.middleCols(2 * H, H) = (grad_c.array() * i * (1.0f - gg * gg)).matrix();
         dx.rightCols(H) = (h_carry.array() * tanh_c.array() * o * (1.0f - o)).matrix();
         c_carry = (grad_c.array() * f).matrix();
-        product_t.Run(dx.data(), rows, h_carry, scratch);
+        product_t.Run(dx.data(), rows, h_carry.data(), scratch);
       }
       MatrixMap(dh0_data + first * H, rows, H) = h_carry;
       MatrixMap(dc0_data + first * H, rows, H) = c_carry;
