@@ -333,3 +333,66 @@ def test_mixed_precision_and_the_layers_form_export_for_cpu(tiny_data, tmp_path)
     layers = TrainConfig(**{**TINY_TRAIN, "epochs": 1, "backend_form": "layers"})
     assert train_and_evaluate(layers, str(tiny_data), str(tmp_path / "layers"))["form"] == "layers"
     check_portable(export_model(str(tmp_path / "layers"), str(tmp_path / "export")))
+
+
+def test_fit_steps_are_the_datasets_batches_so_keras_makes_one_iterator_per_epoch(tiny_data):
+    """fit() gets each dataset's batch count (or --steps-per-epoch for a repeated stream), and with it Keras's
+    epoch iterator reuses the iterator it made at the last epoch's end instead of making another."""
+    import keras
+    import tensorflow as tf
+
+    from trainer.data import load_data_info
+    from trainer.train import fit_data, fit_steps
+
+    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 4})
+    info = load_data_info(str(tiny_data))
+    train_ds, valid_ds, _, batches = fit_data(cfg, info)
+    assert fit_steps(cfg, train_ds, valid_ds) == {"steps_per_epoch": batches,
+                                                  "validation_steps": -(-info.num_valid // 4)}
+    repeated = cfg.replace(steps_per_epoch=3)
+    train_ds, valid_ds, _, _ = fit_data(repeated, info)
+    assert fit_steps(repeated, train_ds, valid_ds)["steps_per_epoch"] == 3
+    unknown = tf.data.Dataset.range(8).filter(lambda i: i > 2)  # tf.data cannot count it: fit() counts
+    assert fit_steps(cfg, unknown, unknown) == {"steps_per_epoch": None, "validation_steps": None}
+
+    made = []
+    dataset = tf.data.Dataset.range(6).map(lambda i: (tf.fill([1], tf.cast(i, tf.float32)),) * 2).batch(2)
+    original_iter = type(dataset).__iter__
+    type(dataset).__iter__ = lambda self: made.append(1) or original_iter(self)
+    try:
+        model = keras.Sequential([keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        model.fit(dataset, epochs=3, verbose=0, steps_per_epoch=int(dataset.cardinality()))
+    finally:
+        type(dataset).__iter__ = original_iter
+    assert len(made) == 3 + 1  # one per epoch, plus the one made after the last (Keras makes it eagerly)
+
+
+def test_epoch_tensorboard_logs_epochs_and_skips_per_batch_summary_calls(tmp_path):
+    """update_freq="epoch": every epoch's scalars for training and validation, and no tf.summary.scalar call
+    per batch (Keras's own callback makes one per log per batch, which write nothing)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer.callbacks import EpochTensorBoard
+
+    board = EpochTensorBoard(str(tmp_path / "logs"))
+    calls = []
+    summary_scalar = board.summary.scalar
+    board.summary.scalar = lambda name, *args, **kwargs: calls.append(name) or summary_scalar(name, *args, **kwargs)
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = np.ones((8, 1), "float32")
+    model.fit(x, x, batch_size=2, epochs=2, validation_data=(x, x), verbose=0, callbacks=[board])
+    assert not [name for name in calls if name.startswith("batch_")]
+    tags = {}
+    for split in ("train", "validation"):
+        for path in (tmp_path / "logs" / split).iterdir():
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:  # also a "keras" text summary of the model
+                    if value.tag.startswith(("epoch_", "batch_")):
+                        tags.setdefault(split, []).append((value.tag, event.step))
+    assert sorted(tags["train"]) == [("epoch_learning_rate", 0), ("epoch_learning_rate", 1),
+                                     ("epoch_loss", 0), ("epoch_loss", 1)]
+    assert sorted(tags["validation"]) == [("epoch_loss", 0), ("epoch_loss", 1)]

@@ -187,6 +187,15 @@ class GradientNormLog(keras.callbacks.Callback):
         logs["grad_norm"] = float(keras.ops.convert_to_numpy(optimizer.grad_norm_sum)) / count if count else 0.0
 
 
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard logs once per epoch (update_freq="epoch", the default). Keras 3's callback still calls
+    tf.summary.scalar for each of every batch's logs, writing nothing (no writer is set within an epoch),
+    about 0.3 ms per batch here (1 % of the book's training step); this one leaves them out."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs if self.update_freq != "epoch" else None)
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN/inf or exploded; the run stops before the bad state is backed up."""
 

@@ -234,6 +234,18 @@ def fit_data(cfg: TrainConfig, info):
     return train_ds, valid_ds, throughput, batches
 
 
+def fit_steps(cfg: TrainConfig, train_ds, valid_ds) -> dict:
+    """fit()'s steps_per_epoch and validation_steps: --steps-per-epoch, else each dataset's batches where
+    tf.data knows them. Without them, Keras 3's epoch iterator makes a second iterator at every epoch's start
+    beside the one it made at the last epoch's end, which it drops (the training one has started filling
+    its shuffle buffer in the background by then): two wasted iterators per epoch."""
+    def batches(ds):
+        count = int(ds.cardinality())
+        return count if count > 0 else None
+
+    return {"steps_per_epoch": cfg.steps_per_epoch or batches(train_ds), "validation_steps": batches(valid_ds)}
+
+
 def build_training_model(cfg: TrainConfig, model_cfg: ModelConfig, steps_per_epoch: int, replicas: int = 1):
     """The compiled model fit() trains: the plain network, or for --stateful the carry_state network inside
     a CarriedStateModel holding each replica's batch_size / replicas lanes. Call in the strategy's scope.
@@ -551,7 +563,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         cb.BestWeightsCheckpoint(os.path.join(checkpoints, "best.weights.h5"), best_record, monitor,
                                  min_interval_s=LATEST_STATE_EVERY_S, initial_value_threshold=best_so_far),
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), min_interval_s=LATEST_STATE_EVERY_S),
-        keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
+        cb.EpochTensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
         cb.AtomicBackupAndRestore(os.path.join(work_dir, "backup"), min_interval_s=LATEST_STATE_EVERY_S,
                                   delete_checkpoint=False),
     ]
@@ -560,7 +572,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     if cfg.verbose == PROGRESS["epoch"]:
         callbacks.append(cb.EpochLine(cfg.epochs))
     clock["fit"] = time.perf_counter()
-    fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+    fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, **fit_steps(cfg, train_ds, valid_ds),
               callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]), shuffle=False)  # tf.data shuffles
 
     clock["fitted"] = time.perf_counter()

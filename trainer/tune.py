@@ -280,7 +280,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     configure_cpu_threads(base, resolved_form(base))
     from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
-    from trainer.train import fit_data, lr_schedule_callbacks, monitored, stream_validation
+    from trainer.train import fit_data, fit_steps, lr_schedule_callbacks, monitored, stream_validation
 
     info = load_data_info(data_dir)
     check_records(info)
@@ -326,7 +326,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         deadline = time.time() + 60 * time_budget_min
         limit_by_time(tuner.oracle, deadline)
         callbacks.append(cb.Deadline(deadline))  # a trial in flight ends at the deadline too
-    tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, steps_per_epoch=base.steps_per_epoch,
+    tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, **fit_steps(base, train_ds, valid_ds),
                  callbacks=callbacks, verbose=int(base.verbose == 1), shuffle=False)  # 2: trial_line only
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
         return None  # workers leave the outputs to the chief
