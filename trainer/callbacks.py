@@ -16,6 +16,7 @@ from pipeline.cli import UserError
 def save_weights_atomically(model, path: str) -> None:
     """model.save_weights(path), written beside and renamed: a SIGKILL mid-write (HDF5 writes are
     many syscalls) leaves the previous file whole instead of one that fails to load."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with atomic.replacing(path, ".weights.h5") as tmp:
         model.save_weights(tmp)
 
@@ -58,7 +59,6 @@ class AtomicModelCheckpoint(ThrottledEpochSaves, keras.callbacks.ModelCheckpoint
     def _save_model(self, epoch, batch, logs):
         filepath = self._get_file_path(epoch, batch, logs)
         if self._should_save_model(epoch, batch, logs, filepath):  # also tracks the best value
-            os.makedirs(os.path.dirname(filepath) or ".", exist_ok=True)
             save_weights_atomically(self.model, filepath)
 
 
@@ -99,7 +99,6 @@ class BestWeightsCheckpoint(keras.callbacks.ModelCheckpoint):
             current = self.model.get_weights()
             self.model.set_weights(weights)
         try:
-            os.makedirs(os.path.dirname(self.filepath) or ".", exist_ok=True)
             save_weights_atomically(self.model, self.filepath)
         finally:
             if current is not None:

@@ -573,7 +573,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         callbacks.append(cb.EpochLine(cfg.epochs))
     clock["fit"] = time.perf_counter()
     fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, **fit_steps(cfg, train_ds, valid_ds),
-              callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]), shuffle=False)  # tf.data shuffles
+                       callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]),
+                       shuffle=False)  # tf.data shuffles
 
     clock["fitted"] = time.perf_counter()
     history = read_history(history_path)
