@@ -55,7 +55,7 @@ def test_gru_kernel_numbers_with_constant_weights():
     """Hand-computed: H = 1, U = 0.5 for every gate, zero biases, xp = 0.1 for every gate, h0 = 0."""
     library = native.load()
     xp = tf.fill([2, 1, 3], 0.1)
-    h, _ = library.deep_rnn_gru_sequence(xp, tf.zeros([1, 1]), tf.fill([1, 3], 0.5), tf.zeros([3]))
+    h, _ = library.deep_rnn_gru_sequence(xp, tf.zeros([3]), tf.zeros([1, 1]), tf.fill([1, 3], 0.5), tf.zeros([3]))
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     h1 = (1 - sig(0.1)) * np.tanh(0.1)                       # z h0 + (1 - z) tanh(x_h + r·0)
     z2, r2 = sig(0.1 + 0.5 * h1), sig(0.1 + 0.5 * h1)
@@ -88,7 +88,8 @@ def test_every_batch_split_and_row_tail_gives_the_same_numbers(batch):
     dh = rng.normal(size=(steps, batch, units)).astype("float32")
 
     def run(rows):
-        h, c, g = library.deep_rnn_lstm_sequence(xp[:, rows], h0[rows], h0[rows], kernel)
+        h, c, g = library.deep_rnn_lstm_sequence(xp[:, rows], np.zeros(4 * units, "float32"), h0[rows], h0[rows],
+                                                 kernel)
         return h.numpy(), library.deep_rnn_lstm_sequence_grad(h0[rows], h0[rows], kernel, h, c, g, dh[:, rows],
                                                               dh[:, rows])[0].numpy()
 
@@ -100,10 +101,51 @@ def test_every_batch_split_and_row_tail_gives_the_same_numbers(batch):
         np.testing.assert_allclose(dxp[:, row:row + 1], alone[1], atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_bfloat16_xp_and_the_input_bias_inside_the_op(cell):
+    """xp may come in bfloat16 (mixed precision's matmul output) and its gradient then goes out in bfloat16:
+    the same numbers as float32 xp holding the same values, dxp rounded to nearest even; the input bias added
+    inside the op equals it added to xp outside, and its gradient is dxp summed over steps and rows. Sizes
+    with tails (13 rows over two threads, 3 · 21 and 4 · 21 columns) reach the conversions' scalar ends."""
+    library = native.load()
+    rng = np.random.default_rng(8)
+    steps, batch, units = 5, 13, 21
+    gates = 3 if cell == "gru" else 4
+    xp16 = tf.cast(rng.normal(size=(steps, batch, gates * units)), tf.bfloat16)
+    xp = tf.cast(xp16, tf.float32)  # the same values in float32
+    h0 = tf.constant(rng.normal(size=(batch, units)) * 0.3, tf.float32)
+    kernel = tf.constant(rng.normal(size=(units, gates * units)) / units ** 0.5, tf.float32)
+    bias = tf.constant(rng.normal(size=(gates * units,)) * 0.1, tf.float32)
+    rec_bias = tf.constant(rng.normal(size=(gates * units,)) * 0.1, tf.float32)
+    dh = tf.constant(rng.normal(size=(steps, batch, units)), tf.float32)
+
+    def run(x, b):  # → h, dxp, d_input_bias, and the GRU's dhp and d_recurrent_bias
+        if cell == "gru":
+            h, g = library.deep_rnn_gru_sequence(x, b, h0, kernel, rec_bias)
+            dxp, dhp, _, d_b, d_rb = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, T=x.dtype)
+            return h, dxp, d_b, dhp, d_rb
+        h, c, g = library.deep_rnn_lstm_sequence(x, b, h0, h0, kernel)
+        dxp, _, _, d_b = library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, T=x.dtype)
+        return h, dxp, d_b, None, None
+
+    outside, inside, half = run(xp + bias, tf.zeros_like(bias)), run(xp, bias), run(xp16, bias)
+    np.testing.assert_allclose(inside[0], outside[0], atol=1e-6)
+    np.testing.assert_allclose(inside[1], outside[1], atol=1e-6)
+    np.testing.assert_allclose(inside[2], tf.reduce_sum(inside[1], [0, 1]), rtol=1e-5, atol=1e-5)
+    assert half[1].dtype == tf.bfloat16
+    np.testing.assert_array_equal(half[0], inside[0])
+    np.testing.assert_array_equal(tf.cast(half[1], tf.float32), tf.cast(tf.cast(inside[1], tf.bfloat16), tf.float32))
+    np.testing.assert_array_equal(half[2], inside[2])  # summed in float32 inside the op, not from rounded dxp
+    if cell == "gru":
+        np.testing.assert_allclose(inside[4], tf.reduce_sum(inside[3], [0, 1]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(half[4], inside[4])
+
+
 def test_kernel_rejects_inconsistent_shapes():
     library = native.load()
     with pytest.raises(tf.errors.InvalidArgumentError, match="inconsistent shapes"):
-        library.deep_rnn_gru_sequence(tf.zeros([3, 2, 12]), tf.zeros([2, 4]), tf.zeros([4, 9]), tf.zeros([12]))
+        library.deep_rnn_gru_sequence(tf.zeros([3, 2, 12]), tf.zeros([12]), tf.zeros([2, 4]), tf.zeros([4, 9]),
+                                      tf.zeros([12]))
 
 
 def test_native_form_is_gru_and_lstm_only():
@@ -228,9 +270,9 @@ def test_bf16_products_match_float32_to_bfloat16_rounding(cell):
 
     def run(bf16):
         if cell == "gru":
-            h, g = library.deep_rnn_gru_sequence(xp, h0, kernel, bias, bf16=bf16)
+            h, g = library.deep_rnn_gru_sequence(xp, bias, h0, kernel, bias, bf16=bf16)
             return h, library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, bf16=bf16)[0]
-        h, c, g = library.deep_rnn_lstm_sequence(xp, h0, h0, kernel, bf16=bf16)
+        h, c, g = library.deep_rnn_lstm_sequence(xp, bias, h0, h0, kernel, bf16=bf16)
         return h, library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, bf16=bf16)[0]
 
     (h32, d32), (h16, d16) = run(False), run(True)

@@ -162,11 +162,11 @@ class NativeRNNStack(FusedRNNStack):
         out, final = None, []
         for i, cell in enumerate(self.cells):
             w = cells_lib.read_weights(cell, tf.float32)
-            if i == 0:
-                xp = native.lookup_rows(cells_lib.input_table(w), ids_by_step)            # [T, B, G]
+            if i == 0:  # x W for one-hot x: rows of W (the kernels add the bias)
+                xp = native.lookup_rows(tf.cast(w.kernel, tf.bfloat16 if bf16 else tf.float32), ids_by_step)
             else:
                 x = out if masks[i] is None else out * tf.cast(masks[i], out.dtype)       # mask [B, H]
-                xp = native.project(x, w.kernel, w.input_bias, bf16)                      # [T, B, G]
+                xp = native.project(x, w.kernel, bf16)                                    # [T, B, G]
             out, layer_final = native.run_layer(w, xp, initial[i], bf16)                 # [T, B, H]
             final.append([tf.cast(s, self.compute_dtype) for s in layer_final])
         return self._result(tf.cast(tf.transpose(out, [1, 0, 2]), self.compute_dtype), final)  # [B, T, H]

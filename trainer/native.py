@@ -148,28 +148,22 @@ def _register_gradients(library) -> None:
 
     @tf.RegisterGradient("DeepRnnGruSequence")
     def _gru_grad(op, dh, _dgates):  # gates is internal to the layer: nothing downstream reads it
-        _, h0, kernel, _ = op.inputs
+        _, _, h0, kernel, _ = op.inputs
         h, gates = op.outputs
         dh = tf.zeros_like(h) if dh is None else dh
-        dxp, dhp, dh0 = library.deep_rnn_gru_sequence_grad(h0, kernel, h, gates, dh, bf16=op.get_attr("bf16"))
-        return dxp, dh0, kernel_gradient(op, h0, h, dhp), column_sums(tf.reshape(dhp, [-1, tf.shape(dhp)[-1]]))
+        dxp, dhp, dh0, d_input_bias, d_recurrent_bias = library.deep_rnn_gru_sequence_grad(
+            h0, kernel, h, gates, dh, bf16=op.get_attr("bf16"), T=op.get_attr("T"))
+        return dxp, d_input_bias, dh0, kernel_gradient(op, h0, h, dhp), d_recurrent_bias
 
     @tf.RegisterGradient("DeepRnnLstmSequence")
     def _lstm_grad(op, dh, dc, _dgates):
-        _, h0, c0, kernel = op.inputs
+        _, _, h0, c0, kernel = op.inputs
         h, c, gates = op.outputs
         dh = tf.zeros_like(h) if dh is None else dh
         dc = tf.zeros_like(c) if dc is None else dc
-        dxp, dh0, dc0 = library.deep_rnn_lstm_sequence_grad(h0, c0, kernel, h, c, gates, dh, dc,
-                                                            bf16=op.get_attr("bf16"))
-        return dxp, dh0, dc0, kernel_gradient(op, h0, h, dxp)
-
-
-def column_sums(x):
-    """x [N, G] → [G] as a matrix-vector product: several times faster than reduce_sum over N here."""
-    import tensorflow as tf
-
-    return tf.matmul(tf.ones([1, tf.shape(x)[0]], x.dtype), x)[0]
+        dxp, dh0, dc0, d_input_bias = library.deep_rnn_lstm_sequence_grad(
+            h0, c0, kernel, h, c, gates, dh, dc, bf16=op.get_attr("bf16"), T=op.get_attr("T"))
+        return dxp, d_input_bias, dh0, dc0, kernel_gradient(op, h0, h, dxp)
 
 
 def lookup_rows(table, ids):
@@ -189,38 +183,33 @@ def lookup_rows(table, ids):
     return lookup(table)
 
 
-def project(x, kernel, bias, bf16: bool = False):
-    """x [T, B, d] → x W + b [T, B, G] (float32) as one large matmul, in bfloat16 with bf16; the bias
-    gradient as a matrix-vector product."""
+def project(x, kernel, bf16: bool = False):
+    """x [T, B, d] → x W [T, B, G] as one large matmul (the kernels add the bias), in bfloat16 with bf16: the
+    kernels take it and give its gradient back in bfloat16, so no whole-tensor cast runs on either side."""
     import tensorflow as tf
 
-    @tf.custom_gradient
-    def add_bias(y, b):
-        return y + b, lambda dy: (dy, column_sums(tf.reshape(dy, [-1, tf.shape(dy)[-1]])))
-
+    dtype = tf.bfloat16 if bf16 else tf.float32
     steps, batch = tf.shape(x)[0], tf.shape(x)[1]
-    if bf16:
-        x, kernel = tf.cast(x, tf.bfloat16), tf.cast(kernel, tf.bfloat16)
-    y = tf.reshape(tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel), [steps, batch, -1])
-    return add_bias(tf.cast(y, tf.float32), bias)
+    y = tf.matmul(tf.reshape(tf.cast(x, dtype), [-1, tf.shape(x)[-1]]), tf.cast(kernel, dtype))  # [T·B, G]
+    return tf.reshape(y, [steps, batch, -1])
 
 
 def run_layer(weights, xp, states, bf16: bool = False):
-    """One layer over the whole sequence: xp [T, B, gates] (x W + input bias), states [[B, H], ...] →
-    (outputs [T, B, H], final states), all float32; with bf16 the recurrent products round their factors
-    to bfloat16 (mixed precision; needs has_bf16())."""
+    """One layer over the whole sequence: xp [T, B, gates] (x W, float32 or bfloat16; the op adds the input
+    bias), states [[B, H], ...] → (outputs [T, B, H], final states), float32; with bf16 the recurrent products
+    round their factors to bfloat16 (mixed precision; needs has_bf16())."""
     import tensorflow as tf
 
     library = load()
-    xp = tf.cast(xp, tf.float32)
     states = [tf.cast(s, tf.float32) for s in states]
     kernel = tf.cast(weights.recurrent_kernel, tf.float32)
+    input_bias = tf.cast(weights.input_bias, tf.float32)
     if weights.kind == "gru":
-        h, _ = library.deep_rnn_gru_sequence(xp, states[0], kernel, tf.cast(weights.recurrent_bias, tf.float32),
-                                             bf16=bf16)
+        h, _ = library.deep_rnn_gru_sequence(xp, input_bias, states[0], kernel,
+                                             tf.cast(weights.recurrent_bias, tf.float32), bf16=bf16)
         return h, [h[-1]]
     if weights.kind == "lstm":
-        h, c, _ = library.deep_rnn_lstm_sequence(xp, states[0], states[1], kernel, bf16=bf16)
+        h, c, _ = library.deep_rnn_lstm_sequence(xp, input_bias, states[0], states[1], kernel, bf16=bf16)
         return h, [h[-1], c[-1]]
     raise ValueError(f"the native form has no kernel for the {weights.kind!r} cell (gru and lstm have)")
 

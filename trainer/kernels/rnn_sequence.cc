@@ -1,8 +1,9 @@
 // Whole-sequence recurrences for training on CPU: one op runs all T steps of one GRU or LSTM layer.
 //
-// Only the sequential part lives here: h_{t-1} U + b and the gate maths, forward and backward. The input
-// projection x W + b of every step and the weight gradients are single large matmuls that TensorFlow
-// runs around the op (trainer/native.py), so each op call does T small matmuls and no per-step graph ops.
+// Only the sequential part lives here: h_{t-1} U + b and the gate maths, forward and backward (plus the input
+// bias and its gradient). The input projection x W of every step and the weight gradients are single large
+// matmuls that TensorFlow runs around the op (trainer/native.py), so each op call does T small matmuls and no
+// per-step graph ops.
 // Batch rows are independent through time, so the batch is split across the intra-op threads and each
 // thread runs its rows through the whole sequence without synchronising.
 //
@@ -11,7 +12,11 @@
 //
 // With the attribute bf16 (mixed precision on a CPU with AVX512_BF16) the recurrent products h_{t-1} U and
 // their backward counterparts round both factors to bfloat16 and accumulate in float32 (vdpbf16ps), about
-// twice float32's rate; states, gates and everything else stay float32. Compiling with
+// twice float32's rate; states, gates and everything else stay float32. The ops' type attribute T = bfloat16
+// takes the input projections xp and gives their gradients dxp (and the GRU's dhp) in bfloat16, as the large
+// TensorFlow matmuls around the op produce and consume them: the op converts each step's rows, which saves the
+// casts and the bias add that would otherwise be whole passes over [T, B, G] tensors; the input bias is added and
+// its gradient summed (float32) inside the op for the same reason. Compiling with
 // -DDEEP_RNN_EIGEN_PRODUCTS runs the float32 products through Eigen instead of the AVX-512 microkernel
 // (for A/B timing; also what CPUs without AVX-512 get).
 #include <algorithm>
@@ -30,6 +35,7 @@
 
 namespace deep_rnn {
 
+using tensorflow::bfloat16;
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
@@ -42,7 +48,8 @@ using tensorflow::shape_inference::ShapeHandle;
 using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MatrixMap = Eigen::Map<Matrix>;
 using ConstMatrixMap = Eigen::Map<const Matrix>;
-using RowVectorMap = Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>;
+using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
+using RowVectorMap = Eigen::Map<const RowVector>;
 
 // σ(x) = (1 + tanh(x / 2)) / 2: Eigen's vectorised tanh is several times faster than its logistic here.
 template <typename Expr>
@@ -50,17 +57,22 @@ auto Sigmoid(const Expr& x) {
   return (0.5f * x).tanh() * 0.5f + 0.5f;
 }
 
-// Runs fn(first_row, end_row) over the batch on the op's intra-op threads (each range runs all T steps): one
-// contiguous range per thread, as even as possible. TensorFlow's own sharding cuts a batch of 64 into blocks of
-// a few rows, which leaves the products' register blocks (6 rows) mostly in their slow tails.
+// How many row ranges ForEachRowRange cuts a batch into: one per intra-op thread.
+int64_t NumRowRanges(OpKernelContext* ctx, int64_t batch) {
+  return std::max<int64_t>(1, std::min<int64_t>(ctx->device()->tensorflow_cpu_worker_threads()->num_threads, batch));
+}
+
+// Runs fn(range, first_row, end_row) for range = 0 … NumRowRanges - 1 on the op's intra-op threads (each range
+// runs all T steps): one contiguous range per thread, as even as possible. TensorFlow's own sharding cuts a batch
+// of 64 into blocks of a few rows, which leaves the products' register blocks (6 rows) mostly in their slow tails.
 template <typename Fn>
 void ForEachRowRange(OpKernelContext* ctx, int64_t batch, Fn fn) {
-  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  const int64_t ranges = std::max<int64_t>(1, std::min<int64_t>(workers->num_threads, batch));
+  const int64_t ranges = NumRowRanges(ctx, batch);
   auto range = [&](int64_t first_range, int64_t end_range) {
-    for (int64_t i = first_range; i < end_range; ++i) fn(batch * i / ranges, batch * (i + 1) / ranges);
+    for (int64_t i = first_range; i < end_range; ++i) fn(i, batch * i / ranges, batch * (i + 1) / ranges);
   };
-  tensorflow::Shard(ranges, workers->workers, ranges, /*cost_per_unit=*/int64_t{1} << 40, range);
+  tensorflow::Shard(ranges, ctx->device()->tensorflow_cpu_worker_threads()->workers, ranges,
+                    /*cost_per_unit=*/int64_t{1} << 40, range);
 }
 
 // ---------------------------------------------------------------- bfloat16 products (AVX512_BF16)
@@ -79,6 +91,49 @@ inline uint32_t Bf16Bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return (u + 0x7fff + ((u >> 16) & 1)) >> 16;
+}
+
+// One step's rows between the ops' float32 maths and their xp / dxp tensors of type T (float or bfloat16).
+// AsFloat gives float32 rows: the tensor's own memory for float, else a conversion into scratch.
+inline const float* AsFloat(const float* src, int64_t, std::vector<float>&) { return src; }
+inline const float* AsFloat(const bfloat16* src, int64_t n, std::vector<float>& scratch) {
+  scratch.resize(n);
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  float* dst = scratch.data();
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)  // bfloat16 is float32's upper half: widen and shift
+    _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                  _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(bits + i))), 16)));
+#endif
+  for (; i < n; ++i) {
+    const uint32_t u = uint32_t{bits[i]} << 16;
+    std::memcpy(dst + i, &u, 4);
+  }
+  return dst;
+}
+
+inline void StoreAs(const float* src, int64_t n, float* dst) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void StoreAs(const float* src, int64_t n, bfloat16* dst) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+  int64_t i = 0;
+#if defined(__AVX512BF16__)
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256((__m256i*)(bits + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+#endif
+  for (; i < n; ++i) bits[i] = static_cast<uint16_t>(Bf16Bits(src[i]));
+}
+
+// acc [N] += the column sums of m [rows, N] (a bias gradient's share of one step).
+inline void AddColumnSums(const Matrix& m, RowVector& acc) {
+  for (int64_t r = 0; r < m.rows(); ++r) acc += m.row(r);
+}
+
+// Σ of the per-range partial sums → out [N] (float32).
+void SumPartials(const std::vector<RowVector>& partials, Tensor* out) {
+  Eigen::Map<RowVector> sum(out->flat<float>().data(), out->NumElements());
+  sum.setZero();
+  for (const RowVector& p : partials) sum += p;
 }
 
 // B [K, N] in the bf16 microkernel's layout: rows 2p and 2p+1 interleaved as bf16 pairs (one uint32 per column),
@@ -287,37 +342,60 @@ absl::Status CheckRank(InferenceContext* c, int input, int rank) {
   return c->WithRank(c->input(input), rank, &unused);
 }
 
+// Shape checks shared by both GRU and LSTM forward ops: xp [T, B, G·H], input_bias [G·H], h0 [B, H], U [H, G·H].
+void CheckForwardShapes(OpKernelContext* ctx, int gates, const Tensor& xp, const Tensor& input_bias, const Tensor& h0,
+                        const Tensor& u) {
+  OP_REQUIRES(ctx, xp.dims() == 3 && h0.dims() == 2 && u.dims() == 2,
+              absl::InvalidArgumentError("expected xp [T, B, G*H], h0 [B, H], recurrent_kernel [H, G*H]"));
+  const int64_t units = h0.dim_size(1);
+  OP_REQUIRES(ctx, xp.dim_size(1) == h0.dim_size(0) && xp.dim_size(2) == gates * units &&
+                       input_bias.NumElements() == gates * units && u.dim_size(0) == units &&
+                       u.dim_size(1) == gates * units,
+              absl::InvalidArgumentError(absl::StrCat("inconsistent shapes: xp ", xp.shape().DebugString(),
+                                                      ", input_bias ", input_bias.shape().DebugString(), ", h0 ",
+                                                      h0.shape().DebugString(), ", recurrent_kernel ",
+                                                      u.shape().DebugString())));
+}
+
+// The forward ops' output shapes: h [T, B, H] and the gate tensor [T, B, gate_columns · H].
+absl::Status ForwardShapes(InferenceContext* c, int h0_input, int gate_columns, int gates_output) {
+  TF_RETURN_IF_ERROR(CheckRank(c, 0, 3));
+  TF_RETURN_IF_ERROR(CheckRank(c, h0_input, 2));
+  ShapeHandle xp = c->input(0);
+  DimensionHandle units = c->Dim(c->input(h0_input), 1), columns;
+  TF_RETURN_IF_ERROR(c->Multiply(units, gate_columns, &columns));
+  for (int i = 0; i < gates_output; ++i) c->set_output(i, c->MakeShape({c->Dim(xp, 0), c->Dim(xp, 1), units}));
+  c->set_output(gates_output, c->MakeShape({c->Dim(xp, 0), c->Dim(xp, 1), columns}));
+  return absl::OkStatus();
+}
+
 // ---------------------------------------------------------------- GRU
 
 REGISTER_OP("DeepRnnGruSequence")
-    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
-    .Input("xp: float")                // [T, B, 3H]: x_t W + input bias, gates z, r, h
-    .Input("h0: float")                // [B, H]
-    .Input("recurrent_kernel: float")  // [H, 3H]
-    .Input("recurrent_bias: float")    // [3H]
-    .Output("h: float")                // [T, B, H]
-    .Output("gates: float")            // [T, B, 4H]: z, r, candidate, h_{t-1} U_h + b_h (kept for the gradient)
-    .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(CheckRank(c, 0, 3));
-      TF_RETURN_IF_ERROR(CheckRank(c, 1, 2));
-      ShapeHandle xp = c->input(0);
-      DimensionHandle units = c->Dim(c->input(1), 1), four;
-      TF_RETURN_IF_ERROR(c->Multiply(units, 4, &four));
-      c->set_output(0, c->MakeShape({c->Dim(xp, 0), c->Dim(xp, 1), units}));
-      c->set_output(1, c->MakeShape({c->Dim(xp, 0), c->Dim(xp, 1), four}));
-      return absl::OkStatus();
-    });
+    .Attr("bf16: bool = false")             // recurrent products in bfloat16 (needs AVX512_BF16)
+    .Attr("T: {float, bfloat16} = DT_FLOAT")  // xp's type
+    .Input("xp: T")                         // [T, B, 3H]: x_t W, gates z, r, h
+    .Input("input_bias: float")             // [3H]: added to xp
+    .Input("h0: float")                     // [B, H]
+    .Input("recurrent_kernel: float")       // [H, 3H]
+    .Input("recurrent_bias: float")         // [3H]
+    .Output("h: float")                     // [T, B, H]
+    .Output("gates: float")  // [T, B, 4H]: z, r, candidate, h_{t-1} U_h + b_h (kept for the gradient)
+    .SetShapeFn([](InferenceContext* c) { return ForwardShapes(c, /*h0_input=*/2, 4, /*gates_output=*/1); });
 
 REGISTER_OP("DeepRnnGruSequenceGrad")
-    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
-    .Input("h0: float")                // [B, H]
-    .Input("recurrent_kernel: float")  // [H, 3H]
-    .Input("h: float")                 // [T, B, H]
-    .Input("gates: float")             // [T, B, 4H]
-    .Input("dh: float")                // [T, B, H]: loss gradient w.r.t. each step's output
-    .Output("dxp: float")              // [T, B, 3H]
-    .Output("dhp: float")              // [T, B, 3H]: w.r.t. h_{t-1} U + b (for U's and b's gradients)
-    .Output("dh0: float")              // [B, H]
+    .Attr("bf16: bool = false")             // recurrent products in bfloat16 (needs AVX512_BF16)
+    .Attr("T: {float, bfloat16} = DT_FLOAT")  // dxp's and dhp's type (the forward op's xp type)
+    .Input("h0: float")                     // [B, H]
+    .Input("recurrent_kernel: float")       // [H, 3H]
+    .Input("h: float")                      // [T, B, H]
+    .Input("gates: float")                  // [T, B, 4H]
+    .Input("dh: float")                     // [T, B, H]: loss gradient w.r.t. each step's output
+    .Output("dxp: T")                       // [T, B, 3H]
+    .Output("dhp: T")                       // [T, B, 3H]: w.r.t. h_{t-1} U + b (for U's gradient)
+    .Output("dh0: float")                   // [B, H]
+    .Output("d_input_bias: float")          // [3H]: Σ dxp over steps and rows
+    .Output("d_recurrent_bias: float")      // [3H]: Σ dhp over steps and rows
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle h = c->input(2);
       DimensionHandle three;
@@ -325,55 +403,52 @@ REGISTER_OP("DeepRnnGruSequenceGrad")
       c->set_output(0, c->MakeShape({c->Dim(h, 0), c->Dim(h, 1), three}));
       c->set_output(1, c->output(0));
       c->set_output(2, c->input(0));
+      c->set_output(3, c->Vector(three));
+      c->set_output(4, c->Vector(three));
       return absl::OkStatus();
     });
 
-// Shape checks shared by both GRU and LSTM forward ops: xp [T, B, G·H], h0 [B, H], U [H, G·H].
-void CheckForwardShapes(OpKernelContext* ctx, int gates, const Tensor& xp, const Tensor& h0, const Tensor& u) {
-  OP_REQUIRES(ctx, xp.dims() == 3 && h0.dims() == 2 && u.dims() == 2,
-              absl::InvalidArgumentError("expected xp [T, B, G*H], h0 [B, H], recurrent_kernel [H, G*H]"));
-  const int64_t units = h0.dim_size(1);
-  OP_REQUIRES(ctx, xp.dim_size(1) == h0.dim_size(0) && xp.dim_size(2) == gates * units &&
-                       u.dim_size(0) == units && u.dim_size(1) == gates * units,
-              absl::InvalidArgumentError(absl::StrCat("inconsistent shapes: xp ", xp.shape().DebugString(), ", h0 ",
-                                                      h0.shape().DebugString(), ", recurrent_kernel ",
-                                                      u.shape().DebugString())));
+// Refuses the bf16 attribute where this CPU or build has no AVX512_BF16.
+void CheckBf16Attribute(OpKernelConstruction* ctx, bool* bf16) {
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", bf16));
+  OP_REQUIRES(ctx, !*bf16 || kHasBf16,
+              absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
 }
 
+template <typename T>
 class GruSequenceOp : public OpKernel {
  private:
   bool bf16_ = false;
 
  public:
-  explicit GruSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
-    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
-                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
-  }
+  explicit GruSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) { CheckBf16Attribute(ctx, &bf16_); }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor &xp = ctx->input(0), &h0 = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
-    CheckForwardShapes(ctx, 3, xp, h0, u);
+    const Tensor &xp = ctx->input(0), &input_bias = ctx->input(1), &h0 = ctx->input(2), &u = ctx->input(3),
+                 &bias = ctx->input(4);
+    CheckForwardShapes(ctx, 3, xp, input_bias, h0, u);
     if (!ctx->status().ok()) return;
-    const int64_t steps = xp.dim_size(0), batch = xp.dim_size(1), units = h0.dim_size(1);
-    OP_REQUIRES(ctx, bias.NumElements() == 3 * units, absl::InvalidArgumentError("recurrent_bias must be [3H]"));
+    const int64_t steps = xp.dim_size(0), batch = xp.dim_size(1), H = h0.dim_size(1);
+    OP_REQUIRES(ctx, bias.NumElements() == 3 * H, absl::InvalidArgumentError("recurrent_bias must be [3H]"));
     Tensor *h = nullptr, *gates = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({steps, batch, units}), &h));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({steps, batch, 4 * units}), &gates));
-    const float *xp_data = xp.flat<float>().data(), *h0_data = h0.flat<float>().data();
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({steps, batch, H}), &h));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({steps, batch, 4 * H}), &gates));
+    const T* xp_data = xp.flat<T>().data();
+    const float* h0_data = h0.flat<float>().data();
     float *h_data = h->flat<float>().data(), *gates_data = gates->flat<float>().data();
-    const RecurrentProduct product(u.flat<float>().data(), units, 3 * units, bf16_, /*transpose=*/false);
-    RowVectorMap b(bias.flat<float>().data(), 3 * units);
-    const int64_t H = units;
+    const RecurrentProduct product(u.flat<float>().data(), H, 3 * H, bf16_, /*transpose=*/false);
+    RowVectorMap b(bias.flat<float>().data(), 3 * H), b_in(input_bias.flat<float>().data(), 3 * H);
 
-    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t, int64_t first, int64_t end) {
       const int64_t rows = end - first;
-      Matrix hp(rows, 3 * H);  // h_{t-1} U + b for this thread's rows
+      Matrix hp(rows, 3 * H), x(rows, 3 * H);  // h_{t-1} U + b and x_t W + b_in for this thread's rows
+      std::vector<float> staged;
       RecurrentProduct::Scratch scratch;
       for (int64_t t = 0; t < steps; ++t) {
         const float* prev_data = t == 0 ? h0_data + first * H : h_data + ((t - 1) * batch + first) * H;
         ConstMatrixMap prev(prev_data, rows, H);
-        ConstMatrixMap x(xp_data + (t * batch + first) * 3 * H, rows, 3 * H);
+        x = ConstMatrixMap(AsFloat(xp_data + (t * batch + first) * 3 * H, rows * 3 * H, staged), rows, 3 * H)
+                .rowwise() + b_in;
         MatrixMap out(h_data + (t * batch + first) * H, rows, H);
         MatrixMap g(gates_data + (t * batch + first) * 4 * H, rows, 4 * H);
         product.Run(prev_data, rows, hp.data(), scratch);
@@ -389,16 +464,13 @@ class GruSequenceOp : public OpKernel {
   }
 };
 
+template <typename T>
 class GruSequenceGradOp : public OpKernel {
  private:
   bool bf16_ = false;
 
  public:
-  explicit GruSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
-    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
-                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
-  }
+  explicit GruSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) { CheckBf16Attribute(ctx, &bf16_); }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &h0 = ctx->input(0), &u = ctx->input(1), &h = ctx->input(2), &gates = ctx->input(3),
@@ -406,28 +478,30 @@ class GruSequenceGradOp : public OpKernel {
     const int64_t steps = h.dim_size(0), batch = h.dim_size(1), H = h.dim_size(2);
     OP_REQUIRES(ctx, dh.shape() == h.shape() && gates.dim_size(2) == 4 * H && u.dim_size(1) == 3 * H,
                 absl::InvalidArgumentError("inconsistent shapes in DeepRnnGruSequenceGrad"));
-    Tensor *dxp = nullptr, *dhp = nullptr, *dh0 = nullptr;
+    Tensor *dxp = nullptr, *dhp = nullptr, *dh0 = nullptr, *d_input_bias = nullptr, *d_recurrent_bias = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({steps, batch, 3 * H}), &dxp));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({steps, batch, 3 * H}), &dhp));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, h0.shape(), &dh0));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({3 * H}), &d_input_bias));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({3 * H}), &d_recurrent_bias));
     const float *h0_data = h0.flat<float>().data(), *h_data = h.flat<float>().data();
     const float *gates_data = gates.flat<float>().data(), *dh_data = dh.flat<float>().data();
-    float *dxp_data = dxp->flat<float>().data(), *dhp_data = dhp->flat<float>().data();
+    T *dxp_data = dxp->flat<T>().data(), *dhp_data = dhp->flat<T>().data();
     float* dh0_data = dh0->flat<float>().data();
     const RecurrentProduct product_t(u.flat<float>().data(), H, 3 * H, bf16_, /*transpose=*/true);  // · Uᵀ
+    const int64_t ranges = NumRowRanges(ctx, batch);
+    std::vector<RowVector> dx_sums(ranges, RowVector::Zero(3 * H)), dr_sums(ranges, RowVector::Zero(3 * H));
 
-    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t range, int64_t first, int64_t end) {
       const int64_t rows = end - first;
       Matrix carry = Matrix::Zero(rows, H);  // dL/dh_t from step t+1
-      Matrix grad(rows, H);
+      Matrix grad(rows, H), dx(rows, 3 * H), dr(rows, 3 * H);
       RecurrentProduct::Scratch scratch;
       for (int64_t t = steps - 1; t >= 0; --t) {
         const float* prev_data = t == 0 ? h0_data + first * H : h_data + ((t - 1) * batch + first) * H;
         ConstMatrixMap prev(prev_data, rows, H);
         ConstMatrixMap g(gates_data + (t * batch + first) * 4 * H, rows, 4 * H);
         ConstMatrixMap d_out(dh_data + (t * batch + first) * H, rows, H);
-        MatrixMap dx(dxp_data + (t * batch + first) * 3 * H, rows, 3 * H);
-        MatrixMap dr(dhp_data + (t * batch + first) * 3 * H, rows, 3 * H);
         auto z = g.leftCols(H).array(), r = g.middleCols(H, H).array(), cand = g.middleCols(2 * H, H).array(),
              hp_h = g.rightCols(H).array();
         grad = d_out + carry;
@@ -441,70 +515,68 @@ class GruSequenceGradOp : public OpKernel {
         dr.rightCols(H) = (da * r).matrix();
         product_t.Run(dr.data(), rows, carry.data(), scratch);
         carry.array() += d * z;
+        StoreAs(dx.data(), rows * 3 * H, dxp_data + (t * batch + first) * 3 * H);
+        StoreAs(dr.data(), rows * 3 * H, dhp_data + (t * batch + first) * 3 * H);
+        AddColumnSums(dx, dx_sums[range]);
+        AddColumnSums(dr, dr_sums[range]);
       }
       MatrixMap(dh0_data + first * H, rows, H) = carry;
     });
+    SumPartials(dx_sums, d_input_bias);
+    SumPartials(dr_sums, d_recurrent_bias);
   }
 };
-
-REGISTER_KERNEL_BUILDER(Name("DeepRnnGruSequence").Device(tensorflow::DEVICE_CPU), GruSequenceOp);
-REGISTER_KERNEL_BUILDER(Name("DeepRnnGruSequenceGrad").Device(tensorflow::DEVICE_CPU), GruSequenceGradOp);
 
 // ---------------------------------------------------------------- LSTM
 
 REGISTER_OP("DeepRnnLstmSequence")
-    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
-    .Input("xp: float")                // [T, B, 4H]: x_t W + bias, gates i, f, c, o
-    .Input("h0: float")                // [B, H]
-    .Input("c0: float")                // [B, H]
-    .Input("recurrent_kernel: float")  // [H, 4H]
-    .Output("h: float")                // [T, B, H]
-    .Output("c: float")                // [T, B, H]
-    .Output("gates: float")            // [T, B, 4H]: σ(i), σ(f), tanh(g), σ(o) (kept for the gradient)
-    .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(CheckRank(c, 0, 3));
-      TF_RETURN_IF_ERROR(CheckRank(c, 1, 2));
-      ShapeHandle xp = c->input(0);
-      c->set_output(0, c->MakeShape({c->Dim(xp, 0), c->Dim(xp, 1), c->Dim(c->input(1), 1)}));
-      c->set_output(1, c->output(0));
-      c->set_output(2, xp);
-      return absl::OkStatus();
-    });
+    .Attr("bf16: bool = false")             // recurrent products in bfloat16 (needs AVX512_BF16)
+    .Attr("T: {float, bfloat16} = DT_FLOAT")  // xp's type
+    .Input("xp: T")                         // [T, B, 4H]: x_t W, gates i, f, c, o
+    .Input("input_bias: float")             // [4H]: added to xp
+    .Input("h0: float")                     // [B, H]
+    .Input("c0: float")                     // [B, H]
+    .Input("recurrent_kernel: float")       // [H, 4H]
+    .Output("h: float")                     // [T, B, H]
+    .Output("c: float")                     // [T, B, H]
+    .Output("gates: float")                 // [T, B, 4H]: σ(i), σ(f), tanh(g), σ(o) (kept for the gradient)
+    .SetShapeFn([](InferenceContext* c) { return ForwardShapes(c, /*h0_input=*/2, 4, /*gates_output=*/2); });
 
 REGISTER_OP("DeepRnnLstmSequenceGrad")
-    .Attr("bf16: bool = false")        // recurrent products in bfloat16 (needs AVX512_BF16)
-    .Input("h0: float")                // [B, H]
-    .Input("c0: float")                // [B, H]
-    .Input("recurrent_kernel: float")  // [H, 4H]
-    .Input("h: float")                 // [T, B, H]
-    .Input("c: float")                 // [T, B, H]
-    .Input("gates: float")             // [T, B, 4H]
-    .Input("dh: float")                // [T, B, H]: loss gradient w.r.t. each step's h
-    .Input("dc: float")                // [T, B, H]: loss gradient w.r.t. each step's c (zeros when unused)
-    .Output("dxp: float")              // [T, B, 4H] (also the gradient w.r.t. h_{t-1} U)
-    .Output("dh0: float")              // [B, H]
-    .Output("dc0: float")              // [B, H]
+    .Attr("bf16: bool = false")             // recurrent products in bfloat16 (needs AVX512_BF16)
+    .Attr("T: {float, bfloat16} = DT_FLOAT")  // dxp's type (the forward op's xp type)
+    .Input("h0: float")                     // [B, H]
+    .Input("c0: float")                     // [B, H]
+    .Input("recurrent_kernel: float")       // [H, 4H]
+    .Input("h: float")                      // [T, B, H]
+    .Input("c: float")                      // [T, B, H]
+    .Input("gates: float")                  // [T, B, 4H]
+    .Input("dh: float")                     // [T, B, H]: loss gradient w.r.t. each step's h
+    .Input("dc: float")                     // [T, B, H]: loss gradient w.r.t. each step's c (zeros when unused)
+    .Output("dxp: T")                       // [T, B, 4H] (also the gradient w.r.t. h_{t-1} U)
+    .Output("dh0: float")                   // [B, H]
+    .Output("dc0: float")                   // [B, H]
+    .Output("d_input_bias: float")          // [4H]: Σ dxp over steps and rows
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(5));
       c->set_output(1, c->input(0));
       c->set_output(2, c->input(1));
+      c->set_output(3, c->Vector(c->Dim(c->input(5), 2)));
       return absl::OkStatus();
     });
 
+template <typename T>
 class LstmSequenceOp : public OpKernel {
  private:
   bool bf16_ = false;
 
  public:
-  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
-    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
-                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
-  }
+  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) { CheckBf16Attribute(ctx, &bf16_); }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor &xp = ctx->input(0), &h0 = ctx->input(1), &c0 = ctx->input(2), &u = ctx->input(3);
-    CheckForwardShapes(ctx, 4, xp, h0, u);
+    const Tensor &xp = ctx->input(0), &input_bias = ctx->input(1), &h0 = ctx->input(2), &c0 = ctx->input(3),
+                 &u = ctx->input(4);
+    CheckForwardShapes(ctx, 4, xp, input_bias, h0, u);
     if (!ctx->status().ok()) return;
     OP_REQUIRES(ctx, c0.shape() == h0.shape(), absl::InvalidArgumentError("c0 must have h0's shape"));
     const int64_t steps = xp.dim_size(0), batch = xp.dim_size(1), H = h0.dim_size(1);
@@ -512,25 +584,27 @@ class LstmSequenceOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({steps, batch, H}), &h));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({steps, batch, H}), &c));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({steps, batch, 4 * H}), &gates));
-    const float *xp_data = xp.flat<float>().data(), *h0_data = h0.flat<float>().data();
-    const float* c0_data = c0.flat<float>().data();
+    const T* xp_data = xp.flat<T>().data();
+    const float *h0_data = h0.flat<float>().data(), *c0_data = c0.flat<float>().data();
     float *h_data = h->flat<float>().data(), *c_data = c->flat<float>().data();
     float* gates_data = gates->flat<float>().data();
     const RecurrentProduct product(u.flat<float>().data(), H, 4 * H, bf16_, /*transpose=*/false);
+    RowVectorMap b_in(input_bias.flat<float>().data(), 4 * H);
 
-    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t, int64_t first, int64_t end) {
       const int64_t rows = end - first;
+      std::vector<float> staged;
       RecurrentProduct::Scratch scratch;
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t prev_offset = ((t - 1) * batch + first) * H;
         ConstMatrixMap h_prev(t == 0 ? h0_data + first * H : h_data + prev_offset, rows, H);
         ConstMatrixMap c_prev(t == 0 ? c0_data + first * H : c_data + prev_offset, rows, H);
-        ConstMatrixMap x(xp_data + (t * batch + first) * 4 * H, rows, 4 * H);
+        ConstMatrixMap x(AsFloat(xp_data + (t * batch + first) * 4 * H, rows * 4 * H, staged), rows, 4 * H);
         MatrixMap g(gates_data + (t * batch + first) * 4 * H, rows, 4 * H);
         MatrixMap h_out(h_data + (t * batch + first) * H, rows, H);
         MatrixMap c_out(c_data + (t * batch + first) * H, rows, H);
         product.Run(h_prev.data(), rows, g.data(), scratch);
-        g += x;
+        g += x.rowwise() + b_in;
         g.leftCols(2 * H) = Sigmoid(g.leftCols(2 * H).array()).matrix();
         g.middleCols(2 * H, H) = g.middleCols(2 * H, H).array().tanh().matrix();
         g.rightCols(H) = Sigmoid(g.rightCols(H).array()).matrix();
@@ -542,16 +616,13 @@ class LstmSequenceOp : public OpKernel {
   }
 };
 
+template <typename T>
 class LstmSequenceGradOp : public OpKernel {
  private:
   bool bf16_ = false;
 
  public:
-  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("bf16", &bf16_));
-    OP_REQUIRES(ctx, !bf16_ || kHasBf16,
-                absl::UnimplementedError("bf16 recurrent products need AVX512_BF16, which this CPU or build lacks"));
-  }
+  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) { CheckBf16Attribute(ctx, &bf16_); }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &h0 = ctx->input(0), &c0 = ctx->input(1), &u = ctx->input(2), &c = ctx->input(4),
@@ -560,28 +631,30 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES(ctx, dh.shape() == c.shape() && dc.shape() == c.shape() && gates.dim_size(2) == 4 * H &&
                          u.dim_size(1) == 4 * H,
                 absl::InvalidArgumentError("inconsistent shapes in DeepRnnLstmSequenceGrad"));
-    Tensor *dxp = nullptr, *dh0 = nullptr, *dc0 = nullptr;
+    Tensor *dxp = nullptr, *dh0 = nullptr, *dc0 = nullptr, *d_input_bias = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, gates.shape(), &dxp));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, h0.shape(), &dh0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, c0.shape(), &dc0));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({4 * H}), &d_input_bias));
     const float *c0_data = c0.flat<float>().data(), *c_data = c.flat<float>().data();
     const float *gates_data = gates.flat<float>().data(), *dh_data = dh.flat<float>().data();
     const float* dc_data = dc.flat<float>().data();
-    float *dxp_data = dxp->flat<float>().data(), *dh0_data = dh0->flat<float>().data();
-    float* dc0_data = dc0->flat<float>().data();
+    T* dxp_data = dxp->flat<T>().data();
+    float *dh0_data = dh0->flat<float>().data(), *dc0_data = dc0->flat<float>().data();
     const RecurrentProduct product_t(u.flat<float>().data(), H, 4 * H, bf16_, /*transpose=*/true);  // · Uᵀ
+    const int64_t ranges = NumRowRanges(ctx, batch);
+    std::vector<RowVector> dx_sums(ranges, RowVector::Zero(4 * H));
 
-    ForEachRowRange(ctx, batch, [&](int64_t first, int64_t end) {
+    ForEachRowRange(ctx, batch, [&](int64_t range, int64_t first, int64_t end) {
       const int64_t rows = end - first;
       RecurrentProduct::Scratch scratch;
       Matrix h_carry = Matrix::Zero(rows, H), c_carry = Matrix::Zero(rows, H);
-      Matrix tanh_c(rows, H), grad_c(rows, H);
+      Matrix tanh_c(rows, H), grad_c(rows, H), dx(rows, 4 * H);
       for (int64_t t = steps - 1; t >= 0; --t) {
         const int64_t here = (t * batch + first) * H;
         ConstMatrixMap c_prev(t == 0 ? c0_data + first * H : c_data + ((t - 1) * batch + first) * H, rows, H);
         ConstMatrixMap c_t(c_data + here, rows, H), d_h(dh_data + here, rows, H), d_c(dc_data + here, rows, H);
         ConstMatrixMap g(gates_data + 4 * here, rows, 4 * H);
-        MatrixMap dx(dxp_data + 4 * here, rows, 4 * H);
         auto i = g.leftCols(H).array(), f = g.middleCols(H, H).array(), gg = g.middleCols(2 * H, H).array(),
              o = g.rightCols(H).array();
         tanh_c = c_t.array().tanh().matrix();
@@ -594,14 +667,27 @@ class LstmSequenceGradOp : public OpKernel {
         dx.rightCols(H) = (h_carry.array() * tanh_c.array() * o * (1.0f - o)).matrix();
         c_carry = (grad_c.array() * f).matrix();
         product_t.Run(dx.data(), rows, h_carry.data(), scratch);
+        StoreAs(dx.data(), rows * 4 * H, dxp_data + 4 * here);
+        AddColumnSums(dx, dx_sums[range]);
       }
       MatrixMap(dh0_data + first * H, rows, H) = h_carry;
       MatrixMap(dc0_data + first * H, rows, H) = c_carry;
     });
+    SumPartials(dx_sums, d_input_bias);
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("DeepRnnLstmSequence").Device(tensorflow::DEVICE_CPU), LstmSequenceOp);
-REGISTER_KERNEL_BUILDER(Name("DeepRnnLstmSequenceGrad").Device(tensorflow::DEVICE_CPU), LstmSequenceGradOp);
+#define DEEP_RNN_REGISTER_KERNELS(T)                                                                               \
+  REGISTER_KERNEL_BUILDER(Name("DeepRnnGruSequence").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),        \
+                          GruSequenceOp<T>);                                                                       \
+  REGISTER_KERNEL_BUILDER(Name("DeepRnnGruSequenceGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),    \
+                          GruSequenceGradOp<T>);                                                                   \
+  REGISTER_KERNEL_BUILDER(Name("DeepRnnLstmSequence").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
+                          LstmSequenceOp<T>);                                                                      \
+  REGISTER_KERNEL_BUILDER(Name("DeepRnnLstmSequenceGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \
+                          LstmSequenceGradOp<T>);
+
+DEEP_RNN_REGISTER_KERNELS(float)
+DEEP_RNN_REGISTER_KERNELS(bfloat16)
 
 }  // namespace deep_rnn
