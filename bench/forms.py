@@ -5,7 +5,9 @@ Each (size, cell, form) runs in a process of its own, with the thread set-up the
 (trainer.train.configure_cpu_threads), so every row is what `trainer.train --backend-form FORM` would get.
 `--backend-form auto` chooses from the rows this writes to bench/results/forms.json (trainer.model.resolve_form);
 on a GPU the `layers` form is the cuDNN one (the row records whether CudnnRNN ops ran). Synthetic token ids
-(speed does not depend on the text), Adam; a few warm-up steps, then timed `train_on_batch` steps.
+(speed does not depend on the text), Adam; a few warm-up steps, then timed `train_on_batch` steps in blocks: a
+row's speed is its fastest block (noise on a shared machine only ever slows a step down, and single 10-step timings
+moved by 10–30 % between runs here, enough to flip `auto`'s choice).
 A size is LAYERSxHIDDENS, optionally @BATCHxSTEPS (default: --batch × --num-steps).
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ def parse_size(text: str, batch: int, num_steps: int) -> tuple[int, int, int, in
 
 
 def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_steps: int, vocab: int,
-              steps: int, warmup: int, mixed_precision: bool) -> dict:
+              steps: int, warmup: int, mixed_precision: bool, blocks: int = 1) -> dict:
     """One row, in this process (configures TF's threads: call it in a fresh process)."""
     import keras
     import numpy as np
@@ -53,24 +55,27 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
         keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
     model = compile_model(build_model(ModelConfig(vocab, cell, layers, hiddens, form=form)), cfg)
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, vocab, size=(steps + warmup, batch, num_steps + 1), dtype=np.int32)
+    ids = rng.integers(0, vocab, size=(blocks * steps + warmup, batch, num_steps + 1), dtype=np.int32)
     batches = [(tf.constant(b[:, :-1]), tf.constant(b[:, 1:])) for b in ids]
     start = time.perf_counter()
     model.train_on_batch(*batches[0])  # traces and builds the training graph, then runs one step
     first_step_s = time.perf_counter() - start
     for x, y in batches[1:warmup]:  # warm up
         model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for x, y in batches[warmup:]:
-        loss = model.train_on_batch(x, y)
-    float(loss[0] if isinstance(loss, list) else loss)  # wait for the last step
-    seconds = time.perf_counter() - start
+    block_seconds = []
+    for block in range(blocks):
+        start = time.perf_counter()
+        for x, y in batches[warmup + block * steps:warmup + (block + 1) * steps]:
+            loss = model.train_on_batch(x, y)
+        float(loss[0] if isinstance(loss, list) else loss)  # wait for the block's last step
+        block_seconds.append(time.perf_counter() - start)
+    seconds = min(block_seconds)
     types = graph_op_types(model)
     return {"cell": cell, "size": f"{layers}x{hiddens}", "batch": batch, "num_steps": num_steps, "form": form,
             "device": "GPU" if gpus else "CPU", "precision": "mixed" if mixed_precision else "float32",
             "params": int(model.count_params()),
             "train_tokens_per_s": steps * batch * num_steps / seconds, "ms_per_step": 1e3 * seconds / steps,
-            "first_step_s": first_step_s,
+            "first_step_s": first_step_s, "ms_per_step_blocks": [1e3 * s / steps for s in block_seconds],
             "cudnn": any("CudnnRNN" in t for t in types), "native_ops": any(t.startswith("DeepRnn") for t in types)}
 
 
@@ -85,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=64, help="batch size of rows given without @BATCHxSTEPS")
     parser.add_argument("--num-steps", type=int, default=64, help="sequence length of rows given without @BATCHxSTEPS")
     parser.add_argument("--vocab", type=int, default=65, help="vocabulary size (65: tinyshakespeare's characters)")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per block")
+    parser.add_argument("--blocks", type=int, default=5, help="timed blocks per row; the row's speed is the fastest")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing, allocation)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="also time each form with mixed precision (float16 on GPU, bfloat16 on CPU)")
@@ -112,7 +118,7 @@ def main() -> None:
                         continue  # minutes per row on a CPU at the book's batch, never the fastest
                     spec = dict(cell=cell, layers=layers, hiddens=hiddens, form=form, batch=batch,
                                 num_steps=num_steps, vocab=args.vocab, steps=args.steps, warmup=args.warmup,
-                                mixed_precision=mixed)
+                                mixed_precision=mixed, blocks=args.blocks)
                     proc = subprocess.run([sys.executable, "-m", "bench.forms", "--row", json.dumps(spec)],
                                           cwd=ROOT, capture_output=True, text=True)
                     if proc.returncode != 0:
@@ -122,7 +128,7 @@ def main() -> None:
                     rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
                     print(rows[-1], flush=True)
     emit("forms", {"device": "GPU" if gpus else "CPU", "mixed_precision": args.mixed_precision,
-                   "vocab": args.vocab, "rows": rows})
+                   "vocab": args.vocab, "steps": args.steps, "blocks": args.blocks, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ def render(results: dict) -> str:
                   "from these rows; × stacked = its speed over the book's cell stack at the same size and precision, "
                   "× stacked f32 over the float32 cell stack (the book's design as the book runs it). Mixed precision "
                   "on a CPU is bfloat16 (the native form: bfloat16 products, float32 accumulation and gate maths).",
+                  (f"Each row's speed is its fastest of {r['blocks']} blocks of {r['steps']} timed steps (noise here "
+                   "only slows steps down). " if r.get("blocks") else "") +
                   "Speeds within 5 % of the fastest are a tie, which the shorter first step (graph tracing and "
                   "building, paid once per run) wins.",
                   "", "| cell | size | batch × steps | precision | form | train tokens/s | ms/step | first step s | "
