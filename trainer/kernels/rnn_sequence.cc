@@ -357,7 +357,8 @@ void CheckForwardShapes(OpKernelContext* ctx, int gates, const Tensor& xp, const
                                                       u.shape().DebugString())));
 }
 
-// The forward ops' output shapes: h [T, B, H] and the gate tensor [T, B, gate_columns · H].
+// The forward ops' output shapes: the outputs before gates_output (h, and the LSTM's c) are [T, B, H], the
+// gate tensor at gates_output is [T, B, gate_columns · H].
 absl::Status ForwardShapes(InferenceContext* c, int h0_input, int gate_columns, int gates_output) {
   TF_RETURN_IF_ERROR(CheckRank(c, 0, 3));
   TF_RETURN_IF_ERROR(CheckRank(c, h0_input, 2));
