@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=64, help="batch size of rows given without @BATCHxSTEPS")
     parser.add_argument("--num-steps", type=int, default=64, help="sequence length of rows given without @BATCHxSTEPS")
     parser.add_argument("--vocab", type=int, default=65, help="vocabulary size (65: tinyshakespeare's characters)")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per block")
-    parser.add_argument("--blocks", type=int, default=5, help="timed blocks per row; the row's speed is the fastest")
+    parser.add_argument("--steps", type=cli.positive_int, default=5, help="timed training steps per block")
+    parser.add_argument("--blocks", type=cli.positive_int, default=5,
+                        help="timed blocks per row; the row's speed is the fastest")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing, allocation)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="also time each form with mixed precision (float16 on GPU, bfloat16 on CPU)")
