@@ -5,6 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+BOOK_VENV ?= .venv-book
+BOOK_STAMP := $(BOOK_VENV)/.installed-stamp
 
 # Pipeline knobs: unset ones take pipeline.yaml's value, then pipeline.run_all's default.
 RUN_DIR ?= runs/default
@@ -24,7 +26,7 @@ export PYTHONUNBUFFERED := 1
 export DEEP_RNN_SEED_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv kernels pipeline test test-fast test-reliability bench study serve clean clean-venv
+.PHONY: help venv book-venv kernels pipeline test test-fast test-reliability bench study serve clean clean-venv
 
 help:
 	@echo "Targets (each creates .venv and installs pinned dependencies when needed):"
@@ -35,8 +37,9 @@ help:
 	@echo "  make bench           every benchmark in bench/, then bench/RESULTS.md"
 	@echo "  make study           the chapter's exercises: bench.cells and bench.authors (~25 min), then RESULTS.md"
 	@echo "  make serve           serve RUN_DIR's export: tensorflow_model_server if installed, else serving.server"
+	@echo "  make book-venv       the book's own PyTorch environment (.venv-book, ~6 GB) for bench.train_vs_d2l's book side"
 	@echo "  make kernels         build the native form's C++ kernels for this CPU (done by the targets above)"
-	@echo "  make clean           remove RUN_DIR;  make clean-venv: remove .venv"
+	@echo "  make clean           remove RUN_DIR;  make clean-venv: remove .venv and .venv-book"
 	@echo ""
 	@echo "Knobs (Make variables; unset ones take pipeline.yaml's value, then the default):"
 	@echo "  RUN_DIR=$(RUN_DIR)  CORPUS=timemachine  NORMALIZE=d2l  TOKENIZER=char  SPLIT=d2l  NUM_STEPS=32"
@@ -54,6 +57,14 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+# The book's own code (d2l 1.0.3 on PyTorch) for bench.train_vs_d2l, apart from the project's environment.
+book-venv: $(BOOK_STAMP)
+
+$(BOOK_STAMP): bench/book/requirements.txt
+	@test -x $(BOOK_VENV)/bin/python || $(PYTHON) -m venv $(BOOK_VENV)
+	$(BOOK_VENV)/bin/python -m pip install -q -r bench/book/requirements.txt
 	@touch $@
 
 # The native form's C++ kernels, built for this CPU and TensorFlow (a moved checkout builds its own).
@@ -93,4 +104,4 @@ clean:
 	rm -rf $(RUN_DIR)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BOOK_VENV)
