@@ -68,9 +68,9 @@ def render(results: dict) -> str:
                        "against DESIGN.md's figure for the book on this kind of CPU (the book's code not run): "
                        f"ratio **{_f(r['wall_ratio_book_over_ours'])}** (target 4). ")
             lines += [f"{against}Of our {_f(ours['process_wall_s'], 1)} s, {_f(ours['train_seconds'], 1)} s are "
-                      f"Keras fit (every epoch's training and evaluation, first-step graph build included) and "
-                      f"{_f(ours['outside_training_s'], 1)} s start-up, data checks, model build, the sample and "
-                      "saving.", ""]
+                      f"training steps (the first epoch's graph build included) and the other "
+                      f"{_f(ours['outside_training_s'], 1)} s start-up, validation, checkpoints and logs, the sample "
+                      "and saving (the table below).", ""]
         if r.get("where_time_goes"):
             lines += render_time_breakdown(r["where_time_goes"])
         if "roofline" in r:

@@ -186,6 +186,11 @@ def main() -> None:
     if args.large_only:
         print(json.dumps(large_model()))
         return
+    try:  # a first run of the native form compiles its kernels (`make kernels`): once per machine, not timed
+        from trainer import native
+        native.build()
+    except native.NativeUnavailable:
+        pass
     cfg, data_dir, model_dir = book_config(args.epochs)
     if args.steps_per_execution:
         cfg = cfg.replace(steps_per_execution=args.steps_per_execution)
