@@ -83,3 +83,23 @@ def test_shakespeare_section_shows_the_figure_the_curve_and_the_sample():
     assert "**1.5300 nats per character** (epoch 2 of 2; target ≤ 1.50: not reached)" in section
     assert "| 2 | 1.600 | 1.700 | 1.530 |" in section
     assert "ROMEO: / What \\| say 'you'" in section
+
+
+def test_book_comparison_names_where_the_book_figure_comes_from():
+    """The ratio's numerator is the book's process measured in the same run when there is one, else DESIGN.md's."""
+    import json
+
+    from bench.run_all import render
+
+    with open("bench/results/train_vs_d2l.json") as f:
+        measured = json.load(f)
+    section = render({"train_vs_d2l": measured})
+    run = measured["book_run"]
+    assert f"| {round(run['process_wall_s'])} | `{run['sample']}` |" in section
+    assert f"run just before it in the same bench run: ratio **{measured['wall_ratio_book_over_ours']:.2f}**" in section
+    reference_only = {**measured, "book_run": None,
+                      "wall_ratio_book_over_ours": measured["wall_ratio_design_reference_over_ours"]}
+    section = render({"train_vs_d2l": reference_only})
+    assert "book's PyTorch code, run here" not in section
+    assert (f"against DESIGN.md's figure for the book on this kind of CPU (the book's code not run): ratio "
+            f"**{measured['wall_ratio_design_reference_over_ours']:.2f}**") in section
