@@ -5,7 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-BOOK_VENV ?= .venv-book
+# Fixed, not a knob: bench.train_vs_d2l runs .venv-book/bin/python.
+BOOK_VENV := .venv-book
 BOOK_STAMP := $(BOOK_VENV)/.installed-stamp
 
 # Pipeline knobs: unset ones take pipeline.yaml's value, then pipeline.run_all's default.

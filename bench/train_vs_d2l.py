@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from pipeline import cli
+from pipeline.cli import UserError
 from bench.common import ROOT, emit, machine, train_process
 from pipeline import transform
 from pipeline.book import BOOK_REFERENCE, book_reference
@@ -38,9 +39,8 @@ def book_process(epochs: int, plot: bool = False) -> dict:
         print("bench.train_vs_d2l: installing the book's environment into .venv-book (make book-venv: PyTorch, "
               "about 6 GB, once)", file=sys.stderr, flush=True)
     if subprocess.run(["make", "-s", "book-venv"], cwd=ROOT).returncode != 0:
-        print("error: the book's environment could not be installed (make book-venv failed, above); "
-              "--book reference compares with DESIGN.md's figure instead", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("the book's environment could not be installed (make book-venv failed, above); "
+                        "--book reference compares with DESIGN.md's figure instead")
     work = tempfile.mkdtemp(prefix="book-")
     os.makedirs(os.path.join(work, "data"))
     os.makedirs(os.path.join(work, "run"))
@@ -53,8 +53,7 @@ def book_process(epochs: int, plot: bool = False) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
-        print(f"error: the book's code failed (exit {proc.returncode}, its stderr above)", file=sys.stderr)
-        sys.exit(2)
+        raise UserError(f"the book's code failed (exit {proc.returncode}, its stderr above)")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # d2l.TimeMachine's 10,000 training windows of 32 tokens an epoch, over fit's seconds (validation included,
     # as DESIGN.md's 0.34 M tokens/s)
@@ -191,8 +190,8 @@ def where_time_goes(metrics: dict) -> dict:
             "train_tokens_per_s_steady": metrics["train_tokens_per_s_steady"]}
 
 
-def main() -> None:
-    args = build_parser().parse_args()
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     if args.large_only:
         print(json.dumps(large_model()))
         return
@@ -245,4 +244,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)
