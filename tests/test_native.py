@@ -31,9 +31,12 @@ def _logits_and_grads(model, ids, targets):
     return logits.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_weights)]
 
 
+@pytest.mark.parametrize("kernel_gradient", ["summed in the op", "one matmul"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_native_equals_keras_cells_forward_and_backward(cell):
+def test_native_equals_keras_cells_forward_and_backward(cell, kernel_gradient, monkeypatch):
     import keras
+
+    monkeypatch.setattr(native, "FUSED_KERNEL_GRADIENT_MAX_UNITS", 64 if kernel_gradient == "summed in the op" else 0)
 
     keras.utils.set_random_seed(3)
     reference = build_model(ModelConfig(11, cell=cell, num_layers=3, num_hiddens=8, form="stacked"))
@@ -122,10 +125,10 @@ def test_bfloat16_xp_and_the_input_bias_inside_the_op(cell):
     def run(x, b):  # → h, dxp, d_input_bias, and the GRU's dhp and d_recurrent_bias
         if cell == "gru":
             h, g = library.deep_rnn_gru_sequence(x, b, h0, kernel, rec_bias)
-            dxp, dhp, _, d_b, d_rb = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, T=x.dtype)
+            dxp, dhp, _, d_b, d_rb, _ = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, T=x.dtype)
             return h, dxp, d_b, dhp, d_rb
         h, c, g = library.deep_rnn_lstm_sequence(x, b, h0, h0, kernel)
-        dxp, _, _, d_b = library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, T=x.dtype)
+        dxp, _, _, d_b, _ = library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, T=x.dtype)
         return h, dxp, d_b, None, None
 
     outside, inside, half = run(xp + bias, tf.zeros_like(bias)), run(xp, bias), run(xp16, bias)
@@ -139,6 +142,65 @@ def test_bfloat16_xp_and_the_input_bias_inside_the_op(cell):
     if cell == "gru":
         np.testing.assert_allclose(inside[4], tf.reduce_sum(inside[3], [0, 1]), rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(half[4], inside[4])
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_kernel_gradient_summed_in_the_op_equals_the_matmul_over_the_sequence(cell, bf16):
+    """kernel_grad: the backward op sums Σ_t h_{t-1}ᵀ d(h_{t-1} U)_t itself (float32 products) and leaves
+    the GRU's dhp empty; everything else it gives is unchanged. 13 rows over two threads, 21 units."""
+    if bf16 and not native.has_bf16():
+        pytest.skip("no AVX512_BF16 here")
+    library = native.load()
+    rng = np.random.default_rng(5)
+    steps, batch, units = 6, 13, 21
+    gates = 3 if cell == "gru" else 4
+    xp = tf.constant(rng.normal(size=(steps, batch, gates * units)), tf.float32)
+    h0 = tf.constant(rng.normal(size=(batch, units)) * 0.3, tf.float32)
+    kernel = tf.constant(rng.normal(size=(units, gates * units)) / units ** 0.5, tf.float32)
+    bias = tf.constant(rng.normal(size=(gates * units,)) * 0.1, tf.float32)
+    dh = tf.constant(rng.normal(size=(steps, batch, units)), tf.float32)
+    if cell == "gru":
+        h, g = library.deep_rnn_gru_sequence(xp, bias, h0, kernel, bias, bf16=bf16)
+        plain = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, bf16=bf16)
+        fused = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, bf16=bf16, kernel_grad=True)
+        d_products, same = plain[1], [0, 2, 3, 4]
+        assert fused[1].shape == (0, 0, 0) and plain[5].shape == (0, 0)
+    else:
+        h, c, g = library.deep_rnn_lstm_sequence(xp, bias, h0, h0, kernel, bf16=bf16)
+        plain = library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, bf16=bf16)
+        fused = library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, bf16=bf16, kernel_grad=True)
+        d_products, same = plain[0], [0, 1, 2, 3]
+        assert plain[4].shape == (0, 0)
+    for i in same:
+        np.testing.assert_array_equal(fused[i], plain[i])
+    previous = np.concatenate([h0.numpy()[None], h.numpy()[:-1]]).reshape(-1, units)   # [T·B, H]
+    want = previous.T.astype(np.float64) @ d_products.numpy().reshape(-1, gates * units)  # [H, G·H]
+    assert fused[-1].shape == (units, gates * units)
+    np.testing.assert_allclose(fused[-1], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_lookup_gradient_adds_each_rows_gradient_into_its_ids_row(dtype):
+    """DeepRnnLookupGrad = tf.gather's own gradient (a segment sum by id), in dy's type, float32 sums;
+    100 columns: six 16-column blocks and a tail over the threads."""
+    library = native.load()
+    rng = np.random.default_rng(2)
+    ids = tf.constant(rng.integers(0, 7, size=(45,)), tf.int32)
+    dy = tf.cast(tf.constant(rng.normal(size=(45, 100)), tf.float32), dtype)
+    got = library.deep_rnn_lookup_grad(ids, dy, 9)
+    assert got.dtype == dtype and got.shape == (9, 100)
+    want = tf.math.unsorted_segment_sum(tf.cast(dy, tf.float64), ids, 9)
+    np.testing.assert_allclose(tf.cast(got, tf.float64), want, rtol=1e-2 if dtype == tf.bfloat16 else 1e-6,
+                               atol=1e-2 if dtype == tf.bfloat16 else 1e-6)
+    assert not np.any(got.numpy()[7:])  # rows no id names stay zero
+    table = tf.Variable(rng.normal(size=(9, 100)).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(native.lookup_rows(table, tf.reshape(ids, [5, 9])) * tf.reshape(tf.cast(dy, tf.float32),
+                                                                                              [5, 9, 100]))
+    np.testing.assert_allclose(tape.gradient(loss, table), tf.cast(got, tf.float32), rtol=1e-2, atol=1e-2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"ids\[3\] = 9 is not in \[0, 9\)"):
+        library.deep_rnn_lookup_grad(tf.constant([0, 1, 2, 9]), tf.zeros([4, 3]), 9)
 
 
 def test_kernel_rejects_inconsistent_shapes():

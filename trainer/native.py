@@ -151,9 +151,10 @@ def _register_gradients(library) -> None:
         _, _, h0, kernel, _ = op.inputs
         h, gates = op.outputs
         dh = tf.zeros_like(h) if dh is None else dh
-        dxp, dhp, dh0, d_input_bias, d_recurrent_bias = library.deep_rnn_gru_sequence_grad(
-            h0, kernel, h, gates, dh, bf16=op.get_attr("bf16"), T=op.get_attr("T"))
-        return dxp, d_input_bias, dh0, kernel_gradient(op, h0, h, dhp), d_recurrent_bias
+        fused = sums_kernel_gradient_in_op(kernel.shape[0])
+        dxp, dhp, dh0, d_input_bias, d_recurrent_bias, d_kernel = library.deep_rnn_gru_sequence_grad(
+            h0, kernel, h, gates, dh, bf16=op.get_attr("bf16"), T=op.get_attr("T"), kernel_grad=fused)
+        return dxp, d_input_bias, dh0, d_kernel if fused else kernel_gradient(op, h0, h, dhp), d_recurrent_bias
 
     @tf.RegisterGradient("DeepRnnLstmSequence")
     def _lstm_grad(op, dh, dc, _dgates):
@@ -161,22 +162,37 @@ def _register_gradients(library) -> None:
         h, c, gates = op.outputs
         dh = tf.zeros_like(h) if dh is None else dh
         dc = tf.zeros_like(c) if dc is None else dc
-        dxp, dh0, dc0, d_input_bias = library.deep_rnn_lstm_sequence_grad(
-            h0, c0, kernel, h, c, gates, dh, dc, bf16=op.get_attr("bf16"), T=op.get_attr("T"))
-        return dxp, d_input_bias, dh0, dc0, kernel_gradient(op, h0, h, dxp)
+        fused = sums_kernel_gradient_in_op(kernel.shape[0])
+        dxp, dh0, dc0, d_input_bias, d_kernel = library.deep_rnn_lstm_sequence_grad(
+            h0, c0, kernel, h, c, gates, dh, dc, bf16=op.get_attr("bf16"), T=op.get_attr("T"), kernel_grad=fused)
+        return dxp, d_input_bias, dh0, dc0, d_kernel if fused else kernel_gradient(op, h0, h, dxp)
+
+
+# Widest layer whose recurrent kernel gradient the backward op sums itself, step by step while each step's
+# states and gate gradients are in cache (float32 products); wider layers get one large TensorFlow matmul over
+# the whole sequence (bfloat16 with mixed precision), which runs near the CPU's peak at their sizes.
+# Measured in bench/RESULTS.md (bench.forms).
+FUSED_KERNEL_GRADIENT_MAX_UNITS = 64
+
+
+def sums_kernel_gradient_in_op(units) -> bool:
+    """Whether the backward op of a layer with `units` sums its recurrent kernel's gradient itself."""
+    return units is not None and units <= FUSED_KERNEL_GRADIENT_MAX_UNITS
 
 
 def lookup_rows(table, ids):
     """table [V, G], ids [T, B] → [T, B, G]: the first layer's input projection as a row lookup, whose
-    gradient is one [V, T·B] × [T·B, G] matmul (a segment sum over a few dozen rows serialises on them)."""
+    gradient (DeepRnnLookupGrad) adds dy's rows into their ids' rows of d_table, each thread a range of columns
+    (a one-hot matmul costs V times the adds; a segment sum over a few dozen rows serialises on them)."""
     import tensorflow as tf
+
+    library = load()
 
     @tf.custom_gradient
     def lookup(table):
-        def grad(dy):  # dy [T, B, G]
-            flat_ids = tf.reshape(ids, [-1])
-            one_hot = tf.one_hot(flat_ids, tf.shape(table)[0], dtype=dy.dtype)            # [T·B, V]
-            return tf.matmul(one_hot, tf.reshape(dy, [-1, tf.shape(dy)[-1]]), transpose_a=True)
+        def grad(dy):  # dy [T, B, G] → d_table [V, G]
+            return library.deep_rnn_lookup_grad(tf.reshape(tf.cast(ids, tf.int32), [-1]),
+                                                tf.reshape(dy, [-1, tf.shape(dy)[-1]]), tf.shape(table)[0])
 
         return tf.gather(table, ids), grad
 

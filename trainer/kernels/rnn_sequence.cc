@@ -21,6 +21,7 @@
 // (for A/B timing; also what CPUs without AVX-512 get).
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -134,6 +135,13 @@ void SumPartials(const std::vector<RowVector>& partials, Tensor* out) {
   Eigen::Map<RowVector> sum(out->flat<float>().data(), out->NumElements());
   sum.setZero();
   for (const RowVector& p : partials) sum += p;
+}
+
+// Σ of the per-range [H, G] partial kernel gradients → out [H, G] (float32).
+void SumPartials(const std::vector<Matrix>& partials, Tensor* out) {
+  MatrixMap sum(out->flat<float>().data(), out->dim_size(0), out->dim_size(1));
+  sum.setZero();
+  for (const Matrix& p : partials) sum += p;
 }
 
 // B [K, N] in the bf16 microkernel's layout: rows 2p and 2p+1 interleaved as bf16 pairs (one uint32 per column),
@@ -387,25 +395,31 @@ REGISTER_OP("DeepRnnGruSequence")
 REGISTER_OP("DeepRnnGruSequenceGrad")
     .Attr("bf16: bool = false")             // recurrent products in bfloat16 (needs AVX512_BF16)
     .Attr("T: {float, bfloat16} = DT_FLOAT")  // dxp's and dhp's type (the forward op's xp type)
+    .Attr("kernel_grad: bool = false")      // U's gradient summed in the op (d_kernel) instead of via dhp
     .Input("h0: float")                     // [B, H]
     .Input("recurrent_kernel: float")       // [H, 3H]
     .Input("h: float")                      // [T, B, H]
     .Input("gates: float")                  // [T, B, 4H]
     .Input("dh: float")                     // [T, B, H]: loss gradient w.r.t. each step's output
     .Output("dxp: T")                       // [T, B, 3H]
-    .Output("dhp: T")                       // [T, B, 3H]: w.r.t. h_{t-1} U + b (for U's gradient)
+    .Output("dhp: T")                       // [T, B, 3H]: w.r.t. h_{t-1} U + b (for U's gradient); [0, 0, 0]
+                                            // with kernel_grad
     .Output("dh0: float")                   // [B, H]
     .Output("d_input_bias: float")          // [3H]: Σ dxp over steps and rows
     .Output("d_recurrent_bias: float")      // [3H]: Σ dhp over steps and rows
+    .Output("d_kernel: float")              // [H, 3H]: Σ_t h_{t-1}ᵀ dhp_t with kernel_grad, else [0, 0]
     .SetShapeFn([](InferenceContext* c) {
+      bool kernel_grad = false;
+      TF_RETURN_IF_ERROR(c->GetAttr("kernel_grad", &kernel_grad));
       ShapeHandle h = c->input(2);
       DimensionHandle three;
       TF_RETURN_IF_ERROR(c->Multiply(c->Dim(h, 2), 3, &three));
       c->set_output(0, c->MakeShape({c->Dim(h, 0), c->Dim(h, 1), three}));
-      c->set_output(1, c->output(0));
+      c->set_output(1, kernel_grad ? c->MakeShape({0, 0, 0}) : c->output(0));
       c->set_output(2, c->input(0));
       c->set_output(3, c->Vector(three));
       c->set_output(4, c->Vector(three));
+      c->set_output(5, kernel_grad ? c->Matrix(c->Dim(h, 2), three) : c->Matrix(0, 0));
       return absl::OkStatus();
     });
 
@@ -469,9 +483,13 @@ template <typename T>
 class GruSequenceGradOp : public OpKernel {
  private:
   bool bf16_ = false;
+  bool kernel_grad_ = false;
 
  public:
-  explicit GruSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) { CheckBf16Attribute(ctx, &bf16_); }
+  explicit GruSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    CheckBf16Attribute(ctx, &bf16_);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("kernel_grad", &kernel_grad_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &h0 = ctx->input(0), &u = ctx->input(1), &h = ctx->input(2), &gates = ctx->input(3),
@@ -479,12 +497,15 @@ class GruSequenceGradOp : public OpKernel {
     const int64_t steps = h.dim_size(0), batch = h.dim_size(1), H = h.dim_size(2);
     OP_REQUIRES(ctx, dh.shape() == h.shape() && gates.dim_size(2) == 4 * H && u.dim_size(1) == 3 * H,
                 absl::InvalidArgumentError("inconsistent shapes in DeepRnnGruSequenceGrad"));
-    Tensor *dxp = nullptr, *dhp = nullptr, *dh0 = nullptr, *d_input_bias = nullptr, *d_recurrent_bias = nullptr;
+    Tensor *dxp = nullptr, *dhp = nullptr, *dh0 = nullptr, *d_input_bias = nullptr, *d_recurrent_bias = nullptr,
+           *d_kernel = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({steps, batch, 3 * H}), &dxp));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({steps, batch, 3 * H}), &dhp));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, kernel_grad_ ? TensorShape({0, 0, 0}) : TensorShape({steps, batch, 3 * H}),
+                                             &dhp));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, h0.shape(), &dh0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({3 * H}), &d_input_bias));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({3 * H}), &d_recurrent_bias));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(5, kernel_grad_ ? TensorShape({H, 3 * H}) : TensorShape({0, 0}), &d_kernel));
     const float *h0_data = h0.flat<float>().data(), *h_data = h.flat<float>().data();
     const float *gates_data = gates.flat<float>().data(), *dh_data = dh.flat<float>().data();
     T *dxp_data = dxp->flat<T>().data(), *dhp_data = dhp->flat<T>().data();
@@ -492,6 +513,7 @@ class GruSequenceGradOp : public OpKernel {
     const RecurrentProduct product_t(u.flat<float>().data(), H, 3 * H, bf16_, /*transpose=*/true);  // · Uᵀ
     const int64_t ranges = NumRowRanges(ctx, batch);
     std::vector<RowVector> dx_sums(ranges, RowVector::Zero(3 * H)), dr_sums(ranges, RowVector::Zero(3 * H));
+    std::vector<Matrix> du_sums(kernel_grad_ ? ranges : 0, Matrix::Zero(H, 3 * H));  // U's gradient by range
 
     ForEachRowRange(ctx, batch, [&](int64_t range, int64_t first, int64_t end) {
       const int64_t rows = end - first;
@@ -517,7 +539,11 @@ class GruSequenceGradOp : public OpKernel {
         product_t.Run(dr.data(), rows, carry.data(), scratch);
         carry.array() += d * z;
         StoreAs(dx.data(), rows * 3 * H, dxp_data + (t * batch + first) * 3 * H);
-        StoreAs(dr.data(), rows * 3 * H, dhp_data + (t * batch + first) * 3 * H);
+        if (kernel_grad_) {
+          du_sums[range].noalias() += prev.transpose() * dr;  // [H, rows] · [rows, 3H], while both are in cache
+        } else {
+          StoreAs(dr.data(), rows * 3 * H, dhp_data + (t * batch + first) * 3 * H);
+        }
         AddColumnSums(dx, dx_sums[range]);
         AddColumnSums(dr, dr_sums[range]);
       }
@@ -525,6 +551,7 @@ class GruSequenceGradOp : public OpKernel {
     });
     SumPartials(dx_sums, d_input_bias);
     SumPartials(dr_sums, d_recurrent_bias);
+    if (kernel_grad_) SumPartials(du_sums, d_kernel);
   }
 };
 
@@ -546,6 +573,7 @@ REGISTER_OP("DeepRnnLstmSequence")
 REGISTER_OP("DeepRnnLstmSequenceGrad")
     .Attr("bf16: bool = false")             // recurrent products in bfloat16 (needs AVX512_BF16)
     .Attr("T: {float, bfloat16} = DT_FLOAT")  // dxp's type (the forward op's xp type)
+    .Attr("kernel_grad: bool = false")      // U's gradient summed in the op (d_kernel)
     .Input("h0: float")                     // [B, H]
     .Input("c0: float")                     // [B, H]
     .Input("recurrent_kernel: float")       // [H, 4H]
@@ -558,11 +586,15 @@ REGISTER_OP("DeepRnnLstmSequenceGrad")
     .Output("dh0: float")                   // [B, H]
     .Output("dc0: float")                   // [B, H]
     .Output("d_input_bias: float")          // [4H]: Σ dxp over steps and rows
+    .Output("d_kernel: float")              // [H, 4H]: Σ_t h_{t-1}ᵀ dxp_t with kernel_grad, else [0, 0]
     .SetShapeFn([](InferenceContext* c) {
+      bool kernel_grad = false;
+      TF_RETURN_IF_ERROR(c->GetAttr("kernel_grad", &kernel_grad));
       c->set_output(0, c->input(5));
       c->set_output(1, c->input(0));
       c->set_output(2, c->input(1));
       c->set_output(3, c->Vector(c->Dim(c->input(5), 2)));
+      c->set_output(4, kernel_grad ? c->Matrix(c->Dim(c->input(3), 2), c->Dim(c->input(5), 2)) : c->Matrix(0, 0));
       return absl::OkStatus();
     });
 
@@ -621,22 +653,28 @@ template <typename T>
 class LstmSequenceGradOp : public OpKernel {
  private:
   bool bf16_ = false;
+  bool kernel_grad_ = false;
 
  public:
-  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) { CheckBf16Attribute(ctx, &bf16_); }
+  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    CheckBf16Attribute(ctx, &bf16_);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("kernel_grad", &kernel_grad_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor &h0 = ctx->input(0), &c0 = ctx->input(1), &u = ctx->input(2), &c = ctx->input(4),
-                 &gates = ctx->input(5), &dh = ctx->input(6), &dc = ctx->input(7);
+    const Tensor &h0 = ctx->input(0), &c0 = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
+                 &c = ctx->input(4), &gates = ctx->input(5), &dh = ctx->input(6), &dc = ctx->input(7);
     const int64_t steps = c.dim_size(0), batch = c.dim_size(1), H = c.dim_size(2);
-    OP_REQUIRES(ctx, dh.shape() == c.shape() && dc.shape() == c.shape() && gates.dim_size(2) == 4 * H &&
-                         u.dim_size(1) == 4 * H,
+    OP_REQUIRES(ctx, h.shape() == c.shape() && dh.shape() == c.shape() && dc.shape() == c.shape() &&
+                         gates.dim_size(2) == 4 * H && u.dim_size(1) == 4 * H,
                 absl::InvalidArgumentError("inconsistent shapes in DeepRnnLstmSequenceGrad"));
-    Tensor *dxp = nullptr, *dh0 = nullptr, *dc0 = nullptr, *d_input_bias = nullptr;
+    Tensor *dxp = nullptr, *dh0 = nullptr, *dc0 = nullptr, *d_input_bias = nullptr, *d_kernel = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, gates.shape(), &dxp));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, h0.shape(), &dh0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, c0.shape(), &dc0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({4 * H}), &d_input_bias));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, kernel_grad_ ? TensorShape({H, 4 * H}) : TensorShape({0, 0}), &d_kernel));
+    const float *h0_data = h0.flat<float>().data(), *h_data = h.flat<float>().data();
     const float *c0_data = c0.flat<float>().data(), *c_data = c.flat<float>().data();
     const float *gates_data = gates.flat<float>().data(), *dh_data = dh.flat<float>().data();
     const float* dc_data = dc.flat<float>().data();
@@ -645,6 +683,7 @@ class LstmSequenceGradOp : public OpKernel {
     const RecurrentProduct product_t(u.flat<float>().data(), H, 4 * H, bf16_, /*transpose=*/true);  // · Uᵀ
     const int64_t ranges = NumRowRanges(ctx, batch);
     std::vector<RowVector> dx_sums(ranges, RowVector::Zero(4 * H));
+    std::vector<Matrix> du_sums(kernel_grad_ ? ranges : 0, Matrix::Zero(H, 4 * H));  // U's gradient by range
 
     ForEachRowRange(ctx, batch, [&](int64_t range, int64_t first, int64_t end) {
       const int64_t rows = end - first;
@@ -670,11 +709,79 @@ class LstmSequenceGradOp : public OpKernel {
         product_t.Run(dx.data(), rows, h_carry.data(), scratch);
         StoreAs(dx.data(), rows * 4 * H, dxp_data + 4 * here);
         AddColumnSums(dx, dx_sums[range]);
+        if (kernel_grad_) {  // [H, rows] · [rows, 4H], while both are in cache
+          ConstMatrixMap h_prev(t == 0 ? h0_data + first * H : h_data + ((t - 1) * batch + first) * H, rows, H);
+          du_sums[range].noalias() += h_prev.transpose() * dx;
+        }
       }
       MatrixMap(dh0_data + first * H, rows, H) = h_carry;
       MatrixMap(dc0_data + first * H, rows, H) = c_carry;
     });
     SumPartials(dx_sums, d_input_bias);
+    if (kernel_grad_) SumPartials(du_sums, d_kernel);
+  }
+};
+
+// ---------------------------------------------------------------- the first layer's row lookup
+
+// The gradient of tf.gather(table, ids) for the first layer's input projection (trainer/native.py lookup_rows):
+// d_table [V, G] = Σ of dy's rows by id. TensorFlow's routes are a one-hot [N, V] matmul (N·V·G products, and a
+// one-hot tensor written and read) or an unsorted segment sum that serialises on a few dozen rows; here each
+// thread owns a range of columns and adds every row's share into it, so no thread waits on another and each
+// row is read once.
+REGISTER_OP("DeepRnnLookupGrad")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
+    .Input("ids: int32")                    // [N]
+    .Input("dy: T")                         // [N, G]
+    .Input("num_rows: int32")               // V, the table's rows
+    .Output("d_table: T")                   // [V, G]
+    .SetShapeFn([](InferenceContext* c) {
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(c->input(1), 1)));
+      return absl::OkStatus();
+    });
+
+template <typename T>
+class LookupGradOp : public OpKernel {
+ public:
+  explicit LookupGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &ids = ctx->input(0), &dy = ctx->input(1), &num_rows = ctx->input(2);
+    OP_REQUIRES(ctx, ids.dims() == 1 && dy.dims() == 2 && dy.dim_size(0) == ids.dim_size(0) &&
+                         num_rows.dims() == 0,
+                absl::InvalidArgumentError(absl::StrCat("expected ids [N], dy [N, G], num_rows scalar; got ids ",
+                                                        ids.shape().DebugString(), ", dy ", dy.shape().DebugString())));
+    const int64_t n = dy.dim_size(0), columns = dy.dim_size(1), vocab = num_rows.scalar<int32_t>()();
+    OP_REQUIRES(ctx, vocab >= 0, absl::InvalidArgumentError("num_rows must be >= 0"));
+    const int32_t* id = ids.flat<int32_t>().data();
+    for (int64_t i = 0; i < n; ++i)
+      OP_REQUIRES(ctx, id[i] >= 0 && id[i] < vocab,
+                  absl::InvalidArgumentError(absl::StrCat("ids[", i, "] = ", id[i], " is not in [0, ", vocab, ")")));
+    Tensor* d_table = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({vocab, columns}), &d_table));
+    const T* src = dy.flat<T>().data();
+    T* out = d_table->flat<T>().data();
+    std::vector<float> sums(vocab * columns, 0.0f);  // [V, G] float32 accumulators (float: out itself)
+    float* acc = std::is_same<T, float>::value ? reinterpret_cast<float*>(out) : sums.data();
+    if (acc != sums.data()) std::fill(acc, acc + vocab * columns, 0.0f);
+    auto column_range = [&](int64_t first, int64_t end) {
+      std::vector<float> staged;
+      const int64_t width = end - first;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* row = AsFloat(src + i * columns + first, width, staged);
+        float* dst = acc + id[i] * columns + first;
+        for (int64_t j = 0; j < width; ++j) dst[j] += row[j];
+      }
+    };
+    // Columns in blocks of 16 (one AVX-512 register) split over the threads.
+    const int64_t blocks = (columns + 15) / 16;
+    tensorflow::Shard(NumRowRanges(ctx, blocks), ctx->device()->tensorflow_cpu_worker_threads()->workers, blocks,
+                      /*cost_per_unit=*/16 * n, [&](int64_t first_block, int64_t end_block) {
+                        column_range(16 * first_block, std::min(columns, 16 * end_block));
+                      });
+    if (acc == sums.data()) StoreAs(sums.data(), vocab * columns, out);
   }
 };
 
@@ -686,7 +793,9 @@ class LstmSequenceGradOp : public OpKernel {
   REGISTER_KERNEL_BUILDER(Name("DeepRnnLstmSequence").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
                           LstmSequenceOp<T>);                                                                      \
   REGISTER_KERNEL_BUILDER(Name("DeepRnnLstmSequenceGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \
-                          LstmSequenceGradOp<T>);
+                          LstmSequenceGradOp<T>);                                                                  \
+  REGISTER_KERNEL_BUILDER(Name("DeepRnnLookupGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),         \
+                          LookupGradOp<T>);
 
 DEEP_RNN_REGISTER_KERNELS(float)
 DEEP_RNN_REGISTER_KERNELS(bfloat16)
