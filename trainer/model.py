@@ -9,7 +9,8 @@ bias; then the output layer), so weights move between them with set_weights:
              unrolled in the graph doing only the recurrent part, layers interleaved so layer l+1
              at step t runs beside layer l at step t+1.
 - "native":  NativeRNNStack — one C++ op per layer runs the whole sequence (trainer/native.py), with
-             each layer's input projection and the weight gradients as single large matmuls. GRU and
+             each layer's input projection and the weight gradients as single large matmuls (up to
+             64 units the backward op sums the recurrent kernel's gradient itself). GRU and
              LSTM, CPU, training only (exports keep standard ops); float32, or under mixed precision
              bfloat16 products with float32 accumulation where the CPU has AVX512_BF16.
 `--backend-form auto` picks among them from bench.forms' measurements (resolve_form).
