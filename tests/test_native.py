@@ -144,22 +144,28 @@ def test_bfloat16_xp_and_the_input_bias_inside_the_op(cell):
         np.testing.assert_array_equal(half[4], inside[4])
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_kernel_gradient_summed_in_the_op_equals_the_matmul_over_the_sequence(cell, bf16):
-    """kernel_grad: the backward op sums Σ_t h_{t-1}ᵀ d(h_{t-1} U)_t itself (float32 products) and leaves
-    the GRU's dhp empty; everything else it gives is unchanged. 13 rows over two threads, 21 units."""
-    if bf16 and not native.has_bf16():
-        pytest.skip("no AVX512_BF16 here")
-    library = native.load()
-    rng = np.random.default_rng(5)
-    steps, batch, units = 6, 13, 21
+def _random_layer(cell, steps, batch, units, seed=5):
+    """Float32 inputs for one layer's ops: xp [T, B, G·H], h0 [B, H], kernel [H, G·H], a bias [G·H], dh [T, B, H]."""
+    rng = np.random.default_rng(seed)
     gates = 3 if cell == "gru" else 4
     xp = tf.constant(rng.normal(size=(steps, batch, gates * units)), tf.float32)
     h0 = tf.constant(rng.normal(size=(batch, units)) * 0.3, tf.float32)
     kernel = tf.constant(rng.normal(size=(units, gates * units)) / units ** 0.5, tf.float32)
     bias = tf.constant(rng.normal(size=(gates * units,)) * 0.1, tf.float32)
     dh = tf.constant(rng.normal(size=(steps, batch, units)), tf.float32)
+    return xp, h0, kernel, bias, dh
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_kernel_gradient_summed_in_the_op_equals_the_matmul_over_the_sequence(cell, bf16):
+    """kernel_grad: the backward op sums Σ_t h_{t-1}ᵀ d(h_{t-1} U)_t itself (float32 products) and leaves
+    the GRU's dhp empty; everything else it gives is unchanged. 13 rows over two threads, 21 units."""
+    if bf16:
+        _bf16_or_skip()
+    library = native.load()
+    units, gates = 21, (3 if cell == "gru" else 4)
+    xp, h0, kernel, bias, dh = _random_layer(cell, 6, 13, units)
     if cell == "gru":
         h, g = library.deep_rnn_gru_sequence(xp, bias, h0, kernel, bias, bf16=bf16)
         plain = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, bf16=bf16)
@@ -321,14 +327,7 @@ def test_bf16_products_match_float32_to_bfloat16_rounding(cell):
     forward and backward (the float32 kernels' own numbers are tested against Keras's cells above)."""
     _bf16_or_skip()
     library = native.load()
-    rng = np.random.default_rng(5)
-    steps, batch, units = 9, 13, 21
-    gates = 3 if cell == "gru" else 4
-    xp = tf.constant(rng.normal(size=(steps, batch, gates * units)), tf.float32)
-    h0 = tf.constant(rng.normal(size=(batch, units)) * 0.3, tf.float32)
-    kernel = tf.constant(rng.normal(size=(units, gates * units)) / units ** 0.5, tf.float32)
-    bias = tf.constant(rng.normal(size=(gates * units,)) * 0.1, tf.float32)
-    dh = tf.constant(rng.normal(size=(steps, batch, units)), tf.float32)
+    xp, h0, kernel, bias, dh = _random_layer(cell, 9, 13, 21)
 
     def run(bf16):
         if cell == "gru":
