@@ -766,9 +766,10 @@ class LookupGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({vocab, columns}), &d_table));
     const T* src = dy.flat<T>().data();
     T* out = d_table->flat<T>().data();
-    std::vector<float> sums(vocab * columns, 0.0f);  // [V, G] float32 accumulators (float: out itself)
-    float* acc = std::is_same<T, float>::value ? reinterpret_cast<float*>(out) : sums.data();
-    if (acc != sums.data()) std::fill(acc, acc + vocab * columns, 0.0f);
+    constexpr bool kFloat = std::is_same<T, float>::value;
+    std::vector<float> sums(kFloat ? 0 : vocab * columns, 0.0f);  // [V, G] float32 sums for bfloat16 dy
+    float* acc = kFloat ? reinterpret_cast<float*>(out) : sums.data();
+    if (kFloat) std::fill(acc, acc + vocab * columns, 0.0f);
     auto column_range = [&](int64_t first, int64_t end) {
       std::vector<float> staged;
       const int64_t width = end - first;
@@ -784,7 +785,7 @@ class LookupGradOp : public OpKernel {
                       /*cost_per_unit=*/16 * n, [&](int64_t first_block, int64_t end_block) {
                         column_range(16 * first_block, std::min(columns, 16 * end_block));
                       });
-    if (acc == sums.data()) StoreAs(sums.data(), vocab * columns, out);
+    if (!kFloat) StoreAs(sums.data(), vocab * columns, out);
   }
 };
 
