@@ -402,13 +402,59 @@ def test_mixed_precision_native_trains_as_well_as_float32_and_exports(tiny_data,
     check_portable(export_model(str(tmp_path / "mixedTrue"), str(tmp_path / "export")))
 
 
+# Run in a subprocess by the test below (a process can load only one build of the ops): every float32 output of
+# the kernels for fixed inputs, from the library at argv[1], saved to argv[2].
+_KERNEL_OUTPUTS_SCRIPT = """
+import sys
+import numpy as np
+import tensorflow as tf
+library = tf.load_op_library(sys.argv[1])
+rng = np.random.default_rng(7)
+steps, batch, units, vocab = 5, 19, 37, 11  # 19 rows: two threads' ranges and 1-5-row tails; 37 units: panel tails
+def normal(*shape, scale=1.0):
+    return (rng.normal(size=shape) * scale).astype("float32")
+h0, c0, dh, dc = normal(batch, units, scale=0.3), normal(batch, units, scale=0.3), normal(steps, batch, units), \\
+    normal(steps, batch, units)
+out = {}
+for cell, gates in (("gru", 3), ("lstm", 4)):
+    xp, bias = normal(steps, batch, gates * units), normal(gates * units, scale=0.1)
+    kernel = normal(units, gates * units, scale=units ** -0.5)
+    for kernel_grad in (False, True):
+        if cell == "gru":
+            h, g = library.deep_rnn_gru_sequence(xp, bias, h0, kernel, bias)
+            grads = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, kernel_grad=kernel_grad)
+        else:
+            h, c, g = library.deep_rnn_lstm_sequence(xp, bias, h0, c0, kernel)
+            grads = library.deep_rnn_lstm_sequence_grad(h0, c0, kernel, h, c, g, dh, dc, kernel_grad=kernel_grad)
+        out[f"{cell}_h"] = h.numpy()
+        for i, grad in enumerate(grads):
+            out[f"{cell}_kernel_grad{kernel_grad}_{i}"] = grad.numpy()
+ids = rng.integers(0, vocab, size=(steps * batch,)).astype("int32")
+out["lookup_grad"] = library.deep_rnn_lookup_grad(ids, normal(steps * batch, 40), vocab).numpy()
+np.savez(sys.argv[2], **out)
+"""
+
+
+def _kernel_outputs(library_path, output) -> dict:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _KERNEL_OUTPUTS_SCRIPT, str(library_path), str(output)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(output) as saved:
+        return dict(saved)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("march, cpu_flags", [("sapphirerapids", "avx512f avx512_bf16 avx512_fp16 amx_tile"),
                                               ("cascadelake", "avx512f avx512_vnni"), ("x86-64-v3", "avx2 fma")])
 def test_kernels_compile_for_other_cpus(march, cpu_flags, tmp_path):
     """The build must work on every CPU CI and developers get, not only this one: Intel with AMX and
     AVX512_FP16 (TensorFlow's bundled Eigen fails on FP16 unless the build turns it off), AVX-512 without
-    bfloat16, and no AVX-512 at all (the Eigen products)."""
+    bfloat16, and no AVX-512 at all (the Eigen products). Where this CPU can run the other build, it must also
+    compute what this machine's own build computes: another CPU takes other code paths (Eigen's products instead
+    of the AVX-512 microkernels), which only compiling would not test."""
     import subprocess
 
     output = tmp_path / "rnn_sequence.so"
@@ -416,3 +462,10 @@ def test_kernels_compile_for_other_cpus(march, cpu_flags, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert output.stat().st_size > 0
+    if not set(cpu_flags.split()) <= set(native.cpu_fingerprint().split()):
+        return  # this CPU cannot run that build
+    other = _kernel_outputs(output, tmp_path / "other.npz")
+    here = _kernel_outputs(native.build(), tmp_path / "here.npz")
+    assert other.keys() == here.keys()
+    for name in here:  # float32 sums in another order (Eigen's products against the microkernels)
+        np.testing.assert_allclose(other[name], here[name], rtol=1e-5, atol=1e-5, err_msg=name)
