@@ -419,15 +419,16 @@ out = {}
 for cell, gates in (("gru", 3), ("lstm", 4)):
     xp, bias = normal(steps, batch, gates * units), normal(gates * units, scale=0.1)
     kernel = normal(units, gates * units, scale=units ** -0.5)
+    if cell == "gru":
+        h, g = library.deep_rnn_gru_sequence(xp, bias, h0, kernel, bias)
+        backward = lambda kernel_grad: library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, kernel_grad=kernel_grad)
+    else:
+        h, c, g = library.deep_rnn_lstm_sequence(xp, bias, h0, c0, kernel)
+        backward = lambda kernel_grad: library.deep_rnn_lstm_sequence_grad(h0, c0, kernel, h, c, g, dh, dc,
+                                                                           kernel_grad=kernel_grad)
+    out[f"{cell}_h"] = h.numpy()
     for kernel_grad in (False, True):
-        if cell == "gru":
-            h, g = library.deep_rnn_gru_sequence(xp, bias, h0, kernel, bias)
-            grads = library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, kernel_grad=kernel_grad)
-        else:
-            h, c, g = library.deep_rnn_lstm_sequence(xp, bias, h0, c0, kernel)
-            grads = library.deep_rnn_lstm_sequence_grad(h0, c0, kernel, h, c, g, dh, dc, kernel_grad=kernel_grad)
-        out[f"{cell}_h"] = h.numpy()
-        for i, grad in enumerate(grads):
+        for i, grad in enumerate(backward(kernel_grad)):
             out[f"{cell}_kernel_grad{kernel_grad}_{i}"] = grad.numpy()
 ids = rng.integers(0, vocab, size=(steps * batch,)).astype("int32")
 out["lookup_grad"] = library.deep_rnn_lookup_grad(ids, normal(steps * batch, 40), vocab).numpy()
@@ -446,10 +447,16 @@ def _kernel_outputs(library_path, output) -> dict:
         return dict(saved)
 
 
+@pytest.fixture(scope="module")
+def kernel_outputs_here(tmp_path_factory):
+    """_kernel_outputs of this machine's own build: the reference every other build is compared with, run once."""
+    return _kernel_outputs(native.build(), tmp_path_factory.mktemp("here") / "here.npz")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("march, cpu_flags", [("sapphirerapids", "avx512f avx512_bf16 avx512_fp16 amx_tile"),
                                               ("cascadelake", "avx512f avx512_vnni"), ("x86-64-v3", "avx2 fma")])
-def test_kernels_compile_for_other_cpus(march, cpu_flags, tmp_path):
+def test_kernels_compile_for_other_cpus(march, cpu_flags, tmp_path, request):
     """The build must work on every CPU CI and developers get, not only this one: Intel with AMX and
     AVX512_FP16 (TensorFlow's bundled Eigen fails on FP16 unless the build turns it off), AVX-512 without
     bfloat16, and no AVX-512 at all (the Eigen products). Where this CPU can run the other build, it must also
@@ -465,7 +472,7 @@ def test_kernels_compile_for_other_cpus(march, cpu_flags, tmp_path):
     if not set(cpu_flags.split()) <= set(native.cpu_fingerprint().split()):
         return  # this CPU cannot run that build
     other = _kernel_outputs(output, tmp_path / "other.npz")
-    here = _kernel_outputs(native.build(), tmp_path / "here.npz")
+    here = request.getfixturevalue("kernel_outputs_here")  # only where a build runs here: one reference run
     assert other.keys() == here.keys()
     for name in here:  # float32 sums in another order (Eigen's products against the microkernels)
         np.testing.assert_allclose(other[name], here[name], rtol=1e-5, atol=1e-5, err_msg=name)
