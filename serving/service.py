@@ -179,6 +179,15 @@ def make_rest_handler(services: Services, max_request_bytes: int):
         def log_message(self, fmt, *args):  # quiet; errors are returned to the client
             pass
 
+        def handle(self):
+            """A client that hangs up (mid-request or before reading its answer) ends its connection and
+            nothing else: no answer can reach it, and it is not the server's failure to log."""
+            try:
+                super().handle()
+            except ConnectionError as err:  # reset, broken pipe, aborted
+                self.close_connection = True
+                log.debug("REST client %s hung up: %s", self.client_address[0], err)
+
         def _send(self, code: int, body: dict | str):
             data = (body if isinstance(body, str) else json.dumps(body, indent=1)).encode("utf-8")
             self.send_response(code)
@@ -213,6 +222,8 @@ def make_rest_handler(services: Services, max_request_bytes: int):
             try:
                 body = self._read_body() if method != "GET" else b""
                 self._send(200, rest.handle(services, method, self.path, body))
+            except ConnectionError:
+                raise  # the client is gone: handle() ends the connection
             except ServingError as err:
                 self._send(rest.http_status(err.code), {"error": err.message})
             except Exception as err:  # never a dropped connection: the client gets TF Serving's 500 shape
@@ -232,6 +243,15 @@ def make_rest_handler(services: Services, max_request_bytes: int):
             self._handle("DELETE")
 
     return Handler
+
+
+class RestServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer whose unexpected handler errors go to the log, not as bare tracebacks on stderr."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        log.exception("REST connection from %s failed", client_address[0])
 
 
 class Server:
@@ -278,11 +298,10 @@ class Server:
         self.rest_port = None
         if rest_port is not None:
             try:
-                self.http = ThreadingHTTPServer((host, rest_port), make_rest_handler(services, max_request_bytes))
+                self.http = RestServer((host, rest_port), make_rest_handler(services, max_request_bytes))
             except OSError as err:
                 self.grpc_server.stop(0)
                 raise UserError(f"cannot bind REST to {host}:{rest_port}: {err.strerror or err}") from None
-            self.http.daemon_threads = True
             self.rest_port = self.http.server_address[1]
             threading.Thread(target=self.http.serve_forever, name="rest", daemon=True).start()
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import grpc
@@ -204,6 +208,36 @@ def test_malformed_rest_requests(server):
     # RESOURCE_EXHAUSTED, which TF Serving's http_server.cc maps to 429
     assert _rest(url, raw=b'{"inputs": {"prefix": ["' + b"x" * (2 << 20) + b'"], "num_chars": 1}}')[0] == 429
     assert _rest(url, {"inputs": {"prefix": ["a"], "num_chars": 3}})[0] == 200
+
+
+def _hang_up(rest_url: str, payload: bytes, wait_s: float) -> None:
+    """Sends payload on a new REST connection, waits, then resets the connection (RST, not a clean close)."""
+    url = urllib.parse.urlsplit(rest_url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(payload)
+        time.sleep(wait_s)
+
+
+def test_clients_that_hang_up_are_not_server_errors(server, request, capfd, caplog):
+    """Clients that vanish mid-request, or before reading their answer, cost their own connection only: the
+    server answers the next client, and the local server logs no error and prints no traceback for them."""
+    rest = server[1]
+    body = json.dumps({"inputs": {"prefix": ["it has"], "num_chars": 1000}}).encode()
+    post = b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    cases = [(b"GET /v1/mod", 0.2),                                                  # half a request line
+             (post + b"Content-Length: 100000\r\n\r\n" + body[:10], 0.2),           # part of the promised body
+             (post + b"Content-Length: %d\r\n\r\n" % len(body) + body, 0.3),         # gone before the answer
+             (post + b"Content-Length: 999999999\r\n\r\n" + b"x" * 65536, 0.2)]     # too large, gone while discarded
+    with caplog.at_level(logging.DEBUG, logger="serving"):
+        for payload, wait_s in cases:
+            _hang_up(rest, payload, wait_s)
+        assert _rest(f"{rest}/v1/models/deep_rnn:predict", {"inputs": {"prefix": ["a"], "num_chars": 3}})[0] == 200
+        time.sleep(3)  # the abandoned generation finishes and meets the closed connection
+    if request.node.callspec.params["server"] == "local":
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert sum("hung up" in r.getMessage() for r in caplog.records) >= 3  # the reads cut short, at least
+        assert "Traceback" not in capfd.readouterr().err
 
 
 def test_new_version_is_picked_up_under_load_with_no_failed_request(server, trained):
