@@ -21,6 +21,7 @@ from pipeline import cli
 from pipeline.cli import UserError
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+DEFAULT_REST_IDLE_SECONDS = 60.0  # a REST connection silent this long is closed (its thread is freed)
 EXAMPLES = """examples:
   python -m serving.server --model-config-file runs/default/export/models.config
   python -m serving.server --model-base runs/default/export/deep_rnn --port 9000 --rest-port -1
@@ -43,6 +44,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--poll-seconds", type=float, default=1.0, metavar="S", help="how often to look for new versions")
     p.add_argument("--max-request-bytes", type=cli.positive_int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
                    help="largest gRPC message or REST body accepted (default: %(default)s = 4 MiB)")
+    p.add_argument("--rest-idle-seconds", type=float, default=DEFAULT_REST_IDLE_SECONDS, metavar="S",
+                   help="close a REST connection that sends or accepts nothing for S seconds: an idle keep-alive "
+                        "connection, or a client stalled mid-request (default: %(default)s)")
     p.add_argument("--workers", type=cli.positive_int, default=16, metavar="N", help="gRPC worker threads")
     p.add_argument("--intra-op-threads", type=int, default=1, metavar="N",
                    help="threads per TF op (0: TF's default); generation runs many tiny ops")
@@ -55,6 +59,8 @@ def parse_args(argv):
     args = build_parser().parse_args(argv)
     if args.poll_seconds <= 0:
         raise UserError(f"--poll-seconds must be > 0, got {args.poll_seconds}")
+    if not 0 < args.rest_idle_seconds < float("inf"):  # NaN too
+        raise UserError(f"--rest-idle-seconds must be a number of seconds > 0, got {args.rest_idle_seconds}")
     return args
 
 
@@ -70,7 +76,7 @@ def main(argv=None) -> None:
                                               inter_op_parallelism_threads=args.inter_op_threads)
     server = Server(args.model_base, args.model_name, args.host, args.port,
                     None if args.rest_port == -1 else args.rest_port, args.poll_seconds, args.max_request_bytes,
-                    args.workers, args.model_config_file, session_config)
+                    args.workers, args.model_config_file, session_config, args.rest_idle_seconds)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

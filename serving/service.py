@@ -26,7 +26,7 @@ from serving import rest, tensors  # noqa: E402
 from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
 
 log = logging.getLogger("serving")
-from serving.server import DEFAULT_MAX_REQUEST_BYTES  # noqa: E402
+from serving.server import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REST_IDLE_SECONDS  # noqa: E402
 
 
 def model_spec_choice(spec) -> tuple[int | None, str | None]:
@@ -172,21 +172,26 @@ def grpc_handlers(services: Services) -> list:
             grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", model)]
 
 
-def make_rest_handler(services: Services, max_request_bytes: int):
+def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: float | None = None):
+    """The REST request handler class; a connection silent for idle_seconds (None: forever) is closed."""
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = idle_seconds  # StreamRequestHandler sets it on the socket: every read and write waits at most this
 
         def log_message(self, fmt, *args):  # quiet; errors are returned to the client
             pass
 
         def handle(self):
-            """A client that hangs up (mid-request or before reading its answer) ends its connection and
-            nothing else: no answer can reach it, and it is not the server's failure to log."""
+            """A client that hangs up (mid-request or before reading its answer), or goes silent for the idle
+            time, ends its connection and nothing else: it is not the server's failure to log."""
             try:
                 super().handle()
             except ConnectionError as err:  # reset, broken pipe, aborted
                 self.close_connection = True
                 log.debug("REST client %s hung up: %s", self.client_address[0], err)
+            except TimeoutError:
+                self.close_connection = True
+                log.debug("REST client %s silent for %s s: connection closed", self.client_address[0], self.timeout)
 
         def _send(self, code: int, body: dict | str):
             data = (body if isinstance(body, str) else json.dumps(body, indent=1)).encode("utf-8")
@@ -222,8 +227,8 @@ def make_rest_handler(services: Services, max_request_bytes: int):
             try:
                 body = self._read_body() if method != "GET" else b""
                 self._send(200, rest.handle(services, method, self.path, body))
-            except ConnectionError:
-                raise  # the client is gone: handle() ends the connection
+            except (ConnectionError, TimeoutError):
+                raise  # the client is gone or silent: handle() ends the connection
             except ServingError as err:
                 self._send(rest.http_status(err.code), {"error": err.message})
             except Exception as err:  # never a dropped connection: the client gets TF Serving's 500 shape
@@ -260,7 +265,8 @@ class Server:
     def __init__(self, model_base: str | None = None, model_name: str = "deep_rnn", host: str = "127.0.0.1",
                  port: int = 8500, rest_port: int | None = 8501, poll_seconds: float = 1.0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = 16,
-                 model_config_file: str | None = None, session_config=None):
+                 model_config_file: str | None = None, session_config=None,
+                 rest_idle_seconds: float | None = DEFAULT_REST_IDLE_SECONDS):
         for name, value in (("port", port), ("rest port", rest_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise UserError(f"{name} {value} is not a TCP port (0-65535; 0 picks a free one)")
@@ -298,7 +304,7 @@ class Server:
         self.rest_port = None
         if rest_port is not None:
             try:
-                self.http = RestServer((host, rest_port), make_rest_handler(services, max_request_bytes))
+                self.http = RestServer((host, rest_port), make_rest_handler(services, max_request_bytes, rest_idle_seconds))
             except OSError as err:
                 self.grpc_server.stop(0)
                 raise UserError(f"cannot bind REST to {host}:{rest_port}: {err.strerror or err}") from None

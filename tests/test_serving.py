@@ -240,6 +240,39 @@ def test_clients_that_hang_up_are_not_server_errors(server, request, capfd, capl
         assert "Traceback" not in capfd.readouterr().err
 
 
+def test_silent_rest_connections_are_closed_after_the_idle_time(exported, tmp_path, caplog):
+    """A REST connection that goes quiet (before its request line, mid-headers, mid-body, or idle between
+    keep-alive requests) is closed after --rest-idle-seconds, freeing its thread; nothing is logged as an error."""
+    shutil.copytree(exported / "deep_rnn", tmp_path / "deep_rnn")
+    srv = Server(str(tmp_path / "deep_rnn"), port=0, rest_port=0, poll_seconds=0.2, rest_idle_seconds=1.0)
+    rest = f"http://127.0.0.1:{srv.rest_port}"
+    try:
+        request = json.dumps({"inputs": {"prefix": ["it has"], "num_chars": 3}}).encode()
+        post = b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nHost: test\r\n"
+        stalls = [b"", b"GET /v1/models/deep_rnn HTTP/1.1\r\nHost: te",
+                  post + b"Content-Length: %d\r\n\r\n" % len(request) + request[:10]]
+        with caplog.at_level(logging.WARNING, logger="serving"):
+            for sent in stalls:
+                with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=30) as sock:
+                    sock.sendall(sent)
+                    start = time.monotonic()
+                    assert sock.recv(1 << 16) == b"", sent  # closed by the server, no answer
+                    assert 0.9 < time.monotonic() - start < 10, sent
+            with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=30) as sock:  # keep-alive
+                sock.sendall(post + b"Content-Length: %d\r\n\r\n" % len(request) + request)
+                answer = b""
+                while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                    answer += sock.recv(1 << 16)
+                assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+                start = time.monotonic()
+                assert sock.recv(1 << 16) == b""  # the idle connection is closed
+                assert 0.9 < time.monotonic() - start < 10
+            assert _rest(f"{rest}/v1/models/deep_rnn:predict", {"inputs": {"prefix": ["a"], "num_chars": 3}})[0] == 200
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        srv.stop()
+
+
 def test_new_version_is_picked_up_under_load_with_no_failed_request(server, trained):
     grpc_addr, _, base = server
     client = Client(grpc_addr)
