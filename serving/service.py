@@ -270,6 +270,9 @@ class Server:
         for name, value in (("port", port), ("rest port", rest_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise UserError(f"{name} {value} is not a TCP port (0-65535; 0 picks a free one)")
+        if rest_idle_seconds is not None and not 0 < rest_idle_seconds < float("inf"):  # NaN too
+            raise UserError(f"REST idle time must be a number of seconds > 0 (or None: no limit), got "
+                            f"{rest_idle_seconds}")
         if model_config_file:
             try:
                 configs = read_model_config_file(model_config_file)

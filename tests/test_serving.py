@@ -20,6 +20,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc)
 
+from pipeline.cli import UserError
 from serving import export
 from serving.client import free_port
 from serving.grpc_client import Client
@@ -244,6 +245,9 @@ def test_silent_rest_connections_are_closed_after_the_idle_time(exported, tmp_pa
     """A REST connection that goes quiet (before its request line, mid-headers, mid-body, or idle between
     keep-alive requests) is closed after --rest-idle-seconds, freeing its thread; nothing is logged as an error."""
     shutil.copytree(exported / "deep_rnn", tmp_path / "deep_rnn")
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="idle time"):
+            Server(str(tmp_path / "deep_rnn"), port=0, rest_port=0, rest_idle_seconds=bad)
     srv = Server(str(tmp_path / "deep_rnn"), port=0, rest_port=0, poll_seconds=0.2, rest_idle_seconds=1.0)
     rest = f"http://127.0.0.1:{srv.rest_port}"
     try:
