@@ -22,6 +22,7 @@ from pipeline.cli import UserError
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 DEFAULT_REST_IDLE_SECONDS = 60.0  # a REST connection silent this long is closed (its thread is freed)
+DEFAULT_REST_MAX_CONNECTIONS = 1024  # REST connections open at once (a thread each); more get 503
 EXAMPLES = """examples:
   python -m serving.server --model-config-file runs/default/export/models.config
   python -m serving.server --model-base runs/default/export/deep_rnn --port 9000 --rest-port -1
@@ -47,6 +48,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--rest-idle-seconds", type=float, default=DEFAULT_REST_IDLE_SECONDS, metavar="S",
                    help="close a REST connection that sends or accepts nothing for S seconds: an idle keep-alive "
                         "connection, or a client stalled mid-request (default: %(default)s)")
+    p.add_argument("--rest-max-connections", type=cli.positive_int, default=DEFAULT_REST_MAX_CONNECTIONS, metavar="N",
+                   help="REST connections open at once (each holds a thread); one more gets 503 and is closed "
+                        "(default: %(default)s)")
     p.add_argument("--workers", type=cli.positive_int, default=16, metavar="N", help="gRPC worker threads")
     p.add_argument("--intra-op-threads", type=int, default=1, metavar="N",
                    help="threads per TF op (0: TF's default); generation runs many tiny ops")
@@ -76,7 +80,8 @@ def main(argv=None) -> None:
                                               inter_op_parallelism_threads=args.inter_op_threads)
     server = Server(args.model_base, args.model_name, args.host, args.port,
                     None if args.rest_port == -1 else args.rest_port, args.poll_seconds, args.max_request_bytes,
-                    args.workers, args.model_config_file, session_config, args.rest_idle_seconds)
+                    args.workers, args.model_config_file, session_config, args.rest_idle_seconds,
+                    args.rest_max_connections)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

@@ -26,7 +26,8 @@ from serving import rest, tensors  # noqa: E402
 from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
 
 log = logging.getLogger("serving")
-from serving.server import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REST_IDLE_SECONDS  # noqa: E402
+from serving.server import (DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REST_IDLE_SECONDS,  # noqa: E402
+                            DEFAULT_REST_MAX_CONNECTIONS)
 
 
 def model_spec_choice(spec) -> tuple[int | None, str | None]:
@@ -251,9 +252,46 @@ def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: 
 
 
 class RestServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer whose unexpected handler errors go to the log, not as bare tracebacks on stderr."""
+    """ThreadingHTTPServer (a thread per connection) that holds at most max_connections at once (None: no
+    limit): a connection beyond them gets 503 and is closed, so a flood of connections cannot exhaust the
+    process's threads. Unexpected handler errors go to the log, not as bare tracebacks on stderr."""
 
     daemon_threads = True
+
+    def __init__(self, address, handler_class, max_connections: int | None = None):
+        super().__init__(address, handler_class)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections) if max_connections else None
+
+    def process_request(self, request, client_address):
+        if self._slots is None:
+            return super().process_request(request, client_address)
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _refuse(self, request, client_address) -> None:
+        body = json.dumps({"error": f"too many connections (limit {self.max_connections}); retry later"}).encode()
+        try:
+            request.settimeout(1.0)  # the answer fits the socket buffer; a stalled peer cannot hold the accept loop
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        except OSError:
+            pass
+        log.warning("REST connection from %s refused: %d connections open", client_address[0], self.max_connections)
+        self.shutdown_request(request)
 
     def handle_error(self, request, client_address):
         log.exception("REST connection from %s failed", client_address[0])
@@ -266,13 +304,16 @@ class Server:
                  port: int = 8500, rest_port: int | None = 8501, poll_seconds: float = 1.0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = 16,
                  model_config_file: str | None = None, session_config=None,
-                 rest_idle_seconds: float | None = DEFAULT_REST_IDLE_SECONDS):
+                 rest_idle_seconds: float | None = DEFAULT_REST_IDLE_SECONDS,
+                 rest_max_connections: int | None = DEFAULT_REST_MAX_CONNECTIONS):
         for name, value in (("port", port), ("rest port", rest_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise UserError(f"{name} {value} is not a TCP port (0-65535; 0 picks a free one)")
         if rest_idle_seconds is not None and not 0 < rest_idle_seconds < float("inf"):  # NaN too
             raise UserError(f"REST idle time must be a number of seconds > 0 (or None: no limit), got "
                             f"{rest_idle_seconds}")
+        if rest_max_connections is not None and rest_max_connections < 1:
+            raise UserError(f"REST connection limit must be >= 1 (or None: no limit), got {rest_max_connections}")
         if model_config_file:
             try:
                 configs = read_model_config_file(model_config_file)
@@ -307,7 +348,8 @@ class Server:
         self.rest_port = None
         if rest_port is not None:
             try:
-                self.http = RestServer((host, rest_port), make_rest_handler(services, max_request_bytes, rest_idle_seconds))
+                handler = make_rest_handler(services, max_request_bytes, rest_idle_seconds)
+                self.http = RestServer((host, rest_port), handler, rest_max_connections)
             except OSError as err:
                 self.grpc_server.stop(0)
                 raise UserError(f"cannot bind REST to {host}:{rest_port}: {err.strerror or err}") from None

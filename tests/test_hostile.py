@@ -281,7 +281,8 @@ def test_serve_and_query_refuses_a_port_something_else_listens_on(exported, tmp_
                                            (["--host", "no.such.host.invalid"], "cannot bind"),
                                            (["--poll-seconds", "0"], "poll-seconds"),
                                            (["--rest-idle-seconds", "nan"], "rest-idle-seconds"),
-                                           (["--rest-idle-seconds", "inf"], "rest-idle-seconds")])
+                                           (["--rest-idle-seconds", "inf"], "rest-idle-seconds"),
+                                           (["--rest-max-connections", "0"], "rest-max-connections")])
 def test_server_bad_flags(exported, flags, needle):
     proc = run_cli("serving.server", "--model-base", str(exported / "deep_rnn"), "--rest-port", "0", "--port", "0",
                    *flags, timeout=120)

@@ -277,6 +277,46 @@ def test_silent_rest_connections_are_closed_after_the_idle_time(exported, tmp_pa
         srv.stop()
 
 
+def test_rest_connections_beyond_the_limit_get_503_until_one_closes(exported, tmp_path, caplog):
+    shutil.copytree(exported / "deep_rnn", tmp_path / "deep_rnn")
+    with pytest.raises(UserError, match="connection limit"):
+        Server(str(tmp_path / "deep_rnn"), port=0, rest_port=0, rest_max_connections=0)
+    srv = Server(str(tmp_path / "deep_rnn"), port=0, rest_port=0, poll_seconds=0.2, rest_max_connections=2)
+    address = ("127.0.0.1", srv.rest_port)
+    request = json.dumps({"inputs": {"prefix": ["a"], "num_chars": 3}}).encode()
+    predict = (b"POST /v1/models/deep_rnn:predict HTTP/1.0\r\nContent-Length: %d\r\n\r\n"  # 1.0: one request
+               % len(request) + request)
+
+    def answer(sock) -> bytes:  # everything the server sends until it closes the connection
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+        return data
+
+    try:
+        holders = [socket.create_connection(address, timeout=30) for _ in range(2)]  # silent, each holds a thread
+        time.sleep(0.5)
+        with caplog.at_level(logging.WARNING, logger="serving"), socket.create_connection(address, timeout=30) as extra:
+            refused = answer(extra)
+        assert refused.startswith(b"HTTP/1.1 503"), refused[:100]
+        assert b"too many connections (limit 2)" in refused
+        assert any("refused" in r.getMessage() for r in caplog.records)
+        holders.pop().close()  # its thread ends and gives its slot back
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.create_connection(address, timeout=30) as sock:
+                sock.sendall(predict)
+                reply = answer(sock)
+            if not reply.startswith(b"HTTP/1.1 503") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0], reply[:100]
+        for sock in holders:
+            sock.close()
+    finally:
+        srv.stop()
+
+
 def test_new_version_is_picked_up_under_load_with_no_failed_request(server, trained):
     grpc_addr, _, base = server
     client = Client(grpc_addr)
