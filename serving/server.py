@@ -23,6 +23,13 @@ from pipeline.cli import UserError
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 DEFAULT_REST_IDLE_SECONDS = 60.0  # a REST connection silent this long is closed (its thread is freed)
 DEFAULT_REST_MAX_CONNECTIONS = 1024  # REST connections open at once (a thread each); more get 503
+
+
+def is_idle_time(seconds) -> bool:
+    """Whether seconds can be a REST idle time: a finite number > 0 (not NaN); None means no limit."""
+    return seconds is None or 0 < seconds < float("inf")
+
+
 EXAMPLES = """examples:
   python -m serving.server --model-config-file runs/default/export/models.config
   python -m serving.server --model-base runs/default/export/deep_rnn --port 9000 --rest-port -1
@@ -63,7 +70,7 @@ def parse_args(argv):
     args = build_parser().parse_args(argv)
     if args.poll_seconds <= 0:
         raise UserError(f"--poll-seconds must be > 0, got {args.poll_seconds}")
-    if not 0 < args.rest_idle_seconds < float("inf"):  # NaN too
+    if not is_idle_time(args.rest_idle_seconds):
         raise UserError(f"--rest-idle-seconds must be a number of seconds > 0, got {args.rest_idle_seconds}")
     return args
 

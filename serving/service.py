@@ -27,7 +27,7 @@ from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, 
 
 log = logging.getLogger("serving")
 from serving.server import (DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REST_IDLE_SECONDS,  # noqa: E402
-                            DEFAULT_REST_MAX_CONNECTIONS)
+                            DEFAULT_REST_MAX_CONNECTIONS, is_idle_time)
 
 
 def model_spec_choice(spec) -> tuple[int | None, str | None]:
@@ -309,7 +309,7 @@ class Server:
         for name, value in (("port", port), ("rest port", rest_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise UserError(f"{name} {value} is not a TCP port (0-65535; 0 picks a free one)")
-        if rest_idle_seconds is not None and not 0 < rest_idle_seconds < float("inf"):  # NaN too
+        if not is_idle_time(rest_idle_seconds):
             raise UserError(f"REST idle time must be a number of seconds > 0 (or None: no limit), got "
                             f"{rest_idle_seconds}")
         if rest_max_connections is not None and rest_max_connections < 1:
