@@ -180,6 +180,36 @@ def test_stateful_resume_continues_the_same_lanes(tiny_data, tmp_path):
     assert run["train"]["stateful"] is True and (tmp_path / "b" / "model.keras").exists()
 
 
+@pytest.mark.parametrize("form", ["stacked", "auto"])
+def test_stateful_training_under_mixed_precision_keeps_the_state_in_float32(tiny_data, tmp_path, form):
+    """--stateful --mixed-precision trains (it once failed on its first batch: the carried float32 state was
+    read in bfloat16 and multiplied by a float32 reset mask) and ends where float32 training ends; the
+    carried state stays float32, never rounded to bfloat16 between batches."""
+    import keras
+
+    from trainer.config import ModelConfig, TrainConfig
+    from trainer.model import build_model
+    from trainer.stateful import CarriedStateModel
+    from trainer.train import train_and_evaluate
+
+    runs = {}
+    for mixed in (False, True):
+        cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, stateful=True, backend_form=form, mixed_precision=mixed)
+        runs[mixed] = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / f"mixed{mixed}"))
+    assert math.isfinite(runs[True]["best_val_stream_ppl"])
+    assert abs(runs[True]["best_val_stream_ppl"] / runs[False]["best_val_stream_ppl"] - 1) < 0.05
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = CarriedStateModel(build_model(ModelConfig(vocab_size=13, num_hiddens=6, form="stacked"),
+                                              carry_state=True), rows=2)
+        model({"ids": np.ones((2, 5), np.int32), "reset": np.ones(2, np.float32)}, training=True)
+        assert all(v.dtype == "float32" and v.numpy().any() for v in model.carried)
+        assert all(np.isfinite(v.numpy()).all() for v in model.carried)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 @pytest.mark.slow
 def test_adamw_with_warmup_cosine_trains_and_logs_the_gradient_norm(tiny_data, tmp_path):
     from trainer.config import TrainConfig

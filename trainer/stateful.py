@@ -56,9 +56,11 @@ class CarriedStateModel(keras.Model):
     def __init__(self, core: keras.Model, rows: int, **kwargs):
         super().__init__(**kwargs)
         self.core, self.rows = core, rows
-        # one value per replica: each replica carries its own rows' states (on_read: no cross-replica sync)
+        # one value per replica: each replica carries its own rows' states (on_read: no cross-replica sync);
+        # float32 even under mixed precision (autocast off), so a carried state is never rounded to bfloat16
         self.carried = [keras.Variable(initializer="zeros", shape=(rows, int(spec.shape[-1])), dtype="float32",
-                                       trainable=False, name=f"carried_state_{i}", synchronization="on_read",
+                                       trainable=False, autocast=False, name=f"carried_state_{i}",
+                                       synchronization="on_read",
                                        aggregation="only_first_replica")
                         for i, spec in enumerate(core.inputs[1:])]
         self.built = True  # the core is a built functional model: nothing is created from the first batch
