@@ -113,6 +113,7 @@ def main() -> None:
         "search_wall_s": search_s, "tuned_wall_s": tuned_s,
         "search_space": {"layers": [1, args.max_layers], "hiddens": space.widths(), "cells": list(space.cells),
                          "optimizers": list(space.optimizers), "max_dropout": space.max_dropout,
+                         "max_weight_drop": space.max_weight_drop,
                          "tuner": args.tuner, "max_epochs": args.max_epochs, "early_stopping": args.early_stopping,
                          "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
                          "reduce_lr_patience": args.reduce_lr_patience},

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 CELLS = ("gru", "lstm", "rnn", "scratch")
 FORMS = ("stacked", "layers", "fused", "native")  # see trainer.model
+WEIGHT_DROP_FORMS = ("fused", "native")  # the forms whose own code reads the recurrent kernels (trainer.model)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup_cosine")  # see trainer.optimizers
 
@@ -35,7 +36,9 @@ def _check_types(config) -> None:
 class ModelConfig:
     """A deep RNN language model: one-hot tokens → L recurrent layers of h units → logits.
 
-    dropout acts on every non-recurrent connection: between layers and before the logits."""
+    dropout acts on every non-recurrent connection: between layers and before the logits. weight_drop is
+    DropConnect on the recurrent kernels (AWD-LSTM's weight drop: one mask per batch, shared by every row
+    and step), in the forms that run the recurrence themselves (fused, native)."""
 
     vocab_size: int
     cell: str = "gru"
@@ -43,6 +46,7 @@ class ModelConfig:
     num_hiddens: int = 32
     dropout: float = 0.0
     form: str = "fused"
+    weight_drop: float = 0.0
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -57,10 +61,16 @@ class ModelConfig:
             raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise ValueError(f"weight_drop must be in [0, 1), got {self.weight_drop}")
+        if self.weight_drop and self.form not in WEIGHT_DROP_FORMS:
+            raise ValueError(f"weight drop masks the recurrent kernels inside the recurrence, which the "
+                             f"{', '.join(WEIGHT_DROP_FORMS)} forms run themselves; not the {self.form!r} form "
+                             f"(use --backend-form auto, fused or native)")
 
     def architecture(self) -> dict:
-        """What checkpoints depend on (the form is not: all forms share one weight layout)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("form", "dropout")}
+        """What checkpoints depend on (neither the form nor the regularisers: all forms share one weight layout)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("form", "dropout", "weight_drop")}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,6 +84,7 @@ class TrainConfig:
     num_layers: int = 2
     num_hiddens: int = 32
     dropout: float = 0.0
+    weight_drop: float = 0.0     # DropConnect on the recurrent kernels (ModelConfig.weight_drop)
     batch_size: int = 1024
     epochs: int = 100
     optimizer: str = "sgd"
@@ -132,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"time_limit_min must be > 0, got {self.time_limit_min}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise ValueError(f"weight_drop must be in [0, 1), got {self.weight_drop}")
         for name in ("num_layers", "num_hiddens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -141,7 +154,7 @@ class TrainConfig:
             raise ValueError(f"unknown distribution {self.distribute!r}")
 
     def hparams(self) -> dict:
-        keys = ("cell", "num_layers", "num_hiddens", "dropout", "batch_size", "epochs", "optimizer", "lr",
+        keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "batch_size", "epochs", "optimizer", "lr",
                 "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay", "lr_schedule",
                 "warmup_steps", "stateful")
         return {k: getattr(self, k) for k in keys}

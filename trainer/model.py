@@ -24,7 +24,7 @@ import tensorflow as tf
 from keras import ops
 
 from trainer import cells as cells_lib
-from trainer.config import ModelConfig
+from trainer.config import WEIGHT_DROP_FORMS, ModelConfig
 from trainer.forms import measured_form
 
 
@@ -52,10 +52,11 @@ class FusedRNNStack(keras.layers.Layer):
     """
 
     def __init__(self, cell: str, num_layers: int, num_hiddens: int, vocab_size: int,
-                 dropout: float = 0.0, return_state: bool = False, **kwargs):
+                 dropout: float = 0.0, return_state: bool = False, weight_drop: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.cell, self.num_layers, self.num_hiddens = cell, num_layers, num_hiddens
         self.vocab_size, self.dropout, self.return_state = vocab_size, dropout, return_state
+        self.weight_drop = weight_drop
         self.cells = [cells_lib.make_cell(cell, num_hiddens, name=f"cell_{i}") for i in range(num_layers)]
 
     def build(self, input_shape):
@@ -69,6 +70,17 @@ class FusedRNNStack(keras.layers.Layer):
         keep = 1.0 - self.dropout
         return [None] + [tf.cast(tf.random.uniform((batch, self.num_hiddens)) < keep, self.compute_dtype) / keep
                          for _ in range(1, self.num_layers)]
+
+    def _drop_recurrent_weights(self, w: cells_lib.CellWeights, training) -> cells_lib.CellWeights:
+        """AWD-LSTM's weight drop (DropConnect, Wan et al. 2013): when training, each recurrent weight is
+        zeroed with probability weight_drop (the rest scaled by 1 / keep), one mask [h, gates] per batch,
+        the same for every row and step. The gradient reaches the kept weights through the mask."""
+        if not (training and self.weight_drop > 0):
+            return w
+        keep = 1.0 - self.weight_drop
+        kernel = w.recurrent_kernel
+        mask = tf.cast(tf.random.uniform(tf.shape(kernel)) < keep, kernel.dtype) / tf.cast(keep, kernel.dtype)
+        return w._replace(recurrent_kernel=kernel * mask)
 
     def initial_states(self, batch, states=None) -> list[list]:
         """Per layer, its state tensors [B, h]: zeros, or the flat list `states` (layer by layer) regrouped."""
@@ -94,7 +106,8 @@ class FusedRNNStack(keras.layers.Layer):
         ids = tf.cast(ids, tf.int32)
         batch = tf.shape(ids)[0]
         masks = self._dropout_masks(batch, training)
-        weights = [cells_lib.read_weights(c, self.compute_dtype) for c in self.cells]
+        weights = [self._drop_recurrent_weights(cells_lib.read_weights(c, self.compute_dtype), training)
+                   for c in self.cells]
         table = cells_lib.input_table(weights[0])  # [V, G]: the first layer's projection is a row lookup
         ids_by_step = tf.transpose(ids)              # [T, B]: each step's ids contiguous
         states = self.initial_states(batch, states)
@@ -137,7 +150,7 @@ class FusedRNNStack(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "cell": self.cell, "num_layers": self.num_layers,
                 "num_hiddens": self.num_hiddens, "vocab_size": self.vocab_size, "dropout": self.dropout,
-                "return_state": self.return_state}
+                "return_state": self.return_state, "weight_drop": self.weight_drop}
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
@@ -162,7 +175,7 @@ class NativeRNNStack(FusedRNNStack):
                           "recurrent products in float32", stacklevel=2)
         out, final = None, []
         for i, cell in enumerate(self.cells):
-            w = cells_lib.read_weights(cell, tf.float32)
+            w = self._drop_recurrent_weights(cells_lib.read_weights(cell, tf.float32), training)
             if i == 0:  # x W for one-hot x: rows of W (the kernels add the bias)
                 xp = native.lookup_rows(tf.cast(w.kernel, tf.bfloat16 if bf16 else tf.float32), ids_by_step)
             else:
@@ -197,7 +210,7 @@ def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
             raise ValueError(f"the native form has kernels for gru and lstm, not {cfg.cell!r}; use 'fused'")
         stack_class = NativeRNNStack if cfg.form == "native" else FusedRNNStack
         stack = stack_class(cfg.cell, cfg.num_layers, cfg.num_hiddens, cfg.vocab_size, cfg.dropout,
-                            return_state=carry_state, name="rnn")
+                            return_state=carry_state, weight_drop=cfg.weight_drop, name="rnn")
         hidden = stack(ids, states=states) if carry_state else stack(ids)
         if carry_state:
             hidden, final = hidden[0], list(hidden[1:])
@@ -255,8 +268,12 @@ def model_form(model: keras.Model) -> str:
     return "fused" if isinstance(layer, FusedRNNStack) else "stacked" if layer is not None else "layers"
 
 
-def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precision: bool = False) -> str:
+def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precision: bool = False,
+                 weight_drop: float = 0.0) -> str:
     """'auto' → the form bench.forms measured fastest for this cell, width and device (bench/results/forms.json).
+
+    With weight drop, only the forms that run the recurrence themselves are correct (WEIGHT_DROP_FORMS):
+    where the stacked cells or the cuDNN layers measured fastest, the fused stack runs instead.
 
     Without a measurement: the cuDNN-eligible layers on a GPU, the fused stack on a CPU. The native kernels
     are CPU kernels (bfloat16 products only with AVX512_BF16): where they would be chosen but cannot be
@@ -282,6 +299,8 @@ def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precisi
                           stacklevel=2)
             form = "fused"
     if form == "layers" and cell == "scratch":
+        form = "fused"
+    if weight_drop and form not in WEIGHT_DROP_FORMS:
         form = "fused"
     return form
 

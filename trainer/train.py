@@ -52,6 +52,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--num-hiddens", type=int, metavar="H", help="units per layer " + _default("num_hiddens"))
     p.add_argument("--dropout", type=float, metavar="P",
                    help="dropout between layers and before the output " + _default("dropout"))
+    p.add_argument("--weight-drop", type=float, metavar="P",
+                   help="DropConnect on the recurrent kernels (AWD-LSTM's weight drop), one mask per batch; "
+                        "runs in the fused and native forms (auto picks one) " + _default("weight_drop"))
     p.add_argument("--batch-size", type=int, metavar="N", help="windows per step " + _default("batch_size"))
     p.add_argument("--epochs", type=int, metavar="N", help="passes over the training windows " + _default("epochs"))
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=_default("optimizer"))
@@ -304,13 +307,14 @@ def resolved_form(cfg: TrainConfig) -> str:
     """cfg.backend_form with 'auto' resolved from bench.forms' measurements for this cell, width and device."""
     from trainer.model import resolve_form
 
-    return resolve_form(cfg.backend_form, cfg.cell, cfg.num_hiddens, cfg.mixed_precision)
+    return resolve_form(cfg.backend_form, cfg.cell, cfg.num_hiddens, cfg.mixed_precision, cfg.weight_drop)
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     try:
         return ModelConfig(vocab_size=vocab_size, cell=cfg.cell, num_layers=cfg.num_layers,
-                           num_hiddens=cfg.num_hiddens, dropout=cfg.dropout, form=resolved_form(cfg))
+                           num_hiddens=cfg.num_hiddens, dropout=cfg.dropout, form=resolved_form(cfg),
+                           weight_drop=cfg.weight_drop)
     except ValueError as err:
         raise UserError(str(err)) from None
 

@@ -1,4 +1,4 @@
-"""Tuning stage entry point: KerasTuner search over depth × width (and cell, dropout, optimizer, lr).
+"""Tuning stage entry point: KerasTuner search over depth × width (and cell, dropout, weight drop, optimizer, lr).
 
     python -m trainer.tune --data runs/x/data --tuner-dir runs/x/tuning [--tuner hyperband|random|bayesian]
 Writes best_hparams.json (what `trainer.train --hparams` reads), trials.csv, pareto.png and
@@ -22,7 +22,7 @@ from trainer.config import TrainConfig
 
 TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_perplexity"
-HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "optimizer", "lr")  # best_hparams.json's keys
+HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer", "lr")  # best_hparams.json's keys
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class SearchSpace:
     cells: tuple[str, ...] = ("gru", "lstm")
     max_dropout: float = 0.5
     optimizers: tuple[str, ...] = ("sgd", "adam")
+    max_weight_drop: float = 0.5
 
     def __post_init__(self):
         if self.min_layers < 1 or self.min_hiddens < 1:
@@ -46,6 +47,8 @@ class SearchSpace:
             raise ValueError(f"--min-hiddens {self.min_hiddens} > --max-hiddens {self.max_hiddens}")
         if not 0.0 <= self.max_dropout < 1.0:
             raise ValueError(f"--max-dropout must be in [0, 1), got {self.max_dropout}")
+        if not 0.0 <= self.max_weight_drop < 1.0:
+            raise ValueError(f"--max-weight-drop must be in [0, 1), got {self.max_weight_drop}")
 
     def widths(self) -> list[int]:
         """Powers of two within the range, plus its ends: log-spaced widths."""
@@ -65,6 +68,8 @@ def declare_hyperparameters(hp, space: SearchSpace) -> dict:
         "num_hiddens": hp.Choice("num_hiddens", space.widths(), ordered=True),
         "cell": hp.Choice("cell", list(space.cells)),
         "dropout": hp.Float("dropout", 0.0, space.max_dropout, step=0.1) if space.max_dropout > 0 else 0.0,
+        "weight_drop": (hp.Float("weight_drop", 0.0, space.max_weight_drop, step=0.1)
+                        if space.max_weight_drop > 0 else 0.0),
         "optimizer": hp.Choice("optimizer", list(space.optimizers)),
     }
     with hp.conditional_scope("optimizer", ["sgd"]):
@@ -260,7 +265,8 @@ def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict, objec
     """One line per finished trial (`--quiet`): its point in the space, its best score, its cost."""
     scores = [v for log in logs for v in log.get(objective, []) if math.isfinite(v)]
     point = f"{values.get('num_layers')} × {values.get('num_hiddens')} {str(values.get('cell', '')).upper()}, " \
-            f"{values.get('optimizer')} lr {values.get('lr', math.nan):.3g}, dropout {values.get('dropout', 0.0):.2f}"
+            f"{values.get('optimizer')} lr {values.get('lr', math.nan):.3g}, dropout {values.get('dropout', 0.0):.2f}, " \
+            f"weight drop {values.get('weight_drop') or 0.0:.2f}"
     result = f"val perplexity {min(scores):.3f}" if scores else "no finite val perplexity"
     params = f"{extra['num_params']:,} parameters, " if extra.get("num_params") else ""
     return f"trial {trial_id}: {point} → {result} ({extra['epochs']} epochs, {params}{extra['wall_s']:.0f} s)"
@@ -364,6 +370,8 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], choices=("sgd", "adam"),
                    help="optimizers searched (each with its own learning-rate range)")
     p.add_argument("--max-dropout", type=float, default=0.5, metavar="P", help="largest dropout searched")
+    p.add_argument("--max-weight-drop", type=float, default=0.5, metavar="P",
+                   help="largest weight drop (DropConnect on the recurrent kernels) searched; 0: none")
     p.add_argument("--batch-size", type=cli.positive_int, default=1024, metavar="N", help="windows per step")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop launching trials after MIN minutes; a trial in flight ends then too (default: none)")
@@ -386,7 +394,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     try:
         space = SearchSpace(args.min_layers, args.max_layers, args.min_hiddens, args.max_hiddens,
-                            tuple(args.cells), args.max_dropout, tuple(args.optimizers))
+                            tuple(args.cells), args.max_dropout, tuple(args.optimizers), args.max_weight_drop)
         base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
                            steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience,
                            stateful=args.stateful)
