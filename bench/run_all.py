@@ -212,7 +212,8 @@ def render(results: dict) -> str:
                   f"- compute: {_f(c['training_gflop_per_token'] * 1e3, 2)} MFLOP of matrix products per trained token × "
                   f"{_f(c['train_tokens_per_s'], 0)} tokens/s (median of the runs) = {_f(c['training_gflops'], 1)} GFLOP/s, "
                   f"{_f(100 * c['share_of_matmul_rate'], 0)} % of this CPU's dense float32 matmul rate through "
-                  f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)", ""]
+                  f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)"]
+        lines += tune_ceiling_staleness(r, results.get("tune")) + [""]
     if "shakespeare" in results:
         lines += render_shakespeare(results["shakespeare"])
     if "cells" in results:
@@ -230,6 +231,20 @@ BREAKDOWN_COLUMNS = {"start_s": "start", "load_tensorflow_s": "load TF", "setup_
                      "graph_build_s": "graph build", "train_steps_s": "steps", "window_validation_s": "window val",
                      "stream_validation_s": "stream val", "epoch_bookkeeping_s": "checkpoints, logs",
                      "finish_s": "sample, saving"}
+
+
+def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
+    """A line saying so when bench.tune has since chosen another model than the one bench.tune_ceiling trained."""
+    final = (tune or {}).get("final_training")
+    if not final:
+        return []
+    current = {k: final[k] for k in ceiling["hparams"] if k in final}
+    if current == ceiling["hparams"] and final.get("weight_drop", 0.0) == ceiling["hparams"].get("weight_drop", 0.0):
+        return []
+    return [f"- measured on an earlier bench.tune winner: bench.tune now picks {final['num_layers']} × "
+            f"{final['num_hiddens']} {final['cell'].upper()} (dropout {_f(final['dropout'], 1)}, weight drop "
+            f"{_f(final.get('weight_drop', 0.0), 1)}, {final['optimizer']} lr {final['lr']:.3g}); "
+            f"`python -m bench.tune_ceiling` measures that one"]
 
 
 def render_time_breakdown(rows: list[dict]) -> list[str]:

@@ -103,3 +103,19 @@ def test_book_comparison_names_where_the_book_figure_comes_from():
     assert "book's PyTorch code, run here" not in section
     assert (f"against DESIGN.md's figure for the book on this kind of CPU (the book's code not run): ratio "
             f"**{measured['wall_ratio_design_reference_over_ours']:.2f}**") in section
+
+
+def test_tune_ceiling_says_when_bench_tune_has_since_picked_another_model():
+    from bench.run_all import tune_ceiling_staleness
+
+    hparams = {"cell": "gru", "num_layers": 3, "num_hiddens": 64, "optimizer": "adam", "lr": 0.005}
+    same = {"final_training": {**hparams, "dropout": 0.1, "val_ppl": 4.4}}
+    assert tune_ceiling_staleness({"hparams": hparams}, same) == []
+    assert tune_ceiling_staleness({"hparams": hparams}, None) == []
+    newer = {"final_training": {**hparams, "cell": "lstm", "num_hiddens": 128, "dropout": 0.2, "weight_drop": 0.3}}
+    (line,) = tune_ceiling_staleness({"hparams": hparams}, newer)
+    assert "3 × 128 LSTM (dropout 0.2, weight drop 0.3, adam lr 0.005)" in line
+    # the same architecture with weight drop added is another recipe too
+    (line,) = tune_ceiling_staleness({"hparams": hparams}, {"final_training": {**same["final_training"],
+                                                                                "weight_drop": 0.2}})
+    assert "weight drop 0.2" in line
