@@ -38,8 +38,10 @@ def test_tiny_search_writes_outputs_and_hparams_reproduce_the_winner(tiny_data, 
                    "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
     model = json.loads((tmp_path / "m" / "run_config.json").read_text())["model"]
-    assert {k: model[k] for k in ("cell", "num_layers", "num_hiddens")} == \
-        {k: best[k] for k in ("cell", "num_layers", "num_hiddens")}
+    assert {k: model[k] for k in ("cell", "num_layers", "num_hiddens", "weight_drop")} == \
+        {k: best[k] for k in ("cell", "num_layers", "num_hiddens", "weight_drop")}
+    # regularisation rates searched on a 0.1 grid are written as such (not 0.30000000000000004)
+    assert all(len(r[k]) <= 3 for r in rows for k in ("dropout", "weight_drop")), rows
 
 
 def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_path):
@@ -59,7 +61,8 @@ def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_p
     (["--min-hiddens", "0"], "must be >= 1"), (["--min-layers", "0"], "must be >= 1"),
     (["--tuner", "grid"], "--tuner"), (["--time-budget", "0"], "time-budget"),
     (["--early-stopping", "-1"], "--early-stopping"), (["--steps-per-epoch", "0"], "--steps-per-epoch"),
-    (["--reduce-lr-patience", "-1"], "reduce_lr_patience"), (["--max-dropout", "1"], "--max-dropout")])
+    (["--reduce-lr-patience", "-1"], "reduce_lr_patience"), (["--max-dropout", "1"], "--max-dropout"),
+    (["--max-weight-drop", "-0.1"], "--max-weight-drop")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
                       needle)

@@ -154,8 +154,8 @@ class TrainConfig:
             raise ValueError(f"unknown distribution {self.distribute!r}")
 
     def hparams(self) -> dict:
-        keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "batch_size", "epochs", "optimizer", "lr",
-                "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay", "lr_schedule",
+        keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "batch_size", "epochs", "optimizer",
+                "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay", "lr_schedule",
                 "warmup_steps", "stateful")
         return {k: getattr(self, k) for k in keys}
 

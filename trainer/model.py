@@ -301,6 +301,8 @@ def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precisi
     if form == "layers" and cell == "scratch":
         form = "fused"
     if weight_drop and form not in WEIGHT_DROP_FORMS:
+        warnings.warn(f"--backend-form auto: the {form!r} form is fastest here, but weight drop needs a form that "
+                      f"runs the recurrence itself; using 'fused'", stacklevel=2)
         form = "fused"
     return form
 

@@ -22,7 +22,8 @@ from trainer.config import TrainConfig
 
 TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_perplexity"
-HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer", "lr")  # best_hparams.json's keys
+# best_hparams.json's keys
+HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer", "lr")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ def declare_hyperparameters(hp, space: SearchSpace) -> dict:
         "num_layers": hp.Int("num_layers", space.min_layers, space.max_layers),
         "num_hiddens": hp.Choice("num_hiddens", space.widths(), ordered=True),
         "cell": hp.Choice("cell", list(space.cells)),
-        "dropout": hp.Float("dropout", 0.0, space.max_dropout, step=0.1) if space.max_dropout > 0 else 0.0,
-        "weight_drop": (hp.Float("weight_drop", 0.0, space.max_weight_drop, step=0.1)
+        # rates on a 0.1 grid, rounded: KerasTuner's steps give 0.30000000000000004
+        "dropout": round(hp.Float("dropout", 0.0, space.max_dropout, step=0.1), 2) if space.max_dropout > 0 else 0.0,
+        "weight_drop": (round(hp.Float("weight_drop", 0.0, space.max_weight_drop, step=0.1), 2)
                         if space.max_weight_drop > 0 else 0.0),
         "optimizer": hp.Choice("optimizer", list(space.optimizers)),
     }
