@@ -238,8 +238,8 @@ def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
     final = (tune or {}).get("final_training")
     if not final:
         return []
-    current = {k: final[k] for k in ceiling["hparams"] if k in final}
-    if current == ceiling["hparams"] and final.get("weight_drop", 0.0) == ceiling["hparams"].get("weight_drop", 0.0):
+    keys = set(ceiling["hparams"]) | {"weight_drop"}  # results from before weight drop existed have none: 0
+    if all(final.get(k, 0.0) == ceiling["hparams"].get(k, 0.0) for k in keys):
         return []
     return [f"- measured on an earlier bench.tune winner: bench.tune now picks {final['num_layers']} × "
             f"{final['num_hiddens']} {final['cell'].upper()} (dropout {_f(final['dropout'], 1)}, weight drop "

@@ -88,9 +88,10 @@ def main() -> None:
     peak = matmul_gflops()  # measured first, on a quiet machine
     epochs = int(round(final["epochs"] * args.epochs_factor))
     flops = training_flops_per_token(final["cell"], final["num_layers"], final["num_hiddens"], vocab_size)
+    recipe = {k: final[k] for k in HPARAM_KEYS if k in final}  # tune.json from before weight drop lacks it
     runs = []
     for dropout in dropouts:
-        cfg = TrainConfig(**{**{k: final[k] for k in HPARAM_KEYS if k in final}, "dropout": dropout},
+        cfg = TrainConfig(**{**recipe, "dropout": dropout},
                           batch_size=space["batch_size"], epochs=epochs, steps_per_epoch=space["steps_per_epoch"],
                           reduce_lr_patience=space["reduce_lr_patience"], stateful=bool(tuned.get("stateful")),
                           verbose=0)
@@ -108,7 +109,7 @@ def main() -> None:
     best = min(runs, key=lambda r: r["best_val_stream_ppl"])
     tokens_per_s = sorted(r["train_tokens_per_s"] for r in runs)[len(runs) // 2]
     emit("tune_ceiling", {
-        "data": tuned["data"], "hparams": {k: final[k] for k in HPARAM_KEYS if k in final and k != "dropout"},
+        "data": tuned["data"], "hparams": {k: v for k, v in recipe.items() if k != "dropout"},
         "batch_size": space["batch_size"], "steps_per_epoch": space["steps_per_epoch"],
         "stateful": bool(tuned.get("stateful")),
         "epochs_in_budget": final["epochs"], "epochs_factor": args.epochs_factor, "runs": runs,
