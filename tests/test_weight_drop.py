@@ -104,6 +104,10 @@ def test_training_with_weight_drop_refuses_a_form_that_cannot_and_trains_and_exp
     proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "bad"),
                    "--weight-drop", "0.3", "--backend-form", "stacked", "--epochs", "1")
     assert_user_error(proc, "weight drop", "stacked")
+    proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "bad"),
+                   "--weight-drop", "1.5", "--epochs", "1")
+    assert_user_error(proc, "weight_drop must be in [0, 1)")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
     cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, weight_drop=0.3, dropout=0.1, stateful=True,
                       optimizer="adam", lr=0.01)
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
