@@ -47,7 +47,7 @@ help:
 	@echo "  ENCODING=auto  STRIP=auto (Project Gutenberg header/footer: auto, gutenberg or none)"
 	@echo "  CELL=gru  LAYERS=2  HIDDENS=32  EPOCHS=100  BATCH=1024  LR=2.0  OPTIMIZER=sgd"
 	@echo "  TUNE=0  TUNER=hyperband  MAX_TRIALS=10  TIME_BUDGET=20 (minutes)  TUNE_EPOCHS=10  TUNE_OPTS=..."
-	@echo "  RUNNER=DirectRunner  BEAM_OPTS=...  MODEL_NAME=$(MODEL_NAME)  GRPC_PORT=$(GRPC_PORT)  REST_PORT=$(REST_PORT)"
+	@echo "  RUNNER=FnApiRunner  BEAM_OPTS=...  MODEL_NAME=$(MODEL_NAME)  GRPC_PORT=$(GRPC_PORT)  REST_PORT=$(REST_PORT)"
 	@echo "  e.g. make pipeline CELL=lstm LAYERS=3 HIDDENS=256 EPOCHS=20 RUN_DIR=runs/lstm"
 	@echo "Every knob, its meaning and default: .venv/bin/python -m pipeline.run_all --help"
 

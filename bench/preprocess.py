@@ -2,7 +2,7 @@
 
     python -m bench.preprocess [--big-mb 100]
 Inputs: The Time Machine, and a >= 100 MB corpus built from the shared files (tinyshakespeare
-and The Time Machine repeated). Throughput in MB/s and tokens/s for Beam (DirectRunner, and
+and The Time Machine repeated). Throughput in MB/s and tokens/s for Beam (its in-process FnApiRunner, and
 multi_processing with 2 workers) and the reference, and the Beam/reference time ratio.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pipeline.cli import UserError
 
 DEFAULTS = {
     "corpus": ["timemachine"], "run_dir": "runs/default", "normalize": "d2l", "tokenizer": "char", "split": "d2l",
-    "num_steps": 32, "encoding": "auto", "strip_boilerplate": "auto", "runner": "DirectRunner", "beam_options": "",
+    "num_steps": 32, "encoding": "auto", "strip_boilerplate": "auto", "runner": "FnApiRunner", "beam_options": "",
     "cell": "gru", "num_layers": 2, "num_hiddens": 32, "epochs": 100, "batch_size": 1024, "lr": 2.0,
     "optimizer": "sgd", "tune": False, "tuner": "hyperband", "max_trials": 10, "time_budget": 20.0,
     "tune_max_epochs": 10, "tune_options": "--max-layers 4 --max-hiddens 256", "model_name": "deep_rnn", "grpc_port": 8500, "rest_port": 8501,
