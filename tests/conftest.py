@@ -35,6 +35,38 @@ def seeded_cache(tmp_path_factory):
         os.environ["DEEP_RNN_CACHE"] = old
 
 
+def is_local_host(host) -> bool:
+    """True for names and addresses that stay on this machine."""
+    import ipaddress
+    import socket
+
+    if host in (None, "", b"", "localhost", socket.gethostname()):
+        return True
+    try:
+        return ipaddress.ip_address(host.decode() if isinstance(host, bytes) else host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Fails the test that looks up a host off this machine (in this process; the lookup itself fails)."""
+    import socket
+
+    remote = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def local_getaddrinfo(host, *args, **kwargs):
+        if not is_local_host(host):
+            remote.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, f"tests use no network (looked up {host})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_getaddrinfo)
+    yield remote
+    assert not remote, f"the test looked up hosts off this machine: {sorted(set(map(str, remote)))}"
+
+
 @pytest.fixture(scope="session")
 def timemachine_text() -> str:
     return (SHARED_DATA / "timemachine.txt").read_text()

@@ -134,27 +134,16 @@ def test_multiprocessing_runner_gives_same_records(tmp_path, d2l_data):
     assert file_bytes(out) == file_bytes(d2l_data)
 
 
-def test_default_runner_stays_on_this_machine(tmp_path, monkeypatch):
-    """Beam's own default (DirectRunner) looks up github.com to fetch Prism on every run; ours must not,
-    nor leave Beam temporary directories behind."""
-    import socket
+def test_default_runner_stays_on_this_machine(tmp_path, no_network):
+    """Beam's own default (DirectRunner) looks up github.com to fetch Prism on every run; ours must not
+    (conftest's no_network fixture records lookups), nor leave Beam temporary directories behind."""
     import tempfile
 
-    lookups = []
-    real_getaddrinfo = socket.getaddrinfo
-
-    def recording_getaddrinfo(host, *args, **kwargs):
-        lookups.append(host)
-        if host not in ("localhost", "127.0.0.1", "::1", "", None):
-            raise socket.gaierror(socket.EAI_NONAME, "no network in tests")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
     before = set(Path(tempfile.gettempdir()).glob("beam-temp*"))
     corpus = tmp_path / "small.txt"
     corpus.write_text("the time machine by h g wells\n" * 50)
     preprocess([str(corpus)], str(tmp_path / "out"), transform.PreprocessConfig(num_steps=8))
-    assert [h for h in lookups if h not in ("localhost", "127.0.0.1", "::1", "", None)] == []
+    assert no_network == []
     assert set(Path(tempfile.gettempdir()).glob("beam-temp*")) <= before
 
 
