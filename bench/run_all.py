@@ -167,7 +167,8 @@ def render(results: dict) -> str:
         lines += ["## Tuning (`python -m bench.tune`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. "
                   f"{r['data']}; budget {r['budget_min']} min; space {r['search_space']}.", ""]
         lines += [f"- search ({_f(r['search_wall_s'], 0)} s, {r['trials']} trials), best trial: {r['search_best']}",
-                  f"- the winner trained for the rest of the budget: {r['final_training']}",
+                  f"- the winner trained for the rest of the budget: {r['final_training']}; lr schedule: "
+                  f"{describe_schedule(r.get('final_schedule'))}",
                   f"- tuned model's validation perplexity: {_f(r['tuned_val_ppl'])} (search and training "
                   f"{_f(r['tuned_wall_s'], 0)} s)",
                   f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
@@ -195,7 +196,8 @@ def render(results: dict) -> str:
         lines += ["## The tuned model with more time (`python -m bench.tune_ceiling`)",
                   f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; {r['hparams']}, batch "
                   f"{r['batch_size']}, {r['steps_per_epoch']} steps an epoch; {_f(r['epochs_factor'], 1)}× the "
-                  f"{_f(r['epochs_in_budget'], 0)} epochs the budget allowed, no time limit"
+                  f"{_f(r['epochs_in_budget'], 0)} epochs the budget allowed, no time limit, lr schedule: "
+                  f"{describe_schedule(r.get('schedule'))}"
                   f"{', carried state (--stateful)' if r.get('stateful') else ''}.", "",
                   "| dropout | epochs | wall s | best val ppl (epoch) | last val ppl | best stream ppl | train ppl | "
                   + " | ".join(k.replace("context_", "ctx ").replace("_", "–") for k in r["runs"][0]["val_ppl_by_context"])
@@ -231,6 +233,15 @@ BREAKDOWN_COLUMNS = {"start_s": "start", "load_tensorflow_s": "load TF", "setup_
                      "graph_build_s": "graph build", "train_steps_s": "steps", "window_validation_s": "window val",
                      "stream_validation_s": "stream val", "epoch_bookkeeping_s": "checkpoints, logs",
                      "finish_s": "sample, saving"}
+
+
+def describe_schedule(schedule: dict | None) -> str:
+    """bench.tune's final_schedule (or tune_ceiling's schedule) in words; results from before it: plateaus."""
+    schedule = schedule or {}
+    if schedule.get("lr_schedule") == "warmup_cosine":
+        return (f"{schedule.get('warmup_steps', 0)} warm-up steps, then cosine decay to lr / 10 at the deadline "
+                f"(or the last epoch)")
+    return f"halved after {schedule.get('reduce_lr_patience', 2)} epochs without improvement"
 
 
 def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:

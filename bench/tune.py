@@ -7,7 +7,9 @@ perplexity at least 25 % below the baseline's. The budget covers what a user run
 rest (`make pipeline TUNE=1` does the same two stages). The baseline gets the whole wall time of both.
 Both sides read the same windows, started every --stride tokens (the book also trains on overlapping
 windows). The tuned side draws each epoch from them (`--steps-per-epoch`: a fixed epoch size, so early
-stopping and lr patience keep their meaning), uses Adam with lr halving on plateaus, batch 128.
+stopping and lr patience keep their meaning), uses Adam, batch 128, with lr halving on plateaus in the
+trials; the winner's training anneals its rate by the clock (`--lr-schedule warmup_cosine` under
+`--time-limit-min`: cosine decay to lr / 10 at the deadline; `--final-schedule plateau` keeps the halving).
 """
 from __future__ import annotations
 
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search and train the tuned side with carried state (trainer.tune/train --stateful), "
                              "trials scored by stream perplexity; the book's 2 x 32 GRU stays as the book trains it")
     parser.add_argument("--tuner", default="bayesian", help="KerasTuner oracle: hyperband, random or bayesian")
+    parser.add_argument("--final-schedule", choices=("cosine", "plateau"), default="cosine",
+                        help="the winner's lr: warm-up then cosine decay to lr / 10 at the deadline, or the trials' "
+                             "halving on plateaus")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="warm-up steps of the cosine schedule")
     return parser
 
 
@@ -89,6 +95,8 @@ def main() -> None:
                        reduce_lr_patience=args.reduce_lr_patience, stateful=args.stateful)
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
 
+    final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
+                      if args.final_schedule == "cosine" else {})
     start = time.perf_counter()
     deadline = start + 60 * args.budget_min
     best = tune(data, os.path.join(work, "tuning"), base, space, args.tuner, max_trials=1000,
@@ -99,7 +107,7 @@ def main() -> None:
     if deadline - time.perf_counter() > 30:
         with open(os.path.join(work, "tuning", "best_hparams.json")) as f:
             hparams = json.load(f)  # what `trainer.train --hparams` reads
-        final = train_and_evaluate(base.replace(**hparams, epochs=100000,
+        final = train_and_evaluate(base.replace(**hparams, **final_schedule, epochs=100000,
                                                 time_limit_min=(deadline - time.perf_counter()) / 60),
                                    data, os.path.join(work, "final"))
     tuned_s = time.perf_counter() - start
@@ -123,6 +131,7 @@ def main() -> None:
             **{k: final["hparams"][k] for k in HPARAM_KEYS},
             **{k: float(final[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl", "epochs", "wall_s",
                                             "num_params")}},
+        "final_schedule": final_schedule or {"reduce_lr_patience": args.reduce_lr_patience},
         "tuned_val_ppl": float(tuned_ppl),
         "stateful": args.stateful,
         "baseline_2x32_gru": {k: float(baseline[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl",

@@ -89,12 +89,13 @@ def main() -> None:
     epochs = int(round(final["epochs"] * args.epochs_factor))
     flops = training_flops_per_token(final["cell"], final["num_layers"], final["num_hiddens"], vocab_size)
     recipe = {k: final[k] for k in HPARAM_KEYS if k in final}  # tune.json from before weight drop lacks it
+    # the winner's lr schedule, over the epochs here instead of a deadline (older tune.json: plateau halving)
+    schedule = tuned.get("final_schedule") or {"reduce_lr_patience": space["reduce_lr_patience"]}
     runs = []
     for dropout in dropouts:
-        cfg = TrainConfig(**{**recipe, "dropout": dropout},
+        cfg = TrainConfig(**{**recipe, "dropout": dropout, **schedule},
                           batch_size=space["batch_size"], epochs=epochs, steps_per_epoch=space["steps_per_epoch"],
-                          reduce_lr_patience=space["reduce_lr_patience"], stateful=bool(tuned.get("stateful")),
-                          verbose=0)
+                          stateful=bool(tuned.get("stateful")), verbose=0)
         model_dir = os.path.join(work, f"dropout_{dropout}")
         metrics = train_and_evaluate(cfg, data, model_dir)
         runs.append({"dropout": dropout, "epochs": metrics["epochs"], "wall_s": metrics["wall_s"],
@@ -111,7 +112,7 @@ def main() -> None:
     emit("tune_ceiling", {
         "data": tuned["data"], "hparams": {k: v for k, v in recipe.items() if k != "dropout"},
         "batch_size": space["batch_size"], "steps_per_epoch": space["steps_per_epoch"],
-        "stateful": bool(tuned.get("stateful")),
+        "stateful": bool(tuned.get("stateful")), "schedule": schedule,
         "epochs_in_budget": final["epochs"], "epochs_factor": args.epochs_factor, "runs": runs,
         "best_val_ppl": min(r["best_val_ppl"] for r in runs), "best_dropout": best["dropout"],
         "budget_val_ppl": tuned["tuned_val_ppl"], "target_val_ppl": target,

@@ -226,6 +226,33 @@ def test_adamw_with_warmup_cosine_trains_and_logs_the_gradient_norm(tiny_data, t
     assert metrics["best_val_stream_ppl"] < 20
 
 
+def test_cosine_to_deadline_follows_the_budget_used_up_first():
+    from trainer.callbacks import CosineToDeadline
+
+    schedule = CosineToDeadline(peak=1.0, floor=0.1, warmup_steps=10, total_steps=110, start=100.0, deadline=200.0)
+    assert schedule.rate(0, 100.0) == pytest.approx(0.1) and schedule.rate(9, 100.0) == pytest.approx(1.0)
+    assert schedule.rate(10, 100.0) == pytest.approx(1.0)              # warm-up done, no budget used
+    assert schedule.rate(60, 100.0) == pytest.approx(0.55)             # half the steps: halfway down the cosine
+    assert schedule.rate(10, 150.0) == pytest.approx(0.55)             # half the time, few steps: the same
+    assert schedule.rate(35, 175.0) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(0.75 * math.pi)))
+    assert schedule.rate(20, 500.0) == pytest.approx(0.1) and schedule.rate(500, 120.0) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_warmup_cosine_under_a_time_limit_anneals_by_the_deadline(tiny_data, tmp_path):
+    """Epochs to spare, 0.25 minutes: the rate ends near its floor when the clock stops the run, not at lr."""
+    from trainer.config import TrainConfig
+    from trainer.optimizers import COSINE_FLOOR
+    from trainer.train import train_and_evaluate
+
+    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 100000}, optimizer="adam", lr=0.01, lr_schedule="warmup_cosine",
+                      warmup_steps=5, time_limit_min=0.25)
+    train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
+    rates = [float(r["learning_rate"]) for r in csv.DictReader(open(tmp_path / "m" / "history.csv"))]
+    assert len(rates) >= 3 and rates == sorted(rates, reverse=True)
+    assert rates[0] > 2 * rates[-1] and rates[-1] < 1.5 * COSINE_FLOOR * 0.01
+
+
 def test_bad_optimizer_combinations_exit_2(tiny_data, tmp_path):
     proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
                    "--weight-decay", "0.1")

@@ -269,6 +269,32 @@ class Deadline(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class CosineToDeadline(keras.callbacks.Callback):
+    """warmup_cosine for a run with a time limit: a linear warm-up over warmup_steps optimizer steps, then
+    cosine decay from peak to floor · peak, its progress the larger of (steps done / total_steps) and
+    (time spent / time allowed). The rate reaches its floor when either budget runs out, so a run given
+    a time limit and epochs to spare anneals by its deadline instead of being stopped at a high rate.
+    Sets the optimizer's rate before every batch (the optimizer holds a plain rate, not a schedule)."""
+
+    def __init__(self, peak: float, floor: float, warmup_steps: int, total_steps: int, start: float,
+                 deadline: float, clock=time.time):
+        super().__init__()
+        self.peak, self.floor, self.warmup_steps, self.total_steps = peak, floor, warmup_steps, total_steps
+        self.start, self.deadline, self.clock = start, deadline, clock
+
+    def rate(self, step: int, now: float) -> float:
+        if step < self.warmup_steps:
+            return self.peak * (step + 1) / self.warmup_steps
+        by_steps = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+        by_time = (now - self.start) / max(self.deadline - self.start, 1e-9)
+        progress = min(1.0, max(by_steps, by_time))
+        return self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        optimizer.learning_rate.assign(self.rate(int(optimizer.iterations), self.clock()))
+
+
 class EpochLine(keras.callbacks.Callback):
     """One short line per epoch (`--progress epoch`): what a log or a pipeline console can show.
 

@@ -102,7 +102,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     reduce_lr_patience: int = 0  # halve lr after this many epochs without a better val perplexity (0: never)
     weight_decay: float = 0.0    # AdamW's decoupled weight decay (optimizer adamw only)
-    lr_schedule: str = "constant"  # constant | warmup_cosine (linear warm-up, cosine decay to lr / 10)
+    # constant | warmup_cosine (linear warm-up, cosine decay to lr / 10 at the last step or, with
+    # time_limit_min, at the deadline if that comes first: callbacks.CosineToDeadline)
+    lr_schedule: str = "constant"
     warmup_steps: int = 0        # warmup_cosine: steps of linear warm-up
     # Truncated BPTT: each source's training stream in batch_size contiguous lanes, read in order, the
     # state carried from batch to batch (reset at epoch start and at each source); see trainer.stateful.

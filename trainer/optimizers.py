@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules for trainer.train, each recording the gradient norm it sees.
 
 SGD (the book's), Adam, and AdamW (decoupled weight decay, Loshchilov & Hutter); a constant rate or a
-linear warm-up followed by cosine decay to a tenth of the peak. The global gradient norm before clipping
+linear warm-up followed by cosine decay to a tenth of the peak (under a time limit the decay follows
+the clock as well: callbacks.CosineToDeadline). The global gradient norm before clipping
 is summed in two optimizer variables per step, so callbacks.GradientNormLog can put the epoch's mean in
 history.csv (a norm that grows before a divergence, or sits at the clip value, shows here first).
 """

@@ -83,7 +83,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="decoupled weight decay (needs --optimizer adamw) " + _default("weight_decay"))
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="constant, or a linear warm-up over --warmup-steps then cosine decay to lr / 10 at the "
-                        "last step " + _default("lr_schedule"))
+                        "last step, or at --time-limit-min if that comes first " + _default("lr_schedule"))
     p.add_argument("--warmup-steps", type=int, metavar="N", help="warm-up steps of warmup_cosine "
                    + _default("warmup_steps"))
     p.add_argument("--stateful", action="store_true", default=None,
@@ -198,7 +198,8 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int | None = None):
 
     if cfg.lr_schedule != "constant" and not steps_per_epoch:
         raise ValueError("an lr schedule needs the number of steps per epoch")
-    lr = learning_rate(cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.epochs * (steps_per_epoch or 1))
+    lr = (float(cfg.lr) if cosine_by_callback(cfg)
+          else learning_rate(cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.epochs * (steps_per_epoch or 1)))
     optimizer = make_optimizer(cfg.optimizer, lr, cfg.clip_norm, cfg.weight_decay)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
@@ -293,14 +294,28 @@ def monitored(cfg: TrainConfig) -> str:
     return "val_stream_perplexity" if cfg.stateful else "val_perplexity"
 
 
-def lr_schedule_callbacks(cfg: TrainConfig) -> list:
-    """ReduceLROnPlateau on validation perplexity when cfg.reduce_lr_patience is set (down to lr / 32)."""
+def lr_schedule_callbacks(cfg: TrainConfig, steps_per_epoch: int = 1, deadline: float | None = None) -> list:
+    """ReduceLROnPlateau on validation perplexity when cfg.reduce_lr_patience is set (down to lr / 32);
+    for warmup_cosine under a time limit, callbacks.CosineToDeadline annealing by the deadline (time.time();
+    default: cfg.time_limit_min from now)."""
     import keras
 
+    from trainer import callbacks as cb
+    from trainer.optimizers import COSINE_FLOOR
+
+    if cosine_by_callback(cfg):
+        start = time.time()
+        return [cb.CosineToDeadline(cfg.lr, COSINE_FLOOR, cfg.warmup_steps, cfg.epochs * steps_per_epoch, start,
+                                    deadline or start + 60 * cfg.time_limit_min)]
     if not cfg.reduce_lr_patience:
         return []
     return [keras.callbacks.ReduceLROnPlateau(monitor="val_perplexity", mode="min", factor=0.5,
                                               patience=cfg.reduce_lr_patience, min_lr=cfg.lr / 32, verbose=0)]
+
+
+def cosine_by_callback(cfg: TrainConfig) -> bool:
+    """warmup_cosine under a time limit runs as callbacks.CosineToDeadline; the optimizer gets a plain rate."""
+    return cfg.lr_schedule == "warmup_cosine" and cfg.time_limit_min is not None
 
 
 def resolved_form(cfg: TrainConfig) -> str:
@@ -556,12 +571,13 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     best_so_far = on_disk.get(monitor) if on_disk else None
     if on_disk is None and os.path.exists(os.path.join(checkpoints, "best.weights.h5")):  # written before best.json
         best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
+    deadline = time.time() + 60 * cfg.time_limit_min if cfg.time_limit_min else None
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
         stream_validation(info),  # before everything that reads val_stream_perplexity
         cb.GradientNormLog(),
-        *lr_schedule_callbacks(cfg),  # before the logger: it adds the epoch's learning_rate to the logs
+        *lr_schedule_callbacks(cfg, steps_per_epoch, deadline),  # before the logger: it adds learning_rate
         cb.LearningRateLog(),          # the same column when it is not there
         keras.callbacks.CSVLogger(history_path, append=True),
         cb.BestWeightsCheckpoint(os.path.join(checkpoints, "best.weights.h5"), best_record, monitor,
@@ -571,8 +587,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         cb.AtomicBackupAndRestore(os.path.join(work_dir, "backup"), min_interval_s=LATEST_STATE_EVERY_S,
                                   delete_checkpoint=False),
     ]
-    if cfg.time_limit_min:
-        callbacks.append(cb.Deadline(time.time() + 60 * cfg.time_limit_min))
+    if deadline:
+        callbacks.append(cb.Deadline(deadline))
     if cfg.verbose == PROGRESS["epoch"]:
         callbacks.append(cb.EpochLine(cfg.epochs))
     clock["fit"] = time.perf_counter()
