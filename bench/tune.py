@@ -7,9 +7,10 @@ perplexity at least 25 % below the baseline's. The budget covers what a user run
 rest (`make pipeline TUNE=1` does the same two stages). The baseline gets the whole wall time of both.
 Both sides read the same windows, started every --stride tokens (the book also trains on overlapping
 windows). The tuned side draws each epoch from them (`--steps-per-epoch`: a fixed epoch size, so early
-stopping and lr patience keep their meaning), uses Adam, batch 128, with lr halving on plateaus in the
-trials; the winner's training anneals its rate by the clock (`--lr-schedule warmup_cosine` under
-`--time-limit-min`: cosine decay to lr / 10 at the deadline; `--final-schedule plateau` keeps the halving).
+stopping and lr patience keep their meaning), uses Adam, batch 128 and AWD-LSTM's activation regularisers
+(--ar 2 --tar 1), with lr halving on plateaus in the trials; the winner's training anneals its rate by the
+clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the deadline;
+`--final-schedule plateau` keeps the halving).
 """
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search and train the tuned side with carried state (trainer.tune/train --stateful), "
                              "trials scored by stream perplexity; the book's 2 x 32 GRU stays as the book trains it")
     parser.add_argument("--tuner", default="bayesian", help="KerasTuner oracle: hyperband, random or bayesian")
+    parser.add_argument("--ar", type=float, default=2.0,
+                        help="activation regularisation of the tuned side (trials and winner; AWD-LSTM's 2)")
+    parser.add_argument("--tar", type=float, default=1.0,
+                        help="temporal activation regularisation of the tuned side (AWD-LSTM's 1)")
     parser.add_argument("--final-schedule", choices=("cosine", "plateau"), default="cosine",
                         help="the winner's lr: warm-up then cosine decay to lr / 10 at the deadline, or the trials' "
                              "halving on plateaus")
@@ -92,7 +97,7 @@ def main() -> None:
     # one epoch = as many windows as one pass without overlap holds
     steps_per_epoch = max(1, info.num_train * data_cfg.window_stride // data_cfg.num_steps // args.batch_size)
     base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch,
-                       reduce_lr_patience=args.reduce_lr_patience, stateful=args.stateful)
+                       reduce_lr_patience=args.reduce_lr_patience, stateful=args.stateful, ar=args.ar, tar=args.tar)
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
 
     final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
@@ -124,11 +129,11 @@ def main() -> None:
                          "max_weight_drop": space.max_weight_drop,
                          "tuner": args.tuner, "max_epochs": args.max_epochs, "early_stopping": args.early_stopping,
                          "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
-                         "reduce_lr_patience": args.reduce_lr_patience},
+                         "reduce_lr_patience": args.reduce_lr_patience, "ar": args.ar, "tar": args.tar},
         "search_best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
         "trials": len(open(os.path.join(work, "tuning", "trials.csv")).read().splitlines()) - 1,
         "final_training": None if final is None else {
-            **{k: final["hparams"][k] for k in HPARAM_KEYS},
+            **{k: final["hparams"][k] for k in (*HPARAM_KEYS, "ar", "tar")},
             **{k: float(final[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl", "epochs", "wall_s",
                                             "num_params")}},
         "final_schedule": final_schedule or {"reduce_lr_patience": args.reduce_lr_patience},

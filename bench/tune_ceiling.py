@@ -88,7 +88,8 @@ def main() -> None:
     peak = matmul_gflops()  # measured first, on a quiet machine
     epochs = int(round(final["epochs"] * args.epochs_factor))
     flops = training_flops_per_token(final["cell"], final["num_layers"], final["num_hiddens"], vocab_size)
-    recipe = {k: final[k] for k in HPARAM_KEYS if k in final}  # tune.json from before weight drop lacks it
+    # tune.json from before weight drop (or the activation regularisers) lacks them
+    recipe = {k: final[k] for k in (*HPARAM_KEYS, "ar", "tar") if k in final}
     # the winner's lr schedule, over the epochs here instead of a deadline (older tune.json: plateau halving)
     schedule = tuned.get("final_schedule") or {"reduce_lr_patience": space["reduce_lr_patience"]}
     runs = []

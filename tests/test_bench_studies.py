@@ -119,3 +119,7 @@ def test_tune_ceiling_says_when_bench_tune_has_since_picked_another_model():
     (line,) = tune_ceiling_staleness({"hparams": hparams}, {"final_training": {**same["final_training"],
                                                                                 "weight_drop": 0.2}})
     assert "weight drop 0.2" in line
+    # and so are the activation regularisers
+    (line,) = tune_ceiling_staleness({"hparams": hparams}, {"final_training": {**same["final_training"],
+                                                                                "ar": 2.0, "tar": 1.0}})
+    assert "AR 2.0, TAR 1.0, adam" in line

@@ -32,13 +32,21 @@ def _check_types(config) -> None:
                             f"got {value!r}")
 
 
+def _check_activation_regularisers(config) -> None:
+    for name in ("ar", "tar"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A deep RNN language model: one-hot tokens → L recurrent layers of h units → logits.
 
     dropout acts on every non-recurrent connection: between layers and before the logits. weight_drop is
     DropConnect on the recurrent kernels (AWD-LSTM's weight drop: one mask per batch, shared by every row
-    and step), in the forms that run the recurrence themselves (fused, native)."""
+    and step), in the forms that run the recurrence themselves (fused, native). ar and tar are AWD-LSTM's
+    activation regularisers on the top layer's outputs (trainer.model.ActivationRegularization), every form."""
 
     vocab_size: int
     cell: str = "gru"
@@ -47,8 +55,11 @@ class ModelConfig:
     dropout: float = 0.0
     form: str = "fused"
     weight_drop: float = 0.0
+    ar: float = 0.0   # AR: ar · mean(h²) of the top layer's outputs added to the training loss
+    tar: float = 0.0  # TAR: tar · mean((h_t − h_{t−1})²)
 
     def __post_init__(self):
+        _check_activation_regularisers(self)
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         if self.form not in FORMS:
@@ -70,7 +81,8 @@ class ModelConfig:
 
     def architecture(self) -> dict:
         """What checkpoints depend on (neither the form nor the regularisers: all forms share one weight layout)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("form", "dropout", "weight_drop")}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("form", "dropout", "weight_drop", "ar", "tar")}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,6 +97,8 @@ class TrainConfig:
     num_hiddens: int = 32
     dropout: float = 0.0
     weight_drop: float = 0.0     # DropConnect on the recurrent kernels (ModelConfig.weight_drop)
+    ar: float = 0.0              # activation regularisation (ModelConfig.ar)
+    tar: float = 0.0             # temporal activation regularisation (ModelConfig.tar)
     batch_size: int = 1024
     epochs: int = 100
     optimizer: str = "sgd"
@@ -147,6 +161,7 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.weight_drop < 1.0:
             raise ValueError(f"weight_drop must be in [0, 1), got {self.weight_drop}")
+        _check_activation_regularisers(self)
         for name in ("num_layers", "num_hiddens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -156,7 +171,8 @@ class TrainConfig:
             raise ValueError(f"unknown distribution {self.distribute!r}")
 
     def hparams(self) -> dict:
-        keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "batch_size", "epochs", "optimizer",
+        keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "ar", "tar", "batch_size", "epochs",
+                "optimizer",
                 "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay", "lr_schedule",
                 "warmup_steps", "stateful")
         return {k: getattr(self, k) for k in keys}

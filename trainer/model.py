@@ -44,6 +44,29 @@ class OneHot(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
+class ActivationRegularization(keras.layers.Layer):
+    """AWD-LSTM's activation regularisers on the top layer's outputs h [B, T, h], in training only:
+    ar · mean(h²) (AR: small activations) + tar · mean((h_t − h_{t−1})²) (TAR: slowly changing ones),
+    added to the loss. The identity on its input. (Merity et al. apply AR after the output dropout; here
+    both act on the undropped outputs, which only rescales AR by the dropout's keep probability.)"""
+
+    def __init__(self, ar: float = 0.0, tar: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.ar, self.tar = ar, tar
+
+    def call(self, hidden, training=None):
+        if training:
+            hidden32 = ops.cast(hidden, "float32")
+            steps = ops.square(hidden32[:, 1:] - hidden32[:, :-1])                   # [B, T - 1, h]
+            tar = tf.math.divide_no_nan(ops.sum(steps), tf.cast(tf.size(steps), "float32"))  # 0 when T = 1
+            self.add_loss(self.ar * ops.mean(ops.square(hidden32)) + self.tar * tar)
+        return hidden
+
+    def get_config(self):
+        return {**super().get_config(), "ar": self.ar, "tar": self.tar}
+
+
+@keras.saving.register_keras_serializable(package="deep_rnn")
 class FusedRNNStack(keras.layers.Layer):
     """L recurrent layers over token ids, computed with trainer.cells' split maths.
 
@@ -242,6 +265,8 @@ def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
                 final += ends
             else:
                 hidden = layer(hidden)
+    if cfg.ar or cfg.tar:  # identity at inference; adds the penalty to the training loss
+        hidden = ActivationRegularization(cfg.ar, cfg.tar, name="activation_regularization")(hidden)
     if cfg.dropout:  # on the top layer's outputs too: every non-recurrent connection (Zaremba et al., 2014)
         hidden = keras.layers.Dropout(cfg.dropout, name="output_dropout")(hidden)
     logits = keras.layers.Dense(cfg.vocab_size, dtype="float32", name="logits")(hidden)

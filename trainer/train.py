@@ -55,6 +55,12 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--weight-drop", type=float, metavar="P",
                    help="DropConnect on the recurrent kernels (AWD-LSTM's weight drop), one mask per batch; "
                         "runs in the fused and native forms (auto picks one) " + _default("weight_drop"))
+    p.add_argument("--ar", type=float, metavar="ALPHA",
+                   help="activation regularisation (AWD-LSTM's AR): ALPHA · mean(h²) of the top layer's outputs "
+                        "added to the training loss " + _default("ar"))
+    p.add_argument("--tar", type=float, metavar="BETA",
+                   help="temporal activation regularisation (TAR): BETA · mean((h_t - h_t-1)²) of the top layer's "
+                        "outputs " + _default("tar"))
     p.add_argument("--batch-size", type=int, metavar="N", help="windows per step " + _default("batch_size"))
     p.add_argument("--epochs", type=int, metavar="N", help="passes over the training windows " + _default("epochs"))
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=_default("optimizer"))
@@ -329,7 +335,7 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     try:
         return ModelConfig(vocab_size=vocab_size, cell=cfg.cell, num_layers=cfg.num_layers,
                            num_hiddens=cfg.num_hiddens, dropout=cfg.dropout, form=resolved_form(cfg),
-                           weight_drop=cfg.weight_drop)
+                           weight_drop=cfg.weight_drop, ar=cfg.ar, tar=cfg.tar)
     except ValueError as err:
         raise UserError(str(err)) from None
 

@@ -209,6 +209,12 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return front
 
 
+def shared_settings(base: TrainConfig) -> dict:
+    """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful and the
+    activation regularisers, where set."""
+    return {k: getattr(base, k) for k in ("stateful", "ar", "tar") if getattr(base, k)}
+
+
 def write_outputs(tuner_dir: str, rows: list[dict], fixed: dict | None = None) -> dict | None:
     """trials.csv, pareto.png and best_hparams.json (the best point, plus `fixed` settings every trial
     shared that trainer.train must repeat, e.g. stateful)."""
@@ -339,7 +345,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
         return None  # workers leave the outputs to the chief
     rows = _trial_rows(tuner, space, base, info.vocab_size)
-    best = write_outputs(tuner_dir, rows, {"stateful": True} if base.stateful else None)
+    best = write_outputs(tuner_dir, rows, shared_settings(base))
     write_hparams_logs(tuner_dir, rows)
     return best
 
@@ -374,6 +380,10 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--max-dropout", type=float, default=0.5, metavar="P", help="largest dropout searched")
     p.add_argument("--max-weight-drop", type=float, default=0.5, metavar="P",
                    help="largest weight drop (DropConnect on the recurrent kernels) searched; 0: none")
+    p.add_argument("--ar", type=float, default=0.0, metavar="ALPHA",
+                   help="activation regularisation of every trial (trainer.train --ar); best_hparams.json keeps it")
+    p.add_argument("--tar", type=float, default=0.0, metavar="BETA",
+                   help="temporal activation regularisation of every trial (trainer.train --tar)")
     p.add_argument("--batch-size", type=cli.positive_int, default=1024, metavar="N", help="windows per step")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop launching trials after MIN minutes; a trial in flight ends then too (default: none)")
@@ -399,7 +409,7 @@ def parse_args(argv):
                             tuple(args.cells), args.max_dropout, tuple(args.optimizers), args.max_weight_drop)
         base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
                            steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience,
-                           stateful=args.stateful)
+                           stateful=args.stateful, ar=args.ar, tar=args.tar)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
