@@ -274,7 +274,8 @@ class CosineToDeadline(keras.callbacks.Callback):
     cosine decay from peak to floor · peak, its progress the larger of (steps done / total_steps) and
     (time spent / time allowed). The rate reaches its floor when either budget runs out, so a run given
     a time limit and epochs to spare anneals by its deadline instead of being stopped at a high rate.
-    Sets the optimizer's rate before every batch (the optimizer holds a plain rate, not a schedule)."""
+    Sets the optimizer's rate before every batch (the optimizer holds a plain rate, not a schedule). The
+    clock is this process's: a resumed run anneals again over its own time limit, from where its steps are."""
 
     def __init__(self, peak: float, floor: float, warmup_steps: int, total_steps: int, start: float,
                  deadline: float, clock=time.time):

@@ -331,7 +331,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     tuner.run_trial = run_trial
     callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput,
                  *([stream_validation(info)] if base.stateful else []),
-                 *lr_schedule_callbacks(base)]
+                 *lr_schedule_callbacks(base, steps_per_epoch)]
     if early_stopping:
         import keras
 
