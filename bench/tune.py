@@ -8,7 +8,8 @@ rest (`make pipeline TUNE=1` does the same two stages). The baseline gets the wh
 Both sides read the same windows, started every --stride tokens (the book also trains on overlapping
 windows). The tuned side draws each epoch from them (`--steps-per-epoch`: a fixed epoch size, so early
 stopping and lr patience keep their meaning), uses Adam, batch 128 and AWD-LSTM's activation regularisers
-(--ar 2 --tar 1), with lr halving on plateaus in the trials; the winner's training anneals its rate by the
+(--ar 2 --tar 1), with lr halving on plateaus in the trials (each at most --trial-minutes, so one slow point
+cannot take the search); the winner's training anneals its rate by the
 clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the deadline;
 `--final-schedule plateau` keeps the halving).
 """
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search and train the tuned side with carried state (trainer.tune/train --stateful), "
                              "trials scored by stream perplexity; the book's 2 x 32 GRU stays as the book trains it")
     parser.add_argument("--tuner", default="bayesian", help="KerasTuner oracle: hyperband, random or bayesian")
+    parser.add_argument("--trial-minutes", type=float, default=1.5,
+                        help="minutes a trial may train (trainer.tune --trial-minutes): a slow point cannot take "
+                             "the whole search")
     parser.add_argument("--ar", type=float, default=2.0,
                         help="activation regularisation of the tuned side (trials and winner; AWD-LSTM's 2)")
     parser.add_argument("--tar", type=float, default=1.0,
@@ -106,7 +110,7 @@ def main() -> None:
     deadline = start + 60 * args.budget_min
     best = tune(data, os.path.join(work, "tuning"), base, space, args.tuner, max_trials=1000,
                 max_epochs=args.max_epochs, time_budget_min=args.budget_min * args.search_fraction,
-                early_stopping=args.early_stopping)
+                early_stopping=args.early_stopping, trial_minutes=args.trial_minutes)
     search_s = time.perf_counter() - start
     final = None
     if deadline - time.perf_counter() > 30:
@@ -129,7 +133,8 @@ def main() -> None:
                          "max_weight_drop": space.max_weight_drop,
                          "tuner": args.tuner, "max_epochs": args.max_epochs, "early_stopping": args.early_stopping,
                          "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
-                         "reduce_lr_patience": args.reduce_lr_patience, "ar": args.ar, "tar": args.tar},
+                         "reduce_lr_patience": args.reduce_lr_patience, "ar": args.ar, "tar": args.tar,
+                         "trial_minutes": args.trial_minutes},
         "search_best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
         "trials": len(open(os.path.join(work, "tuning", "trials.csv")).read().splitlines()) - 1,
         "final_training": None if final is None else {

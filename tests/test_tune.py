@@ -62,7 +62,8 @@ def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_p
     (["--tuner", "grid"], "--tuner"), (["--time-budget", "0"], "time-budget"),
     (["--early-stopping", "-1"], "--early-stopping"), (["--steps-per-epoch", "0"], "--steps-per-epoch"),
     (["--reduce-lr-patience", "-1"], "reduce_lr_patience"), (["--max-dropout", "1"], "--max-dropout"),
-    (["--max-weight-drop", "-0.1"], "--max-weight-drop")])
+    (["--max-weight-drop", "-0.1"], "--max-weight-drop"), (["--trial-minutes", "0"], "--trial-minutes"),
+    (["--ar", "-2"], "ar must be")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
                       needle)
@@ -135,6 +136,17 @@ def test_time_budget_stops_launching_trials(tiny_data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert 1 <= len(rows) < 50 and time.time() - start < 120
     assert (tmp_path / "t" / "best_hparams.json").exists()
+
+
+def test_trial_minutes_gives_every_trial_the_same_time(tiny_data, tmp_path):
+    """Epochs to spare and no early stopping: each trial ends at its own time limit, not at max_epochs."""
+    space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8)
+    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space, "random",
+         max_trials=2, max_epochs=10000, early_stopping=0, trial_minutes=0.05)
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert len(rows) == 2
+    for row in rows:
+        assert 1 <= int(row["epochs"]) < 10000 and 3 <= float(row["wall_s"]) < 60
 
 
 def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, monkeypatch):

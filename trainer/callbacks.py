@@ -269,6 +269,18 @@ class Deadline(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TimeLimit(Deadline):
+    """Ends each fit() a fixed number of seconds after it begins: in the tuner, every trial gets the same
+    time, so trials are compared on what they learn in equal time, as the time-limited final training is."""
+
+    def __init__(self, seconds: float):
+        super().__init__(math.inf)
+        self.seconds = seconds
+
+    def on_train_begin(self, logs=None):
+        self.deadline = time.time() + self.seconds
+
+
 class CosineToDeadline(keras.callbacks.Callback):
     """warmup_cosine for a run with a time limit: a linear warm-up over warmup_steps optimizer steps, then
     cosine decay from peak to floor · peak, its progress the larger of (steps done / total_steps) and

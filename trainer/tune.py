@@ -282,11 +282,13 @@ def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict, objec
 
 def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, tuner_kind: str = "hyperband",
          max_trials: int | None = None, max_epochs: int = 10, executions: int = 1,
-         time_budget_min: float | None = None, early_stopping: int = 3) -> dict | None:
+         time_budget_min: float | None = None, early_stopping: int = 3,
+         trial_minutes: float | None = None) -> dict | None:
     """Runs (or resumes, or joins as a worker) the search; the chief/single process writes the outputs.
 
     early_stopping: a trial ends after this many epochs without a better validation perplexity (0: never),
-    so budget goes to new points instead of models that have started to overfit.
+    so budget goes to new points instead of models that have started to overfit. trial_minutes: a trial
+    ends after this long too (at a batch end), so slow points cannot take the whole budget.
     """
     cli.quiet_tensorflow()
     from trainer.train import configure_cpu_threads, resolved_form
@@ -336,6 +338,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         import keras
 
         callbacks.append(keras.callbacks.EarlyStopping(monitor=objective, mode="min", patience=early_stopping))
+    if trial_minutes is not None:
+        callbacks.append(cb.TimeLimit(60 * trial_minutes))
     if time_budget_min is not None:
         deadline = time.time() + 60 * time_budget_min
         limit_by_time(tuner.oracle, deadline)
@@ -387,6 +391,8 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--batch-size", type=cli.positive_int, default=1024, metavar="N", help="windows per step")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop launching trials after MIN minutes; a trial in flight ends then too (default: none)")
+    p.add_argument("--trial-minutes", type=float, metavar="MIN",
+                   help="end each trial after MIN minutes too: trials compared on equal time (default: no limit)")
     p.add_argument("--early-stopping", type=int, default=3, metavar="EPOCHS",
                    help="end a trial after EPOCHS epochs without a better validation perplexity (0: off)")
     p.add_argument("--steps-per-epoch", type=cli.positive_int, metavar="N",
@@ -414,6 +420,8 @@ def parse_args(argv):
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
         raise UserError("--time-budget must be > 0 minutes")
+    if args.trial_minutes is not None and not 0 < args.trial_minutes < float("inf"):
+        raise UserError("--trial-minutes must be > 0 minutes")
     if args.early_stopping < 0:
         raise UserError("--early-stopping must be >= 0 epochs")
     return args, space, base
@@ -422,7 +430,7 @@ def parse_args(argv):
 def main(argv: Sequence[str] | None = None) -> None:
     args, space, base = parse_args(argv)
     best = tune(args.data, args.tuner_dir, base, space, args.tuner, args.max_trials, args.max_epochs,
-                args.executions_per_trial, args.time_budget, args.early_stopping)
+                args.executions_per_trial, args.time_budget, args.early_stopping, args.trial_minutes)
     worker = os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ
     if best is None and not worker:
         raise UserError(f"{args.tuner_dir}: no trial finished, so there is no best_hparams.json "
