@@ -57,7 +57,7 @@ def test_training_loss_is_cross_entropy_plus_the_penalty_in_every_form(form):
         m.compile(optimizer=keras.optimizers.SGD(0.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     hidden = keras.ops.convert_to_numpy(
-        keras.Model(model.inputs, model.get_layer("activation_regularization").output)(ids))
+        keras.Model(model.inputs, model.get_layer("activation_regularization").output)([ids]))
     penalty = 2.0 * np.mean(hidden ** 2) + 1.0 * np.mean(np.diff(hidden, axis=1) ** 2)
     trained = model.train_on_batch(ids, ids)
     assert plain.train_on_batch(ids, ids) == pytest.approx(model.evaluate(ids, ids, verbose=0), rel=1e-5)
