@@ -95,7 +95,8 @@ def _beam_options(beam_args: Sequence[str]):
     options = PipelineOptions(list(beam_args))
     standard = options.view_as(StandardOptions)
     if not standard.runner:
-        standard.runner = DEFAULT_RUNNER
+        standard.runner = DEFAULT_RUNNER  # known good: Beam builds it once, when the pipeline runs
+        return options
     from apache_beam.runners.runner import create_runner
 
     try:
