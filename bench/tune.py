@@ -9,7 +9,8 @@ Both sides read the same windows, started every --stride tokens (the book also t
 windows). The tuned side draws each epoch from them (`--steps-per-epoch`: a fixed epoch size, so early
 stopping and lr patience keep their meaning), uses Adam, batch 128 and AWD-LSTM's activation regularisers
 (--ar 2 --tar 1), with lr halving on plateaus in the trials (each at most --trial-minutes, so one slow point
-cannot take the search); the winner's training anneals its rate by the
+cannot take the search). The search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier
+runs of this bench found on this data; `--start-with` with no file leaves every point to the oracle); the winner's training anneals its rate by the
 clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the deadline;
 `--final-schedule plateau` keeps the halving).
 """
@@ -22,9 +23,11 @@ import tempfile
 import time
 
 from pipeline import cli
-from bench.common import emit
+from bench.common import ROOT, emit
 from pipeline import transform
 from pipeline.preprocess import preprocess
+
+START_POINT = ROOT / "bench" / "tune_start.json"
 
 
 def context_profile(model_dir: str, data_dir: str) -> dict:
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the winner's lr: warm-up then cosine decay to lr / 10 at the deadline, or the trials' "
                              "halving on plateaus")
     parser.add_argument("--warmup-steps", type=int, default=100, help="warm-up steps of the cosine schedule")
+    parser.add_argument("--start-with", nargs="*", default=[str(START_POINT)], metavar="JSON",
+                        help="points the search tries first (trainer.tune --start-with); default: bench/tune_start.json, "
+                             "the best point earlier runs of this bench found; none: the oracle's points only")
     return parser
 
 
@@ -103,6 +109,9 @@ def main() -> None:
     base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch,
                        reduce_lr_patience=args.reduce_lr_patience, stateful=args.stateful, ar=args.ar, tar=args.tar)
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
+    from trainer.tune import read_start_point
+
+    start_points = [read_start_point(path, space) for path in args.start_with]
 
     final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
                       if args.final_schedule == "cosine" else {})
@@ -110,7 +119,7 @@ def main() -> None:
     deadline = start + 60 * args.budget_min
     best = tune(data, os.path.join(work, "tuning"), base, space, args.tuner, max_trials=1000,
                 max_epochs=args.max_epochs, time_budget_min=args.budget_min * args.search_fraction,
-                early_stopping=args.early_stopping, trial_minutes=args.trial_minutes)
+                early_stopping=args.early_stopping, trial_minutes=args.trial_minutes, start_points=start_points)
     search_s = time.perf_counter() - start
     final = None
     if deadline - time.perf_counter() > 30:
@@ -134,7 +143,7 @@ def main() -> None:
                          "tuner": args.tuner, "max_epochs": args.max_epochs, "early_stopping": args.early_stopping,
                          "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
                          "reduce_lr_patience": args.reduce_lr_patience, "ar": args.ar, "tar": args.tar,
-                         "trial_minutes": args.trial_minutes},
+                         "trial_minutes": args.trial_minutes, "start_points": start_points},
         "search_best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
         "trials": len(open(os.path.join(work, "tuning", "trials.csv")).read().splitlines()) - 1,
         "final_training": None if final is None else {

@@ -189,3 +189,68 @@ def test_a_finished_trial_left_listed_as_ongoing_is_not_run_again(tiny_data, tmp
     tuner = make_tuner("random", make_hypermodel(base, space, 28), str(tmp_path), 2, 1, 1, 0)
     assert tuner.oracle.trials[finished[0]].status == "COMPLETED"
     assert finished[0] not in tuner.oracle._retry_queue
+
+
+START_POINT = {"cell": "lstm", "num_layers": 2, "num_hiddens": 16, "dropout": 0.1, "weight_drop": 0.2,
+               "optimizer": "adam", "lr": 0.005, "stateful": False}  # best_hparams.json's keys, one not searched
+
+
+def test_start_points_run_first_and_a_resumed_search_does_not_repeat_them(tiny_data, tmp_path):
+    space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16, optimizers=("sgd", "adam"))
+    base = TrainConfig(batch_size=512, verbose=0)
+    tune(str(tiny_data), str(tmp_path / "t"), base, space, "random", max_trials=1, max_epochs=1,
+         start_points=[START_POINT])
+    first = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert len(first) == 1
+    assert {k: first[0][k] for k in ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer")} \
+        == {"cell": "lstm", "num_layers": "2", "num_hiddens": "16", "dropout": "0.1", "weight_drop": "0.2",
+            "optimizer": "adam"}
+    assert float(first[0]["lr"]) == pytest.approx(0.005)
+    # resumed with the same start point: the oracle's own points follow, the start point is not run twice
+    tune(str(tiny_data), str(tmp_path / "t"), base, space, "random", max_trials=3,
+         max_epochs=1, start_points=[START_POINT])
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    again = [r for r in rows if (r["cell"], r["num_hiddens"], r["lr"]) == ("lstm", "16", first[0]["lr"])]
+    assert len(again) == 1, rows
+
+
+def test_start_points_lead_hyperband_too(tiny_data, tmp_path):
+    space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16, optimizers=("adam",))
+    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space, "hyperband",
+         max_trials=1, max_epochs=2, start_points=[START_POINT])
+    row = next(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert (row["cell"], row["num_layers"], row["num_hiddens"], row["dropout"]) == ("lstm", "2", "16", "0.1")
+    assert float(row["lr"]) == pytest.approx(0.005)  # not a draw from the log-uniform range
+
+
+def test_start_values_match_the_declared_space_and_refuse_points_outside_it():
+    import keras_tuner as kt
+
+    from trainer.tune import declare_hyperparameters, start_values
+
+    space = SearchSpace(min_layers=1, max_layers=3, min_hiddens=64, max_hiddens=256, optimizers=("adam",))
+    values = start_values({**START_POINT, "num_hiddens": 128}, space)
+    hp = kt.HyperParameters()
+    declare_hyperparameters(hp, space)  # the space the oracle knows: every start value names one of its entries
+    assert set(values) <= {h.name for h in hp.space}
+    assert values == {"num_layers": 2, "num_hiddens": 128, "cell": "lstm", "optimizer": "adam", "adam_lr": 0.005,
+                      "dropout": 0.1, "weight_drop": 0.2}
+    for change, needle in [({"num_hiddens": 100}, "num_hiddens 100"), ({"num_layers": 4}, "num_layers 4"),
+                           ({"optimizer": "sgd"}, "optimizer 'sgd'"), ({"lr": 0.5}, "lr 0.5"),
+                           ({"dropout": 0.7}, "dropout 0.7"), ({"cell": "rnn"}, "cell 'rnn'")]:
+        with pytest.raises(ValueError, match=needle):
+            start_values({**START_POINT, "num_hiddens": 128, **change}, space)
+    with pytest.raises(ValueError, match="no lr"):
+        start_values({k: v for k, v in START_POINT.items() if k != "lr"}, space)
+    no_drop = SearchSpace(1, 3, 64, 256, ("lstm",), 0.0, ("adam",), 0.0)
+    assert "dropout" not in start_values({**START_POINT, "num_hiddens": 64, "dropout": 0, "weight_drop": 0}, no_drop)
+
+
+@pytest.mark.parametrize("text,needle", [("{", "Expecting"), ("[1]", "JSON object"),
+                                         ('{"cell": "gru", "num_layers": 9, "num_hiddens": 16, '
+                                          '"optimizer": "sgd", "lr": 1}', "num_layers 9")])
+def test_bad_start_point_exits_2(tiny_data, tmp_path, text, needle):
+    (tmp_path / "p.json").write_text(text)
+    assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path / "t"),
+                              *TINY_SPACE, "--start-with", str(tmp_path / "p.json")), needle)

@@ -24,6 +24,7 @@ TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_perplexity"
 # best_hparams.json's keys
 HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer", "lr")
+LR_RANGES = {"sgd": (0.25, 4.0), "adam": (1e-3, 3e-2)}  # searched log-uniformly
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,60 @@ def declare_hyperparameters(hp, space: SearchSpace) -> dict:
         "optimizer": hp.Choice("optimizer", list(space.optimizers)),
     }
     with hp.conditional_scope("optimizer", ["sgd"]):
-        sgd_lr = hp.Float("sgd_lr", 0.25, 4.0, sampling="log") if "sgd" in space.optimizers else None
+        sgd_lr = hp.Float("sgd_lr", *LR_RANGES["sgd"], sampling="log") if "sgd" in space.optimizers else None
     with hp.conditional_scope("optimizer", ["adam"]):
-        adam_lr = hp.Float("adam_lr", 1e-3, 3e-2, sampling="log") if "adam" in space.optimizers else None
+        adam_lr = hp.Float("adam_lr", *LR_RANGES["adam"], sampling="log") if "adam" in space.optimizers else None
     lr = sgd_lr if values["optimizer"] == "sgd" else adam_lr
     # KerasTuner leaves a conditional value unset while it discovers the space: use the book's lr
     values["lr"] = lr if lr is not None else (2.0 if values["optimizer"] == "sgd" else 3e-3)
     return values
+
+
+def start_values(point: dict, space: SearchSpace) -> dict:
+    """A point written with best_hparams.json's keys (cell, num_layers, num_hiddens, dropout, weight_drop,
+    optimizer, lr) as KerasTuner values of this space; other keys (stateful, ar, tar) are not searched and
+    are ignored. Raises ValueError naming the first key that lies outside the space."""
+    missing = [k for k in ("cell", "num_layers", "num_hiddens", "optimizer", "lr") if k not in point]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+
+    def check(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            raise ValueError(f"{key} {point.get(key)!r} is outside the search space ({allowed})")
+
+    layers, width, optimizer, lr = point["num_layers"], point["num_hiddens"], point["optimizer"], point["lr"]
+    check(isinstance(layers, int) and space.min_layers <= layers <= space.max_layers, "num_layers",
+          f"{space.min_layers}..{space.max_layers}")
+    check(width in space.widths(), "num_hiddens", f"one of {space.widths()}")
+    check(point["cell"] in space.cells, "cell", f"one of {list(space.cells)}")
+    check(optimizer in space.optimizers, "optimizer", f"one of {list(space.optimizers)}")
+    low, high = LR_RANGES[optimizer]
+    check(isinstance(lr, (int, float)) and low <= lr <= high, "lr", f"{low:g}..{high:g} for {optimizer}")
+    values = {"num_layers": layers, "num_hiddens": width, "cell": point["cell"], "optimizer": optimizer,
+              f"{optimizer}_lr": float(lr)}
+    for key, largest in (("dropout", space.max_dropout), ("weight_drop", space.max_weight_drop)):
+        rate = point.get(key) or 0.0
+        check(isinstance(rate, (int, float)) and 0.0 <= rate <= largest, key, f"0..{largest:g}")
+        if largest > 0:  # declared only then
+            values[key] = float(rate)
+    return values
+
+
+def start_with(oracle, points: list[dict]) -> None:
+    """The oracle's first fresh points are `points`, in order (Optuna's enqueue_trial): each of random search,
+    Bayesian optimisation's initial points and Hyperband's new brackets draws a fresh point from
+    `_random_values`. A point some trial already has (a resumed search) is not queued again. Workers ask
+    the chief's oracle, which does this."""
+    if not hasattr(oracle, "_random_values"):
+        return
+    tried = [t.hyperparameters.values for t in oracle.trials.values()]
+    queue = [p for p in points if not any(all(v.get(k) == x for k, x in p.items()) for v in tried)]
+    draw = oracle._random_values
+
+    def queued_then_drawn():
+        return dict(queue.pop(0)) if queue else draw()
+
+    oracle._random_values = queued_then_drawn
 
 
 def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int, steps_per_epoch: int | None = None):
@@ -283,13 +331,18 @@ def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict, objec
 def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, tuner_kind: str = "hyperband",
          max_trials: int | None = None, max_epochs: int = 10, executions: int = 1,
          time_budget_min: float | None = None, early_stopping: int = 3,
-         trial_minutes: float | None = None) -> dict | None:
+         trial_minutes: float | None = None, start_points: Sequence[dict] = ()) -> dict | None:
     """Runs (or resumes, or joins as a worker) the search; the chief/single process writes the outputs.
 
     early_stopping: a trial ends after this many epochs without a better validation perplexity (0: never),
     so budget goes to new points instead of models that have started to overfit. trial_minutes: a trial
-    ends after this long too (at a batch end), so slow points cannot take the whole budget.
+    ends after this long too (at a batch end), so slow points cannot take the whole budget. start_points:
+    points (best_hparams.json's keys) the first trials try, in order, before the oracle's own.
     """
+    try:
+        queued = [start_values(p, space) for p in start_points]
+    except ValueError as err:
+        raise UserError(f"start point: {err}") from None
     cli.quiet_tensorflow()
     from trainer.train import configure_cpu_threads, resolved_form
 
@@ -311,6 +364,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     if max_trials is None and time_budget_min is not None:
         max_trials = 10**6  # the budget is the limit
     tuner = make_tuner(tuner_kind, hypermodel, tuner_dir, max_trials, max_epochs, executions, base.seed, objective)
+    start_with(tuner.oracle, queued)
     original_run_trial = tuner.run_trial
 
     def run_trial(trial, *args, **kwargs):
@@ -358,6 +412,8 @@ EXAMPLES = """examples:
   python -m trainer.tune --data runs/default/data --tuner-dir runs/default/tuning --time-budget 20 --quiet
   python -m trainer.tune --data runs/default/data --tuner-dir runs/t --tuner bayesian --max-trials 30 \\
       --max-layers 4 --max-hiddens 512 --cells gru lstm --optimizers adam
+  python -m trainer.tune --data runs/new/data --tuner-dir runs/new/tuning --time-budget 10 \\
+      --start-with runs/default/tuning/best_hparams.json   # the last winner first, then the oracle's points
 Then: python -m trainer.train --data runs/default/data --model-dir runs/tuned --hparams runs/t/best_hparams.json"""
 
 
@@ -402,6 +458,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--stateful", action="store_true",
                    help="train every trial with carried state (trainer.train --stateful) and score trials by "
                         "val_stream_perplexity; best_hparams.json then says stateful")
+    p.add_argument("--start-with", nargs="+", default=[], metavar="JSON",
+                   help="points the first trials try, in order, before the oracle's own: best_hparams.json of an "
+                        "earlier search, or a file with its keys (a resumed search skips points already tried)")
     p.add_argument("--seed", type=int, default=0, help="seed of the oracle and of every trial's model")
     p.add_argument("--quiet", action="store_true", help="one line per trial instead of KerasTuner's display")
     return p
@@ -424,13 +483,31 @@ def parse_args(argv):
         raise UserError("--trial-minutes must be > 0 minutes")
     if args.early_stopping < 0:
         raise UserError("--early-stopping must be >= 0 epochs")
+    args.start_points = [read_start_point(path, space) for path in args.start_with]
     return args, space, base
+
+
+def read_start_point(path: str, space: SearchSpace) -> dict:
+    """One --start-with file: a JSON object with best_hparams.json's keys, inside the search space."""
+    try:
+        with open(path) as f:
+            point = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--start-with {path}: {err}") from None
+    if not isinstance(point, dict):
+        raise UserError(f"--start-with {path}: expected a JSON object like best_hparams.json")
+    try:
+        start_values(point, space)
+    except ValueError as err:
+        raise UserError(f"--start-with {path}: {err}") from None
+    return point
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, space, base = parse_args(argv)
     best = tune(args.data, args.tuner_dir, base, space, args.tuner, args.max_trials, args.max_epochs,
-                args.executions_per_trial, args.time_budget, args.early_stopping, args.trial_minutes)
+                args.executions_per_trial, args.time_budget, args.early_stopping, args.trial_minutes,
+                args.start_points)
     worker = os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ
     if best is None and not worker:
         raise UserError(f"{args.tuner_dir}: no trial finished, so there is no best_hparams.json "
