@@ -3,7 +3,9 @@
     python -m bench.forms [--sizes 2x32@1024x32 2x256 3x512] [--cells gru lstm] [--mixed-precision]
 Each (size, cell, form) runs in a process of its own, with the thread set-up the trainer gives that form
 (trainer.train.configure_cpu_threads), so every row is what `trainer.train --backend-form FORM` would get.
-`--backend-form auto` chooses from the rows this writes to bench/results/forms.json (trainer.model.resolve_form);
+`--backend-form auto` chooses from the rows this writes to bench/results/forms.json (trainer.model.resolve_form),
+this CPU's rows where there are any: a run replaces the rows it measures again and keeps the others, so the file
+holds every CPU it has run on (trainer.forms.cpu_signature);
 on a GPU the `layers` form is the cuDNN one (the row records whether CudnnRNN ops ran). Synthetic token ids
 (speed does not depend on the text), Adam; a few warm-up steps, then timed `train_on_batch` steps in blocks: a
 row's speed is its fastest block (noise on a shared machine only ever slows a step down, and single 10-step timings
@@ -44,6 +46,7 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
     import tensorflow as tf
 
     from trainer.config import ModelConfig, TrainConfig
+    from trainer.forms import cpu_signature
     from trainer.model import build_model, graph_op_types
     from trainer.train import compile_model, configure_cpu_threads
 
@@ -72,11 +75,32 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
     seconds = min(block_seconds)
     types = graph_op_types(model)
     return {"cell": cell, "size": f"{layers}x{hiddens}", "batch": batch, "num_steps": num_steps, "form": form,
-            "device": "GPU" if gpus else "CPU", "precision": "mixed" if mixed_precision else "float32",
+            "device": "GPU" if gpus else "CPU", "cpu": cpu_signature(),
+            "gpu": tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None,
+            "precision": "mixed" if mixed_precision else "float32",
             "params": int(model.count_params()),
             "train_tokens_per_s": steps * batch * num_steps / seconds, "ms_per_step": 1e3 * seconds / steps,
             "first_step_s": first_step_s, "ms_per_step_blocks": [1e3 * s / steps for s in block_seconds],
             "cudnn": any("CudnnRNN" in t for t in types), "native_ops": any(t.startswith("DeepRnn") for t in types)}
+
+
+ROW_KEY = ("device", "cpu", "gpu", "cell", "size", "batch", "num_steps", "precision", "form")
+
+
+def merge_rows(previous: list[dict], measured: list[dict]) -> list[dict]:
+    """The stored rows with this run's in place of the same rows measured before (same machine, cell, size,
+    shape, precision and form): other CPUs' rows, and this one's not measured again, stay."""
+    key = lambda r: tuple(r.get(k) for k in ROW_KEY)  # noqa: E731
+    new = {key(r) for r in measured}
+    return [r for r in previous if key(r) not in new] + measured
+
+
+def stored_rows() -> list[dict]:
+    """The rows bench/results/forms.json holds now (none if it is missing or unreadable)."""
+    try:
+        return json.loads((ROOT / "bench" / "results" / "forms.json").read_text()).get("rows", [])
+    except (OSError, ValueError):
+        return []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +153,8 @@ def main() -> None:
                     rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
                     print(rows[-1], flush=True)
     emit("forms", {"device": "GPU" if gpus else "CPU", "mixed_precision": args.mixed_precision,
-                   "vocab": args.vocab, "steps": args.steps, "blocks": args.blocks, "rows": rows})
+                   "vocab": args.vocab, "steps": args.steps, "blocks": args.blocks,
+                   "rows": merge_rows(stored_rows(), rows)})
 
 
 if __name__ == "__main__":

@@ -104,40 +104,22 @@ def render(results: dict) -> str:
     if "forms" in results:
         r = results["forms"]
         lines += ["## Model forms (`python -m bench.forms`)",
-                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, GPU: {r['machine']['gpu']}. "
-                  f"Device {r['device']}, Adam, synthetic ids (vocab {r['vocab']}); each row in a process of its own "
-                  "with the trainer's thread set-up for that form. `auto` = the form `--backend-form auto` picks "
-                  "from these rows; × stacked = its speed over the book's cell stack at the same size and precision, "
-                  "× stacked f32 over the float32 cell stack (the book's design as the book runs it). Mixed precision "
-                  "on a CPU is bfloat16 (the native form: bfloat16 products, float32 accumulation and gate maths).",
+                  f"Device {r['device']}, {r['machine']['cores']} cores, Adam, synthetic ids (vocab {r['vocab']}); "
+                  "each row in a process of its own with the trainer's thread set-up for that form. One table per "
+                  "CPU bench.forms ran on (model name [the instruction sets that decide between forms]); `auto` = the "
+                  "form `--backend-form auto` picks from that CPU's rows; × stacked = its speed over the book's cell "
+                  "stack at the same size and precision, × stacked f32 over the float32 cell stack (the book's design "
+                  "as the book runs it). Mixed precision on a CPU is bfloat16 (the native form: bfloat16 products, "
+                  "float32 accumulation and gate maths; the other forms: TensorFlow's own bfloat16 ops).",
                   (f"Each row's speed is its fastest of {r['blocks']} blocks of {r['steps']} timed steps (noise here "
                    "only slows steps down). " if r.get("blocks") else "") +
                   "Speeds within 5 % of the fastest are a tie, which the shorter first step (graph tracing and "
-                  "building, paid once per run) wins.",
-                  "", "| cell | size | batch × steps | precision | form | train tokens/s | ms/step | first step s | "
-                  "× stacked | × stacked f32 | native ops | CudnnRNN ops |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        groups = {}
+                  "building, paid once per run) wins."]
+        by_machine = {}
         for x in r["rows"]:
-            groups.setdefault((x["cell"], x["size"], x["batch"], x.get("precision", "float32")), []).append(x)
-        summary = []
-        for (cell, size, batch, precision), rows in groups.items():
-            stacked = next((x["train_tokens_per_s"] for x in rows if x["form"] == "stacked"), None)
-            stacked_f32 = next((x["train_tokens_per_s"] for x in groups.get((cell, size, batch, "float32"), [])
-                                if x["form"] == "stacked"), None)
-            auto = pick_form(rows)
-            for x in rows:
-                ratio = _f(x["train_tokens_per_s"] / stacked, 2) if stacked else "–"
-                ratio_f32 = _f(x["train_tokens_per_s"] / stacked_f32, 2) if stacked_f32 else "–"
-                form = f"**{x['form']}** (auto)" if x["form"] == auto else x["form"]
-                lines.append(f"| {cell} | {size} | {batch} × {x['num_steps']} | {precision} | {form} | "
-                             f"{_f(x['train_tokens_per_s'], 0)} | {_f(x['ms_per_step'], 1)} | "
-                             f"{_f(x.get('first_step_s', '–'), 1)} | {ratio} | {ratio_f32} | {x['native_ops']} | "
-                             f"{x['cudnn']} |")
-                if x["form"] == auto and ratio_f32 != "–":
-                    summary.append(f"{cell} {size} {precision}: {auto} {ratio_f32}×")
-        if summary:
-            lines += ["", "Auto's form against the float32 cell stack (target ≥ 2× at 2 × 256 and 3 × 512): "
-                      + "; ".join(summary) + "."]
+            by_machine.setdefault(x.get("gpu") or x.get("cpu") or r["machine"]["cpu"], []).append(x)
+        for name, machine_rows in by_machine.items():
+            lines += render_forms_table(name, machine_rows)
         if r["device"] == "CPU":
             lines += ["", "No GPU here: the cuDNN comparison (2 × 256 and 3 × 1024, the `layers` form against the "
                       "cell stack) runs with the same command on a GPU machine."]
@@ -233,6 +215,36 @@ BREAKDOWN_COLUMNS = {"start_s": "start", "load_tensorflow_s": "load TF", "setup_
                      "graph_build_s": "graph build", "train_steps_s": "steps", "window_validation_s": "window val",
                      "stream_validation_s": "stream val", "epoch_bookkeeping_s": "checkpoints, logs",
                      "finish_s": "sample, saving"}
+
+
+def render_forms_table(machine: str, rows: list[dict]) -> list[str]:
+    """bench.forms' rows of one machine: the table and auto's speed-ups."""
+    lines = ["", f"**{machine}**", "", "| cell | size | batch × steps | precision | form | train tokens/s | ms/step | "
+             "first step s | × stacked | × stacked f32 | native ops | CudnnRNN ops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups = {}
+    for x in rows:
+        groups.setdefault((x["cell"], x["size"], x["batch"], x.get("precision", "float32")), []).append(x)
+    summary = []
+    for (cell, size, batch, precision), group in groups.items():
+        stacked = next((x["train_tokens_per_s"] for x in group if x["form"] == "stacked"), None)
+        stacked_f32 = next((x["train_tokens_per_s"] for x in groups.get((cell, size, batch, "float32"), [])
+                            if x["form"] == "stacked"), None)
+        auto = pick_form(group)
+        for x in group:
+            ratio = _f(x["train_tokens_per_s"] / stacked, 2) if stacked else "–"
+            ratio_f32 = _f(x["train_tokens_per_s"] / stacked_f32, 2) if stacked_f32 else "–"
+            form = f"**{x['form']}** (auto)" if x["form"] == auto else x["form"]
+            lines.append(f"| {cell} | {size} | {batch} × {x['num_steps']} | {precision} | {form} | "
+                         f"{_f(x['train_tokens_per_s'], 0)} | {_f(x['ms_per_step'], 1)} | "
+                         f"{_f(x.get('first_step_s', '–'), 1)} | {ratio} | {ratio_f32} | {x['native_ops']} | "
+                         f"{x['cudnn']} |")
+            if x["form"] == auto and ratio_f32 != "–":
+                summary.append(f"{cell} {size} {precision}: {auto} {ratio_f32}×")
+    if summary:
+        lines += ["", "Auto's form against the float32 cell stack (target ≥ 2× at 2 × 256 and 3 × 512): "
+                  + "; ".join(summary) + "."]
+    return lines
 
 
 def describe_schedule(schedule: dict | None) -> str:

@@ -123,3 +123,26 @@ def test_tune_ceiling_says_when_bench_tune_has_since_picked_another_model():
     (line,) = tune_ceiling_staleness({"hparams": hparams}, {"final_training": {**same["final_training"],
                                                                                 "ar": 2.0, "tar": 1.0}})
     assert "AR 2.0, TAR 1.0, adam" in line
+
+
+def _form_row(cpu, form, speed, size="2x256", precision="float32"):
+    return dict(cell="lstm", size=size, batch=64, num_steps=64, form=form, device="CPU", cpu=cpu, gpu=None,
+                precision=precision, train_tokens_per_s=speed, ms_per_step=1.0, first_step_s=1.0,
+                native_ops=form == "native", cudnn=False)
+
+
+def test_bench_forms_keeps_other_cpus_rows_and_the_report_shows_each_cpu_apart():
+    from bench.forms import merge_rows
+    from bench.run_all import render
+
+    amd, intel = "AMD EPYC [avx512f avx512_bf16]", "Intel(R) Xeon(R) Processor [avx512f avx512_bf16 amx_bf16]"
+    stored = [_form_row(amd, "stacked", 100.0), _form_row(amd, "native", 150.0), _form_row(intel, "stacked", 90.0),
+              _form_row(intel, "native", 80.0, size="3x512")]
+    rows = merge_rows(stored, [_form_row(intel, "stacked", 120.0), _form_row(intel, "native", 240.0)])
+    assert len(rows) == 5  # Intel's 2x256 stacked replaced, its 3x512 row and AMD's rows kept
+    assert [r["train_tokens_per_s"] for r in rows if r["cpu"] == intel and r["size"] == "2x256"] == [120.0, 240.0]
+    section = render({"forms": {"machine": {"cpu": "x", "cores": 2, "gpu": None}, "device": "CPU", "vocab": 65,
+                                "steps": 5, "blocks": 5, "rows": rows}})
+    amd_part, intel_part = section.split(f"**{amd}**")[1].split(f"**{intel}**")
+    assert "| lstm | 2x256 | 64 × 64 | float32 | **native** (auto) | 150 |" in amd_part
+    assert "native 1.50×" in amd_part and "native 2.00×" in intel_part  # each against its own CPU's cell stack

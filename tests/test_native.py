@@ -255,6 +255,37 @@ def test_auto_picks_the_measured_fastest_form_at_the_nearest_width(tmp_path):
     assert measured_form("gru", 32, "CPU", mixed_precision=True, path=path) is None
 
 
+def test_auto_reads_this_cpus_rows_where_it_has_any(tmp_path):
+    """bench.forms run on two CPUs: each picks from its own rows; another CPU from the closest one's rows,
+    never by comparing speeds across machines."""
+    amd, intel = "AMD EPYC 9R14 [avx512f avx512_bf16]", "Intel(R) Xeon(R) Processor [avx512f avx512_bf16 amx_bf16]"
+    rows = [dict(cell="lstm", size="2x256", batch=64, device="CPU", precision="mixed", cpu=cpu, form=form,
+                 train_tokens_per_s=speed)
+            for cpu, form, speed in [(amd, "native", 50.0), (amd, "stacked", 34.0),
+                                     (intel, "native", 40.0), (intel, "stacked", 60.0)]]
+    path = _forms_file(tmp_path, rows)
+    assert measured_form("lstm", 256, "CPU", True, path=path, cpu=amd) == "native"
+    assert measured_form("lstm", 256, "CPU", True, path=path, cpu=intel) == "stacked"
+    assert measured_form("lstm", 256, "CPU", True, path=path, cpu="Intel Xeon 8375C [avx512f]") == "native"
+    assert measured_form("lstm", 256, "CPU", True, path=path,
+                         cpu="Intel Xeon 6975P [avx512f avx512_bf16 amx_bf16]") == "stacked"
+    legacy = [{k: v for k, v in r.items() if k != "cpu"} for r in rows[:2]]  # rows from before CPUs were recorded
+    assert measured_form("lstm", 256, "CPU", True, path=_forms_file(tmp_path, legacy), cpu=intel) == "native"
+
+
+def test_cpu_signature_names_the_model_and_the_deciding_instruction_sets(tmp_path):
+    from trainer.forms import cpu_signature
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                    "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8\n\n"
+                    "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f\n")
+    assert cpu_signature(str(info)) == "Intel(R) Xeon(R) Processor [avx512f avx512_bf16 amx_bf16]"
+    info.write_text("model name\t: AMD EPYC 7R13 Processor\nflags\t\t: fpu avx2\n")
+    assert cpu_signature(str(info)) == "AMD EPYC 7R13 Processor []"
+    assert cpu_signature(str(tmp_path / "missing")) == ""
+
+
 def test_auto_breaks_a_speed_tie_by_the_shorter_graph_build(tmp_path):
     """Within 5 % of the fastest steady speed the form that builds its graph faster wins (a cost every run
     pays once); beyond that, speed decides whatever the build costs."""

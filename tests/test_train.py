@@ -362,7 +362,7 @@ def test_fit_steps_are_the_datasets_batches_so_keras_makes_one_iterator_per_epoc
     try:
         model = keras.Sequential([keras.layers.Dense(1)])
         model.compile("sgd", "mse")
-        model.fit(dataset, epochs=3, verbose=0, steps_per_epoch=int(dataset.cardinality()))
+        model.fit(dataset, epochs=3, verbose=0, steps_per_epoch=int(dataset.cardinality()), shuffle=False)
     finally:
         type(dataset).__iter__ = original_iter
     assert len(made) == 3 + 1  # one per epoch, plus the one made after the last (Keras makes it eagerly)
