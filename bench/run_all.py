@@ -163,6 +163,15 @@ def render(results: dict) -> str:
                       f"{' (trained stateful)' if r.get('stateful') else ''}, book's 2 × 32 GRU "
                       f"{_f(r['baseline_2x32_gru']['best_val_stream_ppl'])}: {_f(100 * stream_gain, 1)} % lower "
                       f"(target ≥ 25 %: {'met' if stream_gain >= 0.25 else 'not met'})"]
+        if r.get("trial_rows"):
+            lines += ["", f"Trials ({r['search_space']['trial_minutes']} min at most each, scored by "
+                      f"{'stream' if r.get('stateful') else 'window'} perplexity; start = a --start-with point):", "",
+                      "| trial | model | dropout | weight drop | lr | epochs | score | s |", "|---|---|---|---|---|---|---|---|"]
+            for t in r["trial_rows"]:
+                lines.append(f"| {t['trial_id']}{' (start)' if t.get('start') else ''} | {t['num_layers']} × "
+                             f"{t['num_hiddens']} {t['cell'].upper()} | {_f(float(t['dropout']), 1)} | "
+                             f"{_f(float(t['weight_drop']), 1)} | {float(t['lr']):.3g} | {t['epochs']} | "
+                             f"{_f(float(t['val_perplexity']))} | {_f(float(t['wall_s']), 0)} |")
         profiles = r.get("val_ppl_by_context") or {}
         if profiles.get("baseline"):
             keys = list(profiles["baseline"])

@@ -52,6 +52,17 @@ def context_profile(model_dir: str, data_dir: str) -> dict:
             f"context_17_{n}": mean_ppl(17, n), "all": mean_ppl(1, n)}
 
 
+def read_trials(path: str, start_points: int) -> list[dict]:
+    """trainer.tune's trials.csv as the report shows it: each trial's point, epochs, score and time, and
+    whether it was a --start-with point (a fresh search runs those first)."""
+    import csv
+
+    keep = ("trial_id", "num_layers", "num_hiddens", "cell", "dropout", "weight_drop", "lr", "epochs",
+            "val_perplexity", "wall_s")
+    with open(path) as f:
+        return [{**{k: row[k] for k in keep}, "start": i < start_points} for i, row in enumerate(csv.DictReader(f))]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
                                      epilog=cli.examples_from(__doc__))
@@ -129,6 +140,7 @@ def main() -> None:
                                                 time_limit_min=(deadline - time.perf_counter()) / 60),
                                    data, os.path.join(work, "final"))
     tuned_s = time.perf_counter() - start
+    trial_rows = read_trials(os.path.join(work, "tuning", "trials.csv"), len(start_points))
     tuned_ppl = final["best_val_ppl"] if final else best["val_perplexity"]
     baseline = train_and_evaluate(TrainConfig(epochs=100000, verbose=0, time_limit_min=tuned_s / 60),
                                   data, os.path.join(work, "baseline"))
@@ -145,7 +157,8 @@ def main() -> None:
                          "reduce_lr_patience": args.reduce_lr_patience, "ar": args.ar, "tar": args.tar,
                          "trial_minutes": args.trial_minutes, "start_points": start_points},
         "search_best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
-        "trials": len(open(os.path.join(work, "tuning", "trials.csv")).read().splitlines()) - 1,
+        "trials": len(trial_rows),
+        "trial_rows": trial_rows,
         "final_training": None if final is None else {
             **{k: final["hparams"][k] for k in (*HPARAM_KEYS, "ar", "tar")},
             **{k: float(final[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl", "epochs", "wall_s",

@@ -146,3 +146,23 @@ def test_bench_forms_keeps_other_cpus_rows_and_the_report_shows_each_cpu_apart()
     amd_part, intel_part = section.split(f"**{amd}**")[1].split(f"**{intel}**")
     assert "| lstm | 2x256 | 64 × 64 | float32 | **native** (auto) | 150 |" in amd_part
     assert "native 1.50×" in amd_part and "native 2.00×" in intel_part  # each against its own CPU's cell stack
+
+
+def test_tune_report_lists_the_trials_and_marks_the_start_points(tmp_path):
+    import json
+
+    from bench.run_all import render
+    from bench.tune import read_trials
+
+    (tmp_path / "trials.csv").write_text(
+        "trial_id,num_layers,num_hiddens,cell,dropout,weight_drop,optimizer,lr,epochs,val_perplexity,num_params,"
+        "train_tokens_per_s,wall_s,tuner_id,status\n"
+        "0000,3,128,lstm,0.2,0.3,adam,0.0213,35,3.946,445468,81211.4,91.1,tuner0,COMPLETED\n"
+        "0001,1,256,gru,0.0,0.4,adam,0.00204557,31,4.387,259612,64380.0,91.3,tuner0,COMPLETED\n")
+    rows = read_trials(str(tmp_path / "trials.csv"), start_points=1)
+    assert [r["start"] for r in rows] == [True, False]
+    with open("bench/results/tune.json") as f:
+        result = {**json.load(f), "trial_rows": rows}
+    section = render({"tune": result})
+    assert "| 0000 (start) | 3 × 128 LSTM | 0.2 | 0.3 | 0.0213 | 35 | 3.95 | 91 |" in section
+    assert "| 0001 | 1 × 256 GRU | 0.0 | 0.4 | 0.00205 | 31 | 4.39 | 91 |" in section
