@@ -84,7 +84,7 @@ def render(results: dict) -> str:
         if "large_model" in r:
             lm = r["large_model"]
             lines += [f"Larger model: {lm['model']}, batch {lm['batch']} × {lm['num_steps']} steps, "
-                      f"{lm['params']:,} parameters: {_f(lm['train_tokens_per_s'], 0)} training tokens/s, "
+                      f"{lm['params']:,} parameters, form {lm.get('form', '–')} (auto): {_f(lm['train_tokens_per_s'], 0)} training tokens/s, "
                       f"{_f(lm['achieved_gflops'], 1)} GFLOP/s against a measured float32 matmul peak of "
                       f"{_f(lm['matmul_peak_gflops'], 1)} GFLOP/s (MFU {_f(100 * lm['mfu'], 0)} %).", ""]
     if "train_profile" in results:

@@ -10,9 +10,9 @@ windows). The tuned side draws each epoch from them (`--steps-per-epoch`: a fixe
 stopping and lr patience keep their meaning), uses Adam, batch 128 and AWD-LSTM's activation regularisers
 (--ar 2 --tar 1), with lr halving on plateaus in the trials (each at most --trial-minutes, so one slow point
 cannot take the search). The search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier
-runs of this bench found on this data; `--start-with` with no file leaves every point to the oracle); the winner's training anneals its rate by the
-clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the deadline;
-`--final-schedule plateau` keeps the halving).
+runs of this bench found on this data; `--start-with` with no file leaves every point to the oracle). The
+winner's training anneals its rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine
+decay to lr / 10 at the deadline; `--final-schedule plateau` keeps the halving).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def main() -> None:
     from trainer.config import TrainConfig
     from trainer.data import load_data_info
     from trainer.train import train_and_evaluate
-    from trainer.tune import HPARAM_KEYS, SearchSpace, tune
+    from trainer.tune import HPARAM_KEYS, SearchSpace, read_start_point, tune
 
     work = tempfile.mkdtemp()
     data = os.path.join(work, "data")
@@ -120,8 +120,6 @@ def main() -> None:
     base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch,
                        reduce_lr_patience=args.reduce_lr_patience, stateful=args.stateful, ar=args.ar, tar=args.tar)
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
-    from trainer.tune import read_start_point
-
     start_points = [read_start_point(path, space) for path in args.start_with]
 
     final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
