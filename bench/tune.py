@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = build_parser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 0 < args.search_fraction <= 1:
         parser.error("--search-fraction must be in (0, 1]")
     from trainer.config import TrainConfig
@@ -110,6 +110,8 @@ def main() -> None:
     from trainer.train import train_and_evaluate
     from trainer.tune import HPARAM_KEYS, SearchSpace, read_start_point, tune
 
+    space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
+    start_points = [read_start_point(path, space) for path in args.start_with]  # a bad file: exit 2 before any work
     work = tempfile.mkdtemp()
     data = os.path.join(work, "data")
     data_cfg = transform.PreprocessConfig(split="holdout", stride=args.stride)
@@ -119,8 +121,6 @@ def main() -> None:
     steps_per_epoch = max(1, info.num_train * data_cfg.window_stride // data_cfg.num_steps // args.batch_size)
     base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch,
                        reduce_lr_patience=args.reduce_lr_patience, stateful=args.stateful, ar=args.ar, tar=args.tar)
-    space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
-    start_points = [read_start_point(path, space) for path in args.start_with]
 
     final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
                       if args.final_schedule == "cosine" else {})
@@ -177,4 +177,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

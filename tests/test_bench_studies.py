@@ -166,3 +166,18 @@ def test_tune_report_lists_the_trials_and_marks_the_start_points(tmp_path):
     section = render({"tune": result})
     assert "| 0000 (start) | 3 × 128 LSTM | 0.2 | 0.3 | 0.0213 | 35 | 3.95 | 91 |" in section
     assert "| 0001 | 1 × 256 GRU | 0.0 | 0.4 | 0.00205 | 31 | 4.39 | 91 |" in section
+
+
+def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
+    from tests.conftest import assert_user_error, run_cli
+
+    (tmp_path / "p.json").write_text('{"cell": "lstm", "num_layers": 3, "num_hiddens": 100, "optimizer": "adam", '
+                                     '"lr": 0.01}')
+    assert_user_error(run_cli("bench.tune", "--start-with", str(tmp_path / "p.json")), "num_hiddens 100")
+    # the committed start point lies inside bench.tune's default space
+    from bench.tune import START_POINT, build_parser
+    from trainer.tune import SearchSpace, read_start_point
+
+    args = build_parser().parse_args([])
+    read_start_point(str(START_POINT), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
+                                                   optimizers=tuple(args.optimizers)))

@@ -460,7 +460,8 @@ def build_parser() -> cli.ArgumentParser:
                         "val_stream_perplexity; best_hparams.json then says stateful")
     p.add_argument("--start-with", nargs="+", default=[], metavar="JSON",
                    help="points the first trials try, in order, before the oracle's own: best_hparams.json of an "
-                        "earlier search, or a file with its keys (a resumed search skips points already tried)")
+                        "earlier search, or a file with its keys (a resumed search skips points already tried; default: "
+                        "none, the oracle picks every point)")
     p.add_argument("--seed", type=int, default=0, help="seed of the oracle and of every trial's model")
     p.add_argument("--quiet", action="store_true", help="one line per trial instead of KerasTuner's display")
     return p
