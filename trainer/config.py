@@ -172,9 +172,8 @@ class TrainConfig:
 
     def hparams(self) -> dict:
         keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "ar", "tar", "batch_size", "epochs",
-                "optimizer",
-                "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay", "lr_schedule",
-                "warmup_steps", "stateful")
+                "optimizer", "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay",
+                "lr_schedule", "warmup_steps", "stateful")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> "TrainConfig":

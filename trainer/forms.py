@@ -7,6 +7,7 @@ rule to mark the rows it shows.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -31,6 +32,11 @@ def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
     return f"{first('model name')} [{' '.join(f for f in DECIDING_FLAGS if f in flags)}]"
 
 
+@functools.lru_cache(maxsize=None)
+def _this_cpu() -> str:
+    return cpu_signature()  # read once a process: the CPU does not change
+
+
 def _flags(signature: str) -> set[str]:
     return set(signature.rpartition("[")[2].rstrip("]").split()) if "[" in signature else set()
 
@@ -42,7 +48,7 @@ def rows_for_this_machine(rows: list[dict], device: str, cpu: str | None = None)
     rows = [r for r in rows if r.get("device") == device]
     if device != "CPU" or not rows:
         return rows
-    cpu = cpu_signature() if cpu is None else cpu
+    cpu = _this_cpu() if cpu is None else cpu
     by_cpu: dict[str, list[dict]] = {}
     for r in rows:
         by_cpu.setdefault(r.get("cpu", ""), []).append(r)

@@ -24,7 +24,6 @@ TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_perplexity"
 # best_hparams.json's keys
 HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer", "lr")
-LR_RANGES = {"sgd": (0.25, 4.0), "adam": (1e-3, 3e-2)}  # searched log-uniformly
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,9 @@ def declare_hyperparameters(hp, space: SearchSpace) -> dict:
         "optimizer": hp.Choice("optimizer", list(space.optimizers)),
     }
     with hp.conditional_scope("optimizer", ["sgd"]):
-        sgd_lr = hp.Float("sgd_lr", *LR_RANGES["sgd"], sampling="log") if "sgd" in space.optimizers else None
+        sgd_lr = hp.Float("sgd_lr", 0.25, 4.0, sampling="log") if "sgd" in space.optimizers else None
     with hp.conditional_scope("optimizer", ["adam"]):
-        adam_lr = hp.Float("adam_lr", *LR_RANGES["adam"], sampling="log") if "adam" in space.optimizers else None
+        adam_lr = hp.Float("adam_lr", 1e-3, 3e-2, sampling="log") if "adam" in space.optimizers else None
     lr = sgd_lr if values["optimizer"] == "sgd" else adam_lr
     # KerasTuner leaves a conditional value unset while it discovers the space: use the book's lr
     values["lr"] = lr if lr is not None else (2.0 if values["optimizer"] == "sgd" else 3e-3)
@@ -87,31 +86,36 @@ def declare_hyperparameters(hp, space: SearchSpace) -> dict:
 
 def start_values(point: dict, space: SearchSpace) -> dict:
     """A point written with best_hparams.json's keys (cell, num_layers, num_hiddens, dropout, weight_drop,
-    optimizer, lr) as KerasTuner values of this space; other keys (stateful, ar, tar) are not searched and
-    are ignored. Raises ValueError naming the first key that lies outside the space."""
+    optimizer, lr) as KerasTuner values of this space, checked against the space declare_hyperparameters
+    declares; other keys (stateful, ar, tar) are not searched and are ignored. Raises ValueError naming the
+    first key that lies outside the space."""
+    import keras_tuner as kt
+
     missing = [k for k in ("cell", "num_layers", "num_hiddens", "optimizer", "lr") if k not in point]
     if missing:
         raise ValueError(f"no {', '.join(missing)}")
-
-    def check(ok: bool, key: str, allowed: str) -> None:
+    declared = kt.HyperParameters()
+    declare_hyperparameters(declared, space)
+    given = {"num_layers": point["num_layers"], "num_hiddens": point["num_hiddens"], "cell": point["cell"],
+             "dropout": point.get("dropout") or 0.0, "weight_drop": point.get("weight_drop") or 0.0,
+             "optimizer": point["optimizer"], f"{point['optimizer']}_lr": point["lr"]}
+    values = {}
+    for hp in declared.space:  # declaration order: the optimizer is checked before its lr
+        if hp.name not in given:
+            continue  # the other optimizer's lr
+        value, name = given.pop(hp.name), "lr" if hp.name.endswith("_lr") else hp.name
+        if isinstance(hp, kt.engine.hyperparameters.Choice):
+            ok, allowed = value in hp.values, f"one of {list(hp.values)}"
+        else:
+            numeric = isinstance(value, int if isinstance(hp, kt.engine.hyperparameters.Int) else (int, float))
+            ok = numeric and not isinstance(value, bool) and hp.min_value <= value <= hp.max_value
+            allowed = f"{hp.min_value:g}..{hp.max_value:g}"
         if not ok:
-            raise ValueError(f"{key} {point.get(key)!r} is outside the search space ({allowed})")
-
-    layers, width, optimizer, lr = point["num_layers"], point["num_hiddens"], point["optimizer"], point["lr"]
-    check(isinstance(layers, int) and space.min_layers <= layers <= space.max_layers, "num_layers",
-          f"{space.min_layers}..{space.max_layers}")
-    check(width in space.widths(), "num_hiddens", f"one of {space.widths()}")
-    check(point["cell"] in space.cells, "cell", f"one of {list(space.cells)}")
-    check(optimizer in space.optimizers, "optimizer", f"one of {list(space.optimizers)}")
-    low, high = LR_RANGES[optimizer]
-    check(isinstance(lr, (int, float)) and low <= lr <= high, "lr", f"{low:g}..{high:g} for {optimizer}")
-    values = {"num_layers": layers, "num_hiddens": width, "cell": point["cell"], "optimizer": optimizer,
-              f"{optimizer}_lr": float(lr)}
-    for key, largest in (("dropout", space.max_dropout), ("weight_drop", space.max_weight_drop)):
-        rate = point.get(key) or 0.0
-        check(isinstance(rate, (int, float)) and 0.0 <= rate <= largest, key, f"0..{largest:g}")
-        if largest > 0:  # declared only then
-            values[key] = float(rate)
+            raise ValueError(f"{name} {point.get(name)!r} is outside the search space ({allowed})")
+        values[hp.name] = float(value) if isinstance(hp, kt.engine.hyperparameters.Float) else value
+    for name, value in given.items():  # not searched here (a rate whose largest is 0): only 0 fits
+        if value:
+            raise ValueError(f"{name} {value!r} is outside the search space (0: not searched)")
     return values
 
 
