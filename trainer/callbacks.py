@@ -131,6 +131,35 @@ class AtomicBackupAndRestore(ThrottledEpochSaves, keras.callbacks.BackupAndResto
                           json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """With --ema, puts the optimizer's moving average of the weights in the model for what reads the
+    model after an epoch: Keras's SwapEMAWeights swaps it in around fit()'s validation, and this also at
+    epoch end, for the stream score and the best-weights checkpoint placed after it. TrainedWeights, placed
+    after those, swaps the trained weights back before the latest-state saves and the next epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap_variables()
+
+    def on_predict_begin(self, logs=None):  # nothing predicts during fit (and Keras 3.15's predict swap-back is broken)
+        pass
+
+    on_predict_end = on_predict_begin
+
+
+class TrainedWeights(keras.callbacks.SwapEMAWeights):
+    """AveragedWeights' partner: at epoch end, swaps the trained weights back into the model (the swap is
+    its own inverse), so training, the backup and the latest checkpoint keep the trained weights and the
+    average in the optimizer."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap_variables()
+
+    def on_test_begin(self, logs=None):  # AveragedWeights does the swaps around validation
+        pass
+
+    on_test_end = on_predict_begin = on_predict_end = on_test_begin
+
+
 class LearningRateLog(keras.callbacks.Callback):
     """Puts the epoch's learning rate in the logs on every run, so history.csv keeps one set of columns
     whether or not --reduce-lr-patience is given (CSVLogger appends under the header it found)."""

@@ -123,6 +123,9 @@ class TrainConfig:
     # Truncated BPTT: each source's training stream in batch_size contiguous lanes, read in order, the
     # state carried from batch to batch (reset at epoch start and at each source); see trainer.stateful.
     stateful: bool = False
+    # Polyak averaging (AWD-LSTM's averaged SGD, as an exponential moving average): validation, the best
+    # checkpoint and the export use the average of the trained weights with this momentum per step (0: off)
+    ema: float = 0.0
     sample_prefix: str = "it has"
     sample_chars: int = 20
 
@@ -143,6 +146,8 @@ class TrainConfig:
             raise ValueError("warmup_steps needs lr_schedule warmup_cosine")
         if self.lr_schedule != "constant" and self.reduce_lr_patience:
             raise ValueError("reduce_lr_patience changes the rate itself; it cannot be combined with an lr schedule")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if not 0.0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.weight_decay and self.optimizer != "adamw":
@@ -173,7 +178,7 @@ class TrainConfig:
     def hparams(self) -> dict:
         keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "ar", "tar", "batch_size", "epochs",
                 "optimizer", "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay",
-                "lr_schedule", "warmup_steps", "stateful")
+                "lr_schedule", "warmup_steps", "stateful", "ema")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> "TrainConfig":

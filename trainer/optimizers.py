@@ -17,7 +17,7 @@ COSINE_FLOOR = 0.1  # warmup_cosine decays to this fraction of the peak rate
 
 class GradientNormRecorder:
     """Mixin for a Keras optimizer: adds the global norm of every step's gradients (before clipping) to
-    grad_norm_sum and 1 to grad_norm_count."""
+    grad_norm_sum and 1 to grad_norm_count (and leaves the trained weights in the model when fit() ends)."""
 
     def build(self, variables):
         super().build(variables)
@@ -32,6 +32,11 @@ class GradientNormRecorder:
             self.grad_norm_sum.assign_add(tf.linalg.global_norm(present))
             self.grad_norm_count.assign_add(1.0)
         return super()._clip_gradients(grads)
+
+    def finalize_variable_values(self, var_list):
+        """Keeps the trained weights when fit() ends (Keras would put the --ema average in them): trainer.train
+        loads the best epoch's average itself, and the latest checkpoint and backup written as fit() ends
+        must hold the trained weights, which a resumed run continues from."""
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
@@ -60,11 +65,14 @@ def learning_rate(lr: float, schedule: str, warmup_steps: int, total_steps: int)
         warmup_target=float(lr), warmup_steps=warmup)
 
 
-def make_optimizer(name: str, lr, clip_norm: float, weight_decay: float = 0.0):
-    """name sgd | adam | adamw; lr a float or a schedule; clip_norm 0 turns clipping off."""
-    clip = {"global_clipnorm": clip_norm or None}
+def make_optimizer(name: str, lr, clip_norm: float, weight_decay: float = 0.0, ema: float = 0.0):
+    """name sgd | adam | adamw; lr a float or a schedule; clip_norm 0 turns clipping off; ema > 0 keeps
+    Keras's moving average of the weights with that momentum (callbacks.AveragedWeights swaps it in)."""
+    options = {"global_clipnorm": clip_norm or None}
+    if ema:
+        options.update(use_ema=True, ema_momentum=ema)
     if name == "sgd":
-        return RecordingSGD(learning_rate=lr, **clip)
+        return RecordingSGD(learning_rate=lr, **options)
     if name == "adam":
-        return RecordingAdam(learning_rate=lr, **clip)
-    return RecordingAdamW(learning_rate=lr, weight_decay=weight_decay, **clip)
+        return RecordingAdam(learning_rate=lr, **options)
+    return RecordingAdamW(learning_rate=lr, weight_decay=weight_decay, **options)

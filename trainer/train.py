@@ -96,6 +96,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="truncated backpropagation through time: each source's training text in --batch-size "
                         "contiguous lanes read in order, the state carried from batch to batch (reset at epoch "
                         "start and at each source); checkpoints keep the best val_stream_perplexity")
+    p.add_argument("--ema", type=float, metavar="MOMENTUM",
+                   help="Polyak averaging: validate, checkpoint and export an exponential moving average of the "
+                        "weights with this momentum per step, e.g. 0.99 (0: off) " + _default("ema"))
     p.add_argument("--progress", choices=sorted(PROGRESS), default=None,
                    help="what to print while training: Keras's progress bar, one short line per epoch, or nothing "
                         "(default: bar)")
@@ -206,7 +209,7 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int | None = None):
         raise ValueError("an lr schedule needs the number of steps per epoch")
     lr = (float(cfg.lr) if cosine_by_callback(cfg)
           else learning_rate(cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.epochs * (steps_per_epoch or 1)))
-    optimizer = make_optimizer(cfg.optimizer, lr, cfg.clip_norm, cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, lr, cfg.clip_norm, cfg.weight_decay, cfg.ema)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
     model.compile(optimizer=optimizer,
@@ -293,6 +296,14 @@ def stream_validation(info):
     from trainer.data import split_streams
 
     return cb.StreamValidation(split_streams(info, "valid"))
+
+
+def averaged_weights_callbacks(cfg: TrainConfig) -> tuple[list, list]:
+    """With --ema, the callbacks around those that read an epoch's weights (validation, stream score, best
+    checkpoint): the first list swaps the optimizer's moving average in, the second swaps it back out."""
+    from trainer import callbacks as cb
+
+    return ([cb.AveragedWeights()], [cb.TrainedWeights()]) if cfg.ema else ([], [])
 
 
 def monitored(cfg: TrainConfig) -> str:
@@ -578,9 +589,11 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     if on_disk is None and os.path.exists(os.path.join(checkpoints, "best.weights.h5")):  # written before best.json
         best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
     deadline = time.time() + 60 * cfg.time_limit_min if cfg.time_limit_min else None
+    averaged, trained = averaged_weights_callbacks(cfg)
     callbacks = [
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
+        *averaged,  # --ema: the average validates, and the best checkpoint keeps it
         stream_validation(info),  # before everything that reads val_stream_perplexity
         cb.GradientNormLog(),
         *lr_schedule_callbacks(cfg, steps_per_epoch, deadline),  # before the logger: it adds learning_rate
@@ -588,6 +601,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         keras.callbacks.CSVLogger(history_path, append=True),
         cb.BestWeightsCheckpoint(os.path.join(checkpoints, "best.weights.h5"), best_record, monitor,
                                  min_interval_s=LATEST_STATE_EVERY_S, initial_value_threshold=best_so_far),
+        *trained,  # the trained weights back for the latest state and the next epoch
         cb.AtomicModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), min_interval_s=LATEST_STATE_EVERY_S),
         cb.EpochTensorBoard(os.path.join(work_dir, "logs"), write_graph=False, profile_batch=0),
         cb.AtomicBackupAndRestore(os.path.join(work_dir, "backup"), min_interval_s=LATEST_STATE_EVERY_S,

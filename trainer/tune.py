@@ -262,9 +262,9 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 def shared_settings(base: TrainConfig) -> dict:
-    """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful and the
-    activation regularisers, where set."""
-    return {k: getattr(base, k) for k in ("stateful", "ar", "tar") if getattr(base, k)}
+    """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful, the
+    activation regularisers and weight averaging, where set."""
+    return {k: getattr(base, k) for k in ("stateful", "ar", "tar", "ema") if getattr(base, k)}
 
 
 def write_outputs(tuner_dir: str, rows: list[dict], fixed: dict | None = None) -> dict | None:
@@ -353,7 +353,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     configure_cpu_threads(base, resolved_form(base))
     from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
-    from trainer.train import fit_data, fit_steps, lr_schedule_callbacks, monitored, stream_validation
+    from trainer.train import (averaged_weights_callbacks, fit_data, fit_steps, lr_schedule_callbacks, monitored,
+                               stream_validation)
 
     info = load_data_info(data_dir)
     check_records(info)
@@ -389,8 +390,9 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         return histories
 
     tuner.run_trial = run_trial
-    callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput,
-                 *([stream_validation(info)] if base.stateful else []),
+    averaged, trained = averaged_weights_callbacks(base)  # --ema: trials are scored on the average
+    callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput, *averaged,
+                 *([stream_validation(info)] if base.stateful else []), *trained,
                  *lr_schedule_callbacks(base, steps_per_epoch)]
     if early_stopping:
         import keras
@@ -448,6 +450,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="activation regularisation of every trial (trainer.train --ar); best_hparams.json keeps it")
     p.add_argument("--tar", type=float, default=0.0, metavar="BETA",
                    help="temporal activation regularisation of every trial (trainer.train --tar)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                   help="Polyak averaging in every trial (trainer.train --ema; trials are scored on the averaged "
+                        "weights); best_hparams.json keeps it (0: off)")
     p.add_argument("--batch-size", type=cli.positive_int, default=1024, metavar="N", help="windows per step")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop launching trials after MIN minutes; a trial in flight ends then too (default: none)")
@@ -479,7 +484,7 @@ def parse_args(argv):
                             tuple(args.cells), args.max_dropout, tuple(args.optimizers), args.max_weight_drop)
         base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
                            steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience,
-                           stateful=args.stateful, ar=args.ar, tar=args.tar)
+                           stateful=args.stateful, ar=args.ar, tar=args.tar, ema=args.ema)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
