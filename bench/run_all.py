@@ -164,7 +164,10 @@ def render(results: dict) -> str:
                       f"{_f(r['baseline_2x32_gru']['best_val_stream_ppl'])}: {_f(100 * stream_gain, 1)} % lower "
                       f"(target ≥ 25 %: {'met' if stream_gain >= 0.25 else 'not met'})"]
         if r.get("trial_rows"):
-            lines += ["", f"Trials ({r['search_space']['trial_minutes']} min at most each, scored by "
+            trial_lr = r["search_space"].get("trial_schedule")  # results from before it: plateaus
+            lines += ["", f"Trials ({r['search_space']['trial_minutes']} min at most each, lr: "
+                      f"{describe_schedule(trial_lr or {'reduce_lr_patience': r['search_space'].get('reduce_lr_patience', 2)})}"
+                      f", scored by "
                       f"{'stream' if r.get('stateful') else 'window'} perplexity; start = a --start-with point):", "",
                       "| trial | model | dropout | weight drop | lr | epochs | score | s |", "|---|---|---|---|---|---|---|---|"]
             for t in r["trial_rows"]:
@@ -270,7 +273,7 @@ def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
     final = (tune or {}).get("final_training")
     if not final:
         return []
-    keys = set(ceiling["hparams"]) | {"weight_drop", "ar", "tar"}  # results from before these existed: 0
+    keys = set(ceiling["hparams"]) | {"weight_drop", "ar", "tar", "ema"}  # results from before these existed: 0
     if all(final.get(k, 0.0) == ceiling["hparams"].get(k, 0.0) for k in keys):
         return []
     return [f"- measured on an earlier bench.tune winner: bench.tune now picks {final['num_layers']} × "
@@ -278,6 +281,7 @@ def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
             f"{_f(final.get('weight_drop', 0.0), 1)}, "
             + (f"AR {_f(final['ar'], 1)}, TAR {_f(final.get('tar', 0.0), 1)}, " if final.get("ar") or final.get("tar")
                else "")
+            + (f"EMA {final['ema']}, " if final.get("ema") else "")
             + f"{final['optimizer']} lr {final['lr']:.3g}); "
             f"`python -m bench.tune_ceiling` measures that one"]
 

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="activation regularisation of the tuned side (trials and winner; AWD-LSTM's 2)")
     parser.add_argument("--tar", type=float, default=1.0,
                         help="temporal activation regularisation of the tuned side (AWD-LSTM's 1)")
+    parser.add_argument("--trial-schedule", choices=("cosine", "plateau"), default="cosine",
+                        help="each trial's lr: warm-up then cosine decay to lr / 10 at its --trial-minutes limit "
+                             "(trainer.tune --lr-schedule warmup_cosine, as the winner anneals by the deadline), "
+                             "or halving on plateaus (--reduce-lr-patience)")
+    parser.add_argument("--ema", type=float, default=0.998,
+                        help="weight averaging of the tuned side, trials and winner (trainer.train --ema; 0: off)")
     parser.add_argument("--final-schedule", choices=("cosine", "plateau"), default="cosine",
                         help="the winner's lr: warm-up then cosine decay to lr / 10 at the deadline, or the trials' "
                              "halving on plateaus")
@@ -119,11 +125,14 @@ def main(argv=None) -> None:
     info = load_data_info(data)
     # one epoch = as many windows as one pass without overlap holds
     steps_per_epoch = max(1, info.num_train * data_cfg.window_stride // data_cfg.num_steps // args.batch_size)
-    base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch,
-                       reduce_lr_patience=args.reduce_lr_patience, stateful=args.stateful, ar=args.ar, tar=args.tar)
+    trial_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps}
+                      if args.trial_schedule == "cosine" else {"reduce_lr_patience": args.reduce_lr_patience})
+    base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch, stateful=args.stateful,
+                       ar=args.ar, tar=args.tar, ema=args.ema, **trial_schedule)
 
     final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
-                      if args.final_schedule == "cosine" else {})
+                      if args.final_schedule == "cosine"
+                      else {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience})
     start = time.perf_counter()
     deadline = start + 60 * args.budget_min
     best = tune(data, os.path.join(work, "tuning"), base, space, args.tuner, max_trials=1000,
@@ -152,16 +161,16 @@ def main(argv=None) -> None:
                          "max_weight_drop": space.max_weight_drop,
                          "tuner": args.tuner, "max_epochs": args.max_epochs, "early_stopping": args.early_stopping,
                          "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
-                         "reduce_lr_patience": args.reduce_lr_patience, "ar": args.ar, "tar": args.tar,
+                         "trial_schedule": trial_schedule, "ar": args.ar, "tar": args.tar, "ema": args.ema,
                          "trial_minutes": args.trial_minutes, "start_points": start_points},
         "search_best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
         "trials": len(trial_rows),
         "trial_rows": trial_rows,
         "final_training": None if final is None else {
-            **{k: final["hparams"][k] for k in (*HPARAM_KEYS, "ar", "tar")},
+            **{k: final["hparams"][k] for k in (*HPARAM_KEYS, "ar", "tar", "ema")},
             **{k: float(final[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl", "epochs", "wall_s",
-                                            "num_params")}},
-        "final_schedule": final_schedule or {"reduce_lr_patience": args.reduce_lr_patience},
+                                            "num_params", "best_epoch", "train_ppl")}},
+        "final_schedule": final_schedule,
         "tuned_val_ppl": float(tuned_ppl),
         "stateful": args.stateful,
         "baseline_2x32_gru": {k: float(baseline[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl",

@@ -15,8 +15,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from trainer.config import TrainConfig
 from trainer.train import train_and_evaluate
-m = train_and_evaluate(TrainConfig(epochs=2, num_hiddens=16, batch_size=256, verbose=0, distribute="mirrored"),
-                       sys.argv[1], sys.argv[2])
+m = train_and_evaluate(TrainConfig(epochs=2, num_hiddens=16, batch_size=256, verbose=0, distribute="mirrored",
+                                   ema=0.9), sys.argv[1], sys.argv[2])  # the average swapped in and out per replica
 assert tf.distribute.MirroredStrategy().num_replicas_in_sync == 2
 print("REPLICAS_OK", m["epochs"], m["val_ppl"])
 """
@@ -48,10 +48,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--stateful"]], ids=["windows", "stateful"])
+@pytest.mark.parametrize("extra", [[], ["--stateful", "--ema", "0.9"]], ids=["windows", "stateful-ema"])
 def test_two_workers_on_localhost(tiny_data, tmp_path, extra):
     """MultiWorkerMirroredStrategy from TF_CONFIG: both workers step together; only the chief writes.
-    --stateful: each worker carries its own half of the lanes (AutoShardPolicy.DATA splits every batch)."""
+    --stateful: each worker carries its own half of the lanes (AutoShardPolicy.DATA splits every batch);
+    --ema: both validate the same average."""
     import subprocess
     import sys
 

@@ -63,7 +63,8 @@ def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_p
     (["--early-stopping", "-1"], "--early-stopping"), (["--steps-per-epoch", "0"], "--steps-per-epoch"),
     (["--reduce-lr-patience", "-1"], "reduce_lr_patience"), (["--max-dropout", "1"], "--max-dropout"),
     (["--max-weight-drop", "-0.1"], "--max-weight-drop"), (["--trial-minutes", "0"], "--trial-minutes"),
-    (["--ar", "-2"], "ar must be")])
+    (["--ar", "-2"], "ar must be"), (["--ema", "1"], "ema must be"),
+    (["--lr-schedule", "warmup_cosine", "--reduce-lr-patience", "2"], "reduce_lr_patience")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
                       needle)
@@ -254,3 +255,48 @@ def test_bad_start_point_exits_2(tiny_data, tmp_path, text, needle):
     (tmp_path / "p.json").write_text(text)
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path / "t"),
                               *TINY_SPACE, "--start-with", str(tmp_path / "p.json")), needle)
+
+
+def test_each_trial_warms_up_and_anneals_its_own_rate_over_its_own_time():
+    """callbacks.CosineOverEachFit (trainer.tune --lr-schedule warmup_cosine): every fit() starts the schedule
+    again from the rate the model was compiled with; warm-up over 2 steps, then cosine to a tenth by the
+    clock (1 s a batch here, 4 s allowed), against hand-computed rates."""
+    import keras
+    import numpy as np
+
+    from trainer.callbacks import CosineOverEachFit
+
+    now = [0.0]
+
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rates = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+        def on_train_batch_end(self, batch, logs=None):
+            now[0] += 1.0
+
+    schedule = CosineOverEachFit(floor=0.1, warmup_steps=2, total_steps=1000, seconds=4.0, clock=lambda: now[0])
+    x = np.ones((6, 1), "float32")
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    for peak in (0.2, 0.05):  # two trials, each compiled with its own rate
+        model.compile(optimizer=keras.optimizers.SGD(peak), loss="mse")
+        recorder = Recorder()
+        model.fit(x, x, batch_size=1, epochs=1, verbose=0, callbacks=[schedule, recorder])
+        cosine = [peak * (0.1 + 0.45 * (1 + np.cos(np.pi * p))) for p in (0.5, 0.75, 1.0, 1.0)]
+        assert recorder.rates == pytest.approx([peak / 2, peak, *cosine], rel=1e-5)
+
+
+def test_trial_cosine_needs_trial_minutes_and_runs_with_them(tiny_data, tmp_path):
+    from pipeline.cli import UserError
+
+    space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8, optimizers=("adam",))
+    base = TrainConfig(batch_size=512, verbose=0, lr_schedule="warmup_cosine", warmup_steps=2)
+    with pytest.raises(UserError, match="--trial-minutes"):
+        tune(str(tiny_data), str(tmp_path / "no"), base, space, "random", max_trials=1, max_epochs=2)
+    tune(str(tiny_data), str(tmp_path / "t"), base, space, "random", max_trials=2, max_epochs=2, trial_minutes=1)
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)

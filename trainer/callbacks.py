@@ -337,6 +337,21 @@ class CosineToDeadline(keras.callbacks.Callback):
         optimizer.learning_rate.assign(self.rate(int(optimizer.iterations), self.clock()))
 
 
+class CosineOverEachFit(CosineToDeadline):
+    """CosineToDeadline started again by every fit(): in the tuner each trial warms up and anneals the rate it
+    was compiled with over its own time limit, as the time-limited final training does with its deadline,
+    so trials are scored the way the winner will be trained."""
+
+    def __init__(self, floor: float, warmup_steps: int, total_steps: int, seconds: float, clock=time.time):
+        super().__init__(math.nan, floor, warmup_steps, total_steps, math.nan, math.nan, clock)
+        self.seconds = seconds
+
+    def on_train_begin(self, logs=None):
+        self.peak = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.start = self.clock()
+        self.deadline = self.start + self.seconds
+
+
 class EpochLine(keras.callbacks.Callback):
     """One short line per epoch (`--progress epoch`): what a log or a pipeline console can show.
 

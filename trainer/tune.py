@@ -18,7 +18,7 @@ from typing import Sequence
 
 from pipeline import atomic, cli
 from pipeline.cli import UserError
-from trainer.config import TrainConfig
+from trainer.config import LR_SCHEDULES, TrainConfig
 
 TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_perplexity"
@@ -347,12 +347,17 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         queued = [start_values(p, space) for p in start_points]
     except ValueError as err:
         raise UserError(f"start point: {err}") from None
+    if base.lr_schedule == "warmup_cosine":
+        if trial_minutes is None:
+            raise UserError("--lr-schedule warmup_cosine anneals each trial over its --trial-minutes: set them")
+        base = base.replace(time_limit_min=trial_minutes)  # compiled with a plain rate that the callback sets
     cli.quiet_tensorflow()
     from trainer.train import configure_cpu_threads, resolved_form
 
     configure_cpu_threads(base, resolved_form(base))
     from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
+    from trainer.optimizers import COSINE_FLOOR
     from trainer.train import (averaged_weights_callbacks, fit_data, fit_steps, lr_schedule_callbacks, monitored,
                                stream_validation)
 
@@ -391,9 +396,11 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
 
     tuner.run_trial = run_trial
     averaged, trained = averaged_weights_callbacks(base)  # --ema: trials are scored on the average
+    schedule = ([cb.CosineOverEachFit(COSINE_FLOOR, base.warmup_steps, max_epochs * steps_per_epoch,
+                                      60 * trial_minutes)] if base.lr_schedule == "warmup_cosine"
+                else lr_schedule_callbacks(base, steps_per_epoch))
     callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput, *averaged,
-                 *([stream_validation(info)] if base.stateful else []), *trained,
-                 *lr_schedule_callbacks(base, steps_per_epoch)]
+                 *([stream_validation(info)] if base.stateful else []), *trained, *schedule]
     if early_stopping:
         import keras
 
@@ -464,6 +471,11 @@ def build_parser() -> cli.ArgumentParser:
                    help="batches per trial epoch (default: one pass over the windows); the data repeats")
     p.add_argument("--reduce-lr-patience", type=int, default=0, metavar="EPOCHS",
                    help="halve a trial's lr after EPOCHS epochs without a better validation perplexity (0: never)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="each trial's rate: constant (with --reduce-lr-patience: halved on plateaus), or "
+                        "warmup_cosine: --warmup-steps of warm-up, then cosine decay to lr / 10 at the trial's "
+                        "--trial-minutes limit, as trainer.train anneals by --time-limit-min")
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="warm-up steps of warmup_cosine")
     p.add_argument("--stateful", action="store_true",
                    help="train every trial with carried state (trainer.train --stateful) and score trials by "
                         "val_stream_perplexity; best_hparams.json then says stateful")
@@ -484,7 +496,8 @@ def parse_args(argv):
                             tuple(args.cells), args.max_dropout, tuple(args.optimizers), args.max_weight_drop)
         base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
                            steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience,
-                           stateful=args.stateful, ar=args.ar, tar=args.tar, ema=args.ema)
+                           stateful=args.stateful, ar=args.ar, tar=args.tar, ema=args.ema,
+                           lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
