@@ -7,11 +7,11 @@ perplexity at least 25 % below the baseline's. The budget covers what a user run
 rest (`make pipeline TUNE=1` does the same two stages). The baseline gets the whole wall time of both.
 Both sides read the same windows, started every --stride tokens (the book also trains on overlapping
 windows). The tuned side draws each epoch from them (`--steps-per-epoch`: a fixed epoch size, so early
-stopping and lr patience keep their meaning), uses Adam, batch 128 and AWD-LSTM's activation regularisers
-(--ar 2 --tar 1), with lr halving on plateaus in the trials (each at most --trial-minutes, so one slow point
-cannot take the search). The search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier
-runs of this bench found on this data; `--start-with` with no file leaves every point to the oracle). The
-winner's training anneals its rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine
+stopping and lr patience keep their meaning), uses Adam, batch 128, AWD-LSTM's activation regularisers
+(--ar 2 --tar 1) and weight averaging (--ema 0.998); each trial runs at most --trial-minutes (one slow point
+cannot take the search) and anneals its rate over them (--trial-schedule cosine; plateau: lr halving). The
+search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier runs of this bench found on
+this data; `--start-with` with no file leaves every point to the oracle). The winner's training anneals its rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine
 decay to lr / 10 at the deadline; `--final-schedule plateau` keeps the halving).
 """
 from __future__ import annotations

@@ -29,16 +29,19 @@ class WeightsAtEpochEnd(keras.callbacks.Callback):
         self.val_losses.append(logs["val_loss"])
 
 
-def test_averaged_weights_are_keras_ema_between_the_two_callbacks_and_validation_reads_them():
-    """A 1-unit linear model, SGD with momentum-0.5 averaging, 2 epochs of 3 steps: the callbacks between
-    AveragedWeights and TrainedWeights see avg_1 = w_1, avg_k = 0.5 avg_(k-1) + 0.5 w_k (hand-computed from
-    the recorded steps); val_loss is the loss of that average; after TrainedWeights, and in the next epoch's
-    steps, the trained weights are back."""
+def test_averaged_weights_warm_up_then_keep_their_momentum_between_the_two_callbacks_and_validation_reads_them():
+    """A 1-unit linear model, the trainer's SGD with averaging at momentum 0.25, 2 epochs of 3 steps: the
+    callbacks between AveragedWeights and TrainedWeights see avg_0 = w_0, avg_k = m_k avg_(k-1) + (1 - m_k) w_k
+    with m_k = min(0.25, (1 + k) / (10 + k)) (warm-up, then the momentum), hand-computed from the recorded
+    steps; val_loss is the loss of that average; after TrainedWeights, and in the next epoch's steps, the
+    trained weights are back, and fit() leaves them in the model."""
+    from trainer.optimizers import make_optimizer
+
     keras.utils.set_random_seed(0)
     x = np.arange(12, dtype="float32").reshape(12, 1) / 12
     y = 3 * x
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
-    model.compile(optimizer=keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5), loss="mse")
+    model.compile(optimizer=make_optimizer("sgd", 0.5, clip_norm=0.0, ema=0.25), loss="mse")
     between, after = WeightsAtEpochEnd(), WeightsAtEpochEnd()
     model.fit(x, y, batch_size=4, epochs=2, shuffle=False, validation_data=(x, y), verbose=0,
               callbacks=[cb.AveragedWeights(), between, cb.TrainedWeights(), after])
@@ -47,12 +50,14 @@ def test_averaged_weights_are_keras_ema_between_the_two_callbacks_and_validation
     assert len(trained) == 6 and len(set(trained)) == 6
     average = []
     for k, w in enumerate(trained):
-        average.append(w if k == 0 else 0.5 * average[-1] + 0.5 * w)
+        momentum = 0.0 if k == 0 else min(0.25, (1 + k) / (10 + k))  # 0, 2/11, then 0.25 from k = 2 on
+        average.append(w if k == 0 else momentum * average[-1] + (1 - momentum) * w)
     assert [float(w[0, 0]) for w in between.epoch_ends] == pytest.approx([average[2], average[5]], rel=1e-6)
     assert [float(w[0, 0]) for w in after.epoch_ends] == pytest.approx([trained[2], trained[5]], rel=1e-6)
     assert between.steps == after.steps  # the second epoch trained from the trained weights, not the average
     for epoch, k in ((0, 2), (1, 5)):
         assert between.val_losses[epoch] == pytest.approx(float(np.mean((x * average[k] - y) ** 2)), rel=1e-5)
+    assert float(model.layers[-1].kernel.numpy()[0, 0]) == pytest.approx(trained[5], rel=1e-6)
 
 
 @pytest.mark.parametrize("stateful", [False, True])

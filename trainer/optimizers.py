@@ -33,6 +33,20 @@ class GradientNormRecorder:
             self.grad_norm_count.assign_add(1.0)
         return super()._clip_gradients(grads)
 
+    def _update_model_variables_moving_average(self, trainable_variables):
+        """Keras's moving average (--ema) with TensorFlow's warm-up (tf.train.ExponentialMovingAverage's
+        num_updates): the first step copies the weights, step t > 0 uses momentum min(ema_momentum,
+        (1 + t) / (10 + t)). Keras uses ema_momentum from step 1 on, so a short run (a tuner trial) would
+        drag its first, untrained weights along: at momentum 0.998, 300 steps in, 55 % of the average."""
+        if not self.use_ema:
+            return
+        step = tf.cast(self.iterations, tf.float32)
+        momentum = tf.where(step > 0, tf.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step)), 0.0)
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                m = tf.cast(momentum, variable.dtype)
+                average.assign(m * average + (1.0 - m) * variable)
+
     def finalize_variable_values(self, var_list):
         """Keeps the trained weights when fit() ends (Keras would put the --ema average in them): trainer.train
         loads the best epoch's average itself, and the latest checkpoint and backup written as fit() ends
