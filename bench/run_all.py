@@ -166,7 +166,7 @@ def render(results: dict) -> str:
         if r.get("trial_rows"):
             trial_lr = r["search_space"].get("trial_schedule")  # results from before it: plateaus
             lines += ["", f"Trials ({r['search_space']['trial_minutes']} min at most each, lr: "
-                      f"{describe_schedule(trial_lr or {'reduce_lr_patience': r['search_space'].get('reduce_lr_patience', 2)})}"
+                      f"{describe_schedule(trial_lr or {'reduce_lr_patience': r['search_space'].get('reduce_lr_patience', 2)}, 'the trial time limit')}"
                       f", scored by "
                       f"{'stream' if r.get('stateful') else 'window'} perplexity; start = a --start-with point):", "",
                       "| trial | model | dropout | weight drop | lr | epochs | score | s |", "|---|---|---|---|---|---|---|---|"]
@@ -259,12 +259,12 @@ def render_forms_table(machine: str, rows: list[dict]) -> list[str]:
     return lines
 
 
-def describe_schedule(schedule: dict | None) -> str:
-    """bench.tune's final_schedule (or tune_ceiling's schedule) in words; results from before it: plateaus."""
+def describe_schedule(schedule: dict | None, end: str = "the deadline (or the last epoch)") -> str:
+    """bench.tune's final_schedule or trial_schedule (or tune_ceiling's schedule) in words; results from before
+    it: plateaus."""
     schedule = schedule or {}
     if schedule.get("lr_schedule") == "warmup_cosine":
-        return (f"{schedule.get('warmup_steps', 0)} warm-up steps, then cosine decay to lr / 10 at the deadline "
-                f"(or the last epoch)")
+        return f"{schedule.get('warmup_steps', 0)} warm-up steps, then cosine decay to lr / 10 at {end}"
     return f"halved after {schedule.get('reduce_lr_patience', 2)} epochs without improvement"
 
 
