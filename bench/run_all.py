@@ -164,9 +164,10 @@ def render(results: dict) -> str:
                       f"{_f(r['baseline_2x32_gru']['best_val_stream_ppl'])}: {_f(100 * stream_gain, 1)} % lower "
                       f"(target ≥ 25 %: {'met' if stream_gain >= 0.25 else 'not met'})"]
         if r.get("trial_rows"):
-            trial_lr = r["search_space"].get("trial_schedule")  # results from before it: plateaus
-            lines += ["", f"Trials ({r['search_space']['trial_minutes']} min at most each, lr: "
-                      f"{describe_schedule(trial_lr or {'reduce_lr_patience': r['search_space'].get('reduce_lr_patience', 2)}, 'the trial time limit')}"
+            space = r["search_space"]  # results from before trial_schedule: plateaus
+            trial_lr = space.get("trial_schedule") or {"reduce_lr_patience": space.get("reduce_lr_patience", 2)}
+            lines += ["", f"Trials ({space['trial_minutes']} min at most each, lr: "
+                      f"{describe_schedule(trial_lr, 'the trial time limit')}"
                       f", scored by "
                       f"{'stream' if r.get('stateful') else 'window'} perplexity; start = a --start-with point):", "",
                       "| trial | model | dropout | weight drop | lr | epochs | score | s |", "|---|---|---|---|---|---|---|---|"]

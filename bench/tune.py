@@ -11,8 +11,9 @@ stopping and lr patience keep their meaning), uses Adam, batch 128, AWD-LSTM's a
 (--ar 2 --tar 1) and weight averaging (--ema 0.998); each trial runs at most --trial-minutes (one slow point
 cannot take the search) and anneals its rate over them (--trial-schedule cosine; plateau: lr halving). The
 search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier runs of this bench found on
-this data; `--start-with` with no file leaves every point to the oracle). The winner's training anneals its rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine
-decay to lr / 10 at the deadline; `--final-schedule plateau` keeps the halving).
+this data; `--start-with` with no file leaves every point to the oracle). The winner's training anneals its
+rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the
+deadline; `--final-schedule plateau` keeps the halving).
 """
 from __future__ import annotations
 
@@ -130,9 +131,9 @@ def main(argv=None) -> None:
     base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch, stateful=args.stateful,
                        ar=args.ar, tar=args.tar, ema=args.ema, **trial_schedule)
 
+    plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
     final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
-                      if args.final_schedule == "cosine"
-                      else {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience})
+                      if args.final_schedule == "cosine" else plateau)
     start = time.perf_counter()
     deadline = start + 60 * args.budget_min
     best = tune(data, os.path.join(work, "tuning"), base, space, args.tuner, max_trials=1000,

@@ -291,6 +291,7 @@ def test_each_trial_warms_up_and_anneals_its_own_rate_over_its_own_time():
 
 
 def test_trial_cosine_needs_trial_minutes_and_runs_with_them(tiny_data, tmp_path):
+    """Annealing over a trial needs the trial's time limit; with it, a search completes its trials."""
     from pipeline.cli import UserError
 
     space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8, optimizers=("adam",))
