@@ -160,12 +160,15 @@ def test_export_score_with_carried_state_equals_the_stream_metric(trained, expor
 
 
 @pytest.mark.slow
-def test_stateful_resume_continues_the_same_lanes(tiny_data, tmp_path):
-    """Two epochs in one run, or one epoch, a stop, and a resumed second: the same history."""
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["trained", "averaged"])
+def test_stateful_resume_continues_the_same_lanes(tiny_data, tmp_path, ema):
+    """Two epochs in one run, or one epoch, a stop, and a resumed second: the same history. With --ema the
+    backup written as the first run ends holds the trained weights (not the average Keras leaves in the model
+    then), so the resumed run trains on from where the straight run was."""
     from trainer.config import TrainConfig
     from trainer.train import train_and_evaluate
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, stateful=True)
+    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, stateful=True, ema=ema)
     straight = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "a"))
     train_and_evaluate(cfg.replace(epochs=1), str(tiny_data), str(tmp_path / "b"))
     resumed = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "b"))
