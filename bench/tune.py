@@ -24,6 +24,7 @@ import tempfile
 import time
 
 from pipeline import cli
+from pipeline.cli import UserError
 from bench.common import ROOT, emit
 from pipeline import transform
 from pipeline.preprocess import preprocess
@@ -119,6 +120,15 @@ def main(argv=None) -> None:
 
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
     start_points = [read_start_point(path, space) for path in args.start_with]  # a bad file: exit 2 before any work
+    cosine = {"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
+    plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
+    trial_schedule = cosine if args.trial_schedule == "cosine" else plateau
+    final_schedule = cosine if args.final_schedule == "cosine" else plateau
+    try:  # the tuned side's shared settings, checked by TrainConfig before any work
+        base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
+                           ema=args.ema, **trial_schedule)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     work = tempfile.mkdtemp()
     data = os.path.join(work, "data")
     data_cfg = transform.PreprocessConfig(split="holdout", stride=args.stride)
@@ -126,14 +136,7 @@ def main(argv=None) -> None:
     info = load_data_info(data)
     # one epoch = as many windows as one pass without overlap holds
     steps_per_epoch = max(1, info.num_train * data_cfg.window_stride // data_cfg.num_steps // args.batch_size)
-    trial_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps}
-                      if args.trial_schedule == "cosine" else {"reduce_lr_patience": args.reduce_lr_patience})
-    base = TrainConfig(batch_size=args.batch_size, verbose=0, steps_per_epoch=steps_per_epoch, stateful=args.stateful,
-                       ar=args.ar, tar=args.tar, ema=args.ema, **trial_schedule)
-
-    plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
-    final_schedule = ({"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
-                      if args.final_schedule == "cosine" else plateau)
+    base = base.replace(steps_per_epoch=steps_per_epoch)
     start = time.perf_counter()
     deadline = start + 60 * args.budget_min
     best = tune(data, os.path.join(work, "tuning"), base, space, args.tuner, max_trials=1000,

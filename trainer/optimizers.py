@@ -17,7 +17,7 @@ COSINE_FLOOR = 0.1  # warmup_cosine decays to this fraction of the peak rate
 
 class GradientNormRecorder:
     """Mixin for a Keras optimizer: adds the global norm of every step's gradients (before clipping) to
-    grad_norm_sum and 1 to grad_norm_count (and leaves the trained weights in the model when fit() ends)."""
+    grad_norm_sum and 1 to grad_norm_count."""
 
     def build(self, variables):
         super().build(variables)
@@ -32,6 +32,11 @@ class GradientNormRecorder:
             self.grad_norm_sum.assign_add(tf.linalg.global_norm(present))
             self.grad_norm_count.assign_add(1.0)
         return super()._clip_gradients(grads)
+
+
+class WarmedUpAverage:
+    """Mixin for a Keras optimizer with use_ema (--ema): the average warms up as TensorFlow's does, and fit()
+    leaves the trained weights in the model (callbacks.AveragedWeights swaps the average in where it is read)."""
 
     def _update_model_variables_moving_average(self, trainable_variables):
         """Keras's moving average (--ema) with TensorFlow's warm-up (tf.train.ExponentialMovingAverage's
@@ -54,17 +59,17 @@ class GradientNormRecorder:
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
-class RecordingSGD(GradientNormRecorder, keras.optimizers.SGD):
+class RecordingSGD(GradientNormRecorder, WarmedUpAverage, keras.optimizers.SGD):
     pass
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
-class RecordingAdam(GradientNormRecorder, keras.optimizers.Adam):
+class RecordingAdam(GradientNormRecorder, WarmedUpAverage, keras.optimizers.Adam):
     pass
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
-class RecordingAdamW(GradientNormRecorder, keras.optimizers.AdamW):
+class RecordingAdamW(GradientNormRecorder, WarmedUpAverage, keras.optimizers.AdamW):
     pass
 
 
