@@ -274,12 +274,13 @@ def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
     final = (tune or {}).get("final_training")
     if not final:
         return []
-    keys = set(ceiling["hparams"]) | {"weight_drop", "ar", "tar", "ema"}  # results from before these existed: 0
+    keys = set(ceiling["hparams"]) | {"weight_drop", "input_dropout", "ar", "tar", "ema"}  # older results: 0
     if all(final.get(k, 0.0) == ceiling["hparams"].get(k, 0.0) for k in keys):
         return []
     return [f"- measured on an earlier bench.tune winner: bench.tune now picks {final['num_layers']} × "
             f"{final['num_hiddens']} {final['cell'].upper()} (dropout {_f(final['dropout'], 1)}, weight drop "
             f"{_f(final.get('weight_drop', 0.0), 1)}, "
+            + (f"input dropout {_f(final['input_dropout'], 2)}, " if final.get("input_dropout") else "")
             + (f"AR {_f(final['ar'], 1)}, TAR {_f(final.get('tar', 0.0), 1)}, " if final.get("ar") or final.get("tar")
                else "")
             + (f"EMA {final['ema']}, " if final.get("ema") else "")

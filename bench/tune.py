@@ -8,8 +8,9 @@ rest (`make pipeline TUNE=1` does the same two stages). The baseline gets the wh
 Both sides read the same windows, started every --stride tokens (the book also trains on overlapping
 windows). The tuned side draws each epoch from them (`--steps-per-epoch`: a fixed epoch size, so early
 stopping and lr patience keep their meaning), uses Adam, batch 128, AWD-LSTM's activation regularisers
-(--ar 2 --tar 1) and weight averaging (--ema 0.998); each trial runs at most --trial-minutes (one slow point
-cannot take the search) and anneals its rate over them (--trial-schedule cosine; plateau: lr halving). The
+(--ar 2 --tar 1), its embedding dropout (--input-dropout 0.1) and weight averaging (--ema 0.998); each trial
+runs at most --trial-minutes (one slow point cannot take the search) and anneals its rate over them
+(--trial-schedule cosine; plateau: lr halving). The
 search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier runs of this bench found on
 this data; `--start-with` with no file leaves every point to the oracle). The winner's training anneals its
 rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trial-minutes", type=float, default=1.5,
                         help="minutes a trial may train (trainer.tune --trial-minutes): a slow point cannot take "
                              "the whole search")
+    parser.add_argument("--input-dropout", type=float, default=0.1,
+                        help="input dropout of the tuned side, trials and winner (trainer.train --input-dropout; "
+                             "AWD-LSTM's embedding dropout 0.1)")
     parser.add_argument("--ar", type=float, default=2.0,
                         help="activation regularisation of the tuned side (trials and winner; AWD-LSTM's 2)")
     parser.add_argument("--tar", type=float, default=1.0,
@@ -126,7 +130,7 @@ def main(argv=None) -> None:
     final_schedule = cosine if args.final_schedule == "cosine" else plateau
     try:  # the tuned side's shared settings, checked by TrainConfig before any work
         base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
-                           ema=args.ema, **trial_schedule)
+                           ema=args.ema, input_dropout=args.input_dropout, **trial_schedule)
     except ValueError as err:
         raise UserError(str(err)) from None
     work = tempfile.mkdtemp()
@@ -166,12 +170,13 @@ def main(argv=None) -> None:
                          "tuner": args.tuner, "max_epochs": args.max_epochs, "early_stopping": args.early_stopping,
                          "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
                          "trial_schedule": trial_schedule, "ar": args.ar, "tar": args.tar, "ema": args.ema,
+                         "input_dropout": args.input_dropout,
                          "trial_minutes": args.trial_minutes, "start_points": start_points},
         "search_best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
         "trials": len(trial_rows),
         "trial_rows": trial_rows,
         "final_training": None if final is None else {
-            **{k: final["hparams"][k] for k in (*HPARAM_KEYS, "ar", "tar", "ema")},
+            **{k: final["hparams"][k] for k in (*HPARAM_KEYS, "input_dropout", "ar", "tar", "ema")},
             **{k: float(final[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl", "epochs", "wall_s",
                                             "num_params", "best_epoch", "train_ppl")}},
         "final_schedule": final_schedule,

@@ -63,7 +63,7 @@ def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_p
     (["--early-stopping", "-1"], "--early-stopping"), (["--steps-per-epoch", "0"], "--steps-per-epoch"),
     (["--reduce-lr-patience", "-1"], "reduce_lr_patience"), (["--max-dropout", "1"], "--max-dropout"),
     (["--max-weight-drop", "-0.1"], "--max-weight-drop"), (["--trial-minutes", "0"], "--trial-minutes"),
-    (["--ar", "-2"], "ar must be"), (["--ema", "1"], "ema must be"),
+    (["--ar", "-2"], "ar must be"), (["--ema", "1"], "ema must be"), (["--input-dropout", "1"], "input_dropout must be"),
     (["--lr-schedule", "warmup_cosine", "--reduce-lr-patience", "2"], "reduce_lr_patience")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),

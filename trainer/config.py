@@ -43,7 +43,9 @@ def _check_activation_regularisers(config) -> None:
 class ModelConfig:
     """A deep RNN language model: one-hot tokens → L recurrent layers of h units → logits.
 
-    dropout acts on every non-recurrent connection: between layers and before the logits. weight_drop is
+    dropout acts on every non-recurrent connection: between layers and before the logits. input_dropout drops
+    whole characters of the input: per sequence, each token type is zeroed with that probability at every step
+    (AWD-LSTM's embedding dropout; with one-hot inputs also its variational input dropout). weight_drop is
     DropConnect on the recurrent kernels (AWD-LSTM's weight drop: one mask per batch, shared by every row
     and step), in the forms that run the recurrence themselves (fused, native). ar and tar are AWD-LSTM's
     activation regularisers on the top layer's outputs (trainer.model.ActivationRegularization), every form."""
@@ -55,6 +57,7 @@ class ModelConfig:
     dropout: float = 0.0
     form: str = "fused"
     weight_drop: float = 0.0
+    input_dropout: float = 0.0
     ar: float = 0.0   # AR: ar · mean(h²) of the top layer's outputs added to the training loss
     tar: float = 0.0  # TAR: tar · mean((h_t − h_{t−1})²)
 
@@ -74,6 +77,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.weight_drop < 1.0:
             raise ValueError(f"weight_drop must be in [0, 1), got {self.weight_drop}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         if self.weight_drop and self.form not in WEIGHT_DROP_FORMS:
             raise ValueError(f"weight drop masks the recurrent kernels inside the recurrence, which the "
                              f"{', '.join(WEIGHT_DROP_FORMS)} forms run themselves; not the {self.form!r} form "
@@ -82,7 +87,7 @@ class ModelConfig:
     def architecture(self) -> dict:
         """What checkpoints depend on (neither the form nor the regularisers: all forms share one weight layout)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("form", "dropout", "weight_drop", "ar", "tar")}
+                if k not in ("form", "dropout", "weight_drop", "input_dropout", "ar", "tar")}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,6 +102,7 @@ class TrainConfig:
     num_hiddens: int = 32
     dropout: float = 0.0
     weight_drop: float = 0.0     # DropConnect on the recurrent kernels (ModelConfig.weight_drop)
+    input_dropout: float = 0.0   # whole input characters dropped per sequence (ModelConfig.input_dropout)
     ar: float = 0.0              # activation regularisation (ModelConfig.ar)
     tar: float = 0.0             # temporal activation regularisation (ModelConfig.tar)
     batch_size: int = 1024
@@ -166,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.weight_drop < 1.0:
             raise ValueError(f"weight_drop must be in [0, 1), got {self.weight_drop}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         _check_activation_regularisers(self)
         for name in ("num_layers", "num_hiddens"):
             if getattr(self, name) < 1:
@@ -176,9 +184,9 @@ class TrainConfig:
             raise ValueError(f"unknown distribution {self.distribute!r}")
 
     def hparams(self) -> dict:
-        keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "ar", "tar", "batch_size", "epochs",
-                "optimizer", "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience", "weight_decay",
-                "lr_schedule", "warmup_steps", "stateful", "ema")
+        keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "input_dropout", "ar", "tar",
+                "batch_size", "epochs", "optimizer", "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience",
+                "weight_decay", "lr_schedule", "warmup_steps", "stateful", "ema")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> "TrainConfig":

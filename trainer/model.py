@@ -75,11 +75,12 @@ class FusedRNNStack(keras.layers.Layer):
     """
 
     def __init__(self, cell: str, num_layers: int, num_hiddens: int, vocab_size: int,
-                 dropout: float = 0.0, return_state: bool = False, weight_drop: float = 0.0, **kwargs):
+                 dropout: float = 0.0, return_state: bool = False, weight_drop: float = 0.0,
+                 input_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.cell, self.num_layers, self.num_hiddens = cell, num_layers, num_hiddens
         self.vocab_size, self.dropout, self.return_state = vocab_size, dropout, return_state
-        self.weight_drop = weight_drop
+        self.weight_drop, self.input_dropout = weight_drop, input_dropout
         self.cells = [cells_lib.make_cell(cell, num_hiddens, name=f"cell_{i}") for i in range(num_layers)]
 
     def build(self, input_shape):
@@ -93,6 +94,16 @@ class FusedRNNStack(keras.layers.Layer):
         keep = 1.0 - self.dropout
         return [None] + [tf.cast(tf.random.uniform((batch, self.num_hiddens)) < keep, self.compute_dtype) / keep
                          for _ in range(1, self.num_layers)]
+
+    def _input_scales(self, ids, training):
+        """ids [B, T] → [B, T] factors on each step's input projection x W (not the bias), or None when not
+        dropping: one mask [B, V] per sequence, so a character type is dropped (0) or kept (1 / keep) at every
+        step of its row — Dropout(noise_shape=(B, 1, V)) on the one-hot inputs, which the other forms apply."""
+        if not (training and self.input_dropout > 0):
+            return None
+        keep = 1.0 - self.input_dropout
+        mask = tf.cast(tf.random.uniform((tf.shape(ids)[0], self.vocab_size)) < keep, self.compute_dtype) / keep
+        return tf.gather(mask, ids, batch_dims=1)
 
     def _drop_recurrent_weights(self, w: cells_lib.CellWeights, training) -> cells_lib.CellWeights:
         """AWD-LSTM's weight drop (DropConnect, Wan et al. 2013): when training, each recurrent weight is
@@ -133,14 +144,18 @@ class FusedRNNStack(keras.layers.Layer):
                    for c in self.cells]
         table = cells_lib.input_table(weights[0])  # [V, G]: the first layer's projection is a row lookup
         ids_by_step = tf.transpose(ids)              # [T, B]: each step's ids contiguous
+        scales = self._input_scales(ids, training)   # [B, T] or None
+        scales_by_step = None if scales is None else tf.transpose(scales)  # [T, B]
         states = self.initial_states(batch, states)
 
-        def step(step_ids, states):
+        def step(step_ids, states, step_scales=None):
             # step_ids [B]; the lookup happens per step, so no [T, B, G] projection is materialised
             out = None
             for i, w in enumerate(weights):
-                if i == 0:
+                if i == 0 and step_scales is None:
                     xp = cells_lib.gather_rows(table, step_ids)
+                elif i == 0:  # input dropout scales x W, not the bias
+                    xp = cells_lib.gather_rows(w.kernel, step_ids) * step_scales[:, None] + w.input_bias
                 else:
                     xp = cells_lib.project_inputs(w, out if masks[i] is None else out * masks[i])
                 out, states[i] = cells_lib.recurrent_step(w, xp, states[i])
@@ -149,22 +164,24 @@ class FusedRNNStack(keras.layers.Layer):
         steps = ids.shape[1]
         if steps is not None:  # static length: unroll, so TF can overlap layers and steps
             outputs = []
-            for step_ids in tf.unstack(ids_by_step, axis=0):
-                out, states = step(step_ids, states)
+            for t, step_ids in enumerate(tf.unstack(ids_by_step, axis=0)):
+                out, states = step(step_ids, states, None if scales_by_step is None else scales_by_step[t])
                 outputs.append(out)
             return self._result(tf.transpose(tf.stack(outputs, axis=0), [1, 0, 2]), states)  # [B, T, h]
         flat = [s for layer in states for s in layer]
 
-        def scan_fn(carry, step_ids):
+        def scan_fn(carry, inputs):
             nested, k = [], 0
             for c in self.cells:
                 n = cells_lib.num_states(c)
                 nested.append(list(carry[1][k:k + n]))
                 k += n
-            out, new = step(step_ids, nested)
+            step_ids, step_scales = inputs if scales_by_step is not None else (inputs, None)
+            out, new = step(step_ids, nested, step_scales)
             return out, [s for layer in new for s in layer]
 
-        outputs, carried = tf.scan(scan_fn, ids_by_step,
+        elems = ids_by_step if scales_by_step is None else (ids_by_step, scales_by_step)
+        outputs, carried = tf.scan(scan_fn, elems,
                                    initializer=(tf.zeros((batch, self.num_hiddens), self.compute_dtype), flat))
         # carried holds every step's states [T, B, h]: the final ones are the last row (T ≥ 1)
         final = self.initial_states(batch, [c[-1] for c in carried]) if self.return_state else None
@@ -173,7 +190,8 @@ class FusedRNNStack(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "cell": self.cell, "num_layers": self.num_layers,
                 "num_hiddens": self.num_hiddens, "vocab_size": self.vocab_size, "dropout": self.dropout,
-                "return_state": self.return_state, "weight_drop": self.weight_drop}
+                "return_state": self.return_state, "weight_drop": self.weight_drop,
+                "input_dropout": self.input_dropout}
 
 
 @keras.saving.register_keras_serializable(package="deep_rnn")
@@ -191,6 +209,7 @@ class NativeRNNStack(FusedRNNStack):
         ids_by_step = tf.transpose(ids)                               # [T, B]
         batch = tf.shape(ids_by_step)[1]
         masks = self._dropout_masks(batch, training)
+        scales = self._input_scales(ids, training)  # [B, T] or None
         initial = [[tf.cast(s, tf.float32) for s in layer] for layer in self.initial_states(batch, states)]
         bf16 = self.compute_dtype == "bfloat16" and native.has_bf16()  # mixed precision on a CPU that has it
         if self.compute_dtype == "bfloat16" and not bf16:
@@ -201,6 +220,8 @@ class NativeRNNStack(FusedRNNStack):
             w = self._drop_recurrent_weights(cells_lib.read_weights(cell, tf.float32), training)
             if i == 0:  # x W for one-hot x: rows of W (the kernels add the bias)
                 xp = native.lookup_rows(tf.cast(w.kernel, tf.bfloat16 if bf16 else tf.float32), ids_by_step)
+                if scales is not None:  # input dropout: [T, B, G] · [T, B, 1]
+                    xp = xp * tf.cast(tf.transpose(scales)[:, :, None], xp.dtype)
             else:
                 x = out if masks[i] is None else out * tf.cast(masks[i], out.dtype)       # mask [B, H]
                 xp = native.project(x, w.kernel, bf16)                                    # [T, B, G]
@@ -215,6 +236,14 @@ _LAYER_CLASSES = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": ker
 def num_state_tensors(cfg: ModelConfig) -> int:
     """How many [B, h] tensors make the recurrent state: h per layer, and c too for LSTM."""
     return cfg.num_layers * (2 if cfg.cell == "lstm" else 1)
+
+
+def _drop_input_characters(cfg: ModelConfig, one_hot):
+    """one-hot [B, T, V] with cfg.input_dropout: one mask per sequence and character type, at every step."""
+    if not cfg.input_dropout:
+        return one_hot
+    return keras.layers.Dropout(cfg.input_dropout, noise_shape=(None, 1, cfg.vocab_size),
+                                name="input_dropout")(one_hot)
 
 
 def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
@@ -233,7 +262,8 @@ def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
             raise ValueError(f"the native form has kernels for gru and lstm, not {cfg.cell!r}; use 'fused'")
         stack_class = NativeRNNStack if cfg.form == "native" else FusedRNNStack
         stack = stack_class(cfg.cell, cfg.num_layers, cfg.num_hiddens, cfg.vocab_size, cfg.dropout,
-                            return_state=carry_state, weight_drop=cfg.weight_drop, name="rnn")
+                            return_state=carry_state, weight_drop=cfg.weight_drop,
+                            input_dropout=cfg.input_dropout, name="rnn")
         hidden = stack(ids, states=states) if carry_state else stack(ids)
         if carry_state:
             hidden, final = hidden[0], list(hidden[1:])
@@ -242,7 +272,7 @@ def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
             [cells_lib.make_cell(cfg.cell, cfg.num_hiddens, dropout=cfg.dropout if i else 0.0, name=f"cell_{i}")
              for i in range(cfg.num_layers)])
         rnn = keras.layers.RNN(stack, return_sequences=True, return_state=carry_state, name="rnn")
-        one_hot = OneHot(cfg.vocab_size)(ids)
+        one_hot = _drop_input_characters(cfg, OneHot(cfg.vocab_size)(ids))
         if carry_state:
             per_layer = len(states) // cfg.num_layers
             nested = [states[i * per_layer:(i + 1) * per_layer] for i in range(cfg.num_layers)]
@@ -253,7 +283,7 @@ def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
     else:
         if cfg.cell == "scratch":
             raise ValueError("the scratch cell has no cuDNN layer; use form 'stacked' or 'fused'")
-        hidden = OneHot(cfg.vocab_size)(ids)
+        hidden = _drop_input_characters(cfg, OneHot(cfg.vocab_size)(ids))
         per_layer = num_state_tensors(cfg) // cfg.num_layers
         for i in range(cfg.num_layers):
             if i and cfg.dropout:  # same mask at every step, like the cells' input dropout

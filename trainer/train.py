@@ -55,6 +55,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--weight-drop", type=float, metavar="P",
                    help="DropConnect on the recurrent kernels (AWD-LSTM's weight drop), one mask per batch; "
                         "runs in the fused and native forms (auto picks one) " + _default("weight_drop"))
+    p.add_argument("--input-dropout", type=float, metavar="P",
+                   help="drop whole input characters: per sequence, each character type is zeroed at every step "
+                        "with probability P (AWD-LSTM's embedding dropout) " + _default("input_dropout"))
     p.add_argument("--ar", type=float, metavar="ALPHA",
                    help="activation regularisation (AWD-LSTM's AR): ALPHA · mean(h²) of the top layer's outputs "
                         "added to the training loss " + _default("ar"))
@@ -346,7 +349,7 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     try:
         return ModelConfig(vocab_size=vocab_size, cell=cfg.cell, num_layers=cfg.num_layers,
                            num_hiddens=cfg.num_hiddens, dropout=cfg.dropout, form=resolved_form(cfg),
-                           weight_drop=cfg.weight_drop, ar=cfg.ar, tar=cfg.tar)
+                           weight_drop=cfg.weight_drop, input_dropout=cfg.input_dropout, ar=cfg.ar, tar=cfg.tar)
     except ValueError as err:
         raise UserError(str(err)) from None
 

@@ -262,9 +262,9 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 def shared_settings(base: TrainConfig) -> dict:
-    """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful, the
-    activation regularisers and weight averaging, where set."""
-    return {k: getattr(base, k) for k in ("stateful", "ar", "tar", "ema") if getattr(base, k)}
+    """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful, input
+    dropout, the activation regularisers and weight averaging, where set."""
+    return {k: getattr(base, k) for k in ("stateful", "input_dropout", "ar", "tar", "ema") if getattr(base, k)}
 
 
 def write_outputs(tuner_dir: str, rows: list[dict], fixed: dict | None = None) -> dict | None:
@@ -453,6 +453,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--max-dropout", type=float, default=0.5, metavar="P", help="largest dropout searched")
     p.add_argument("--max-weight-drop", type=float, default=0.5, metavar="P",
                    help="largest weight drop (DropConnect on the recurrent kernels) searched; 0: none")
+    p.add_argument("--input-dropout", type=float, default=0.0, metavar="P",
+                   help="input dropout of every trial (trainer.train --input-dropout: whole characters dropped per "
+                        "sequence); best_hparams.json keeps it")
     p.add_argument("--ar", type=float, default=0.0, metavar="ALPHA",
                    help="activation regularisation of every trial (trainer.train --ar); best_hparams.json keeps it")
     p.add_argument("--tar", type=float, default=0.0, metavar="BETA",
@@ -496,8 +499,8 @@ def parse_args(argv):
                             tuple(args.cells), args.max_dropout, tuple(args.optimizers), args.max_weight_drop)
         base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
                            steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience,
-                           stateful=args.stateful, ar=args.ar, tar=args.tar, ema=args.ema,
-                           lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps)
+                           stateful=args.stateful, input_dropout=args.input_dropout, ar=args.ar, tar=args.tar,
+                           ema=args.ema, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
