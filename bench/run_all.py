@@ -274,7 +274,9 @@ def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
     final = (tune or {}).get("final_training")
     if not final:
         return []
-    keys = set(ceiling["hparams"]) | {"weight_drop", "input_dropout", "ar", "tar", "ema"}  # older results: 0
+    from trainer.tune import SHARED_REGULARISERS
+
+    keys = set(ceiling["hparams"]) | {"weight_drop", *SHARED_REGULARISERS}  # results from before these: 0
     if all(final.get(k, 0.0) == ceiling["hparams"].get(k, 0.0) for k in keys):
         return []
     return [f"- measured on an earlier bench.tune winner: bench.tune now picks {final['num_layers']} × "

@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     from trainer.config import TrainConfig
     from trainer.data import load_data_info
     from trainer.train import train_and_evaluate
-    from trainer.tune import HPARAM_KEYS, SearchSpace, read_start_point, tune
+    from trainer.tune import HPARAM_KEYS, SHARED_REGULARISERS, SearchSpace, read_start_point, tune
 
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
     start_points = [read_start_point(path, space) for path in args.start_with]  # a bad file: exit 2 before any work
@@ -176,7 +176,7 @@ def main(argv=None) -> None:
         "trials": len(trial_rows),
         "trial_rows": trial_rows,
         "final_training": None if final is None else {
-            **{k: final["hparams"][k] for k in (*HPARAM_KEYS, "input_dropout", "ar", "tar", "ema")},
+            **{k: final["hparams"][k] for k in (*HPARAM_KEYS, *SHARED_REGULARISERS)},
             **{k: float(final[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl", "epochs", "wall_s",
                                             "num_params", "best_epoch", "train_ppl")}},
         "final_schedule": final_schedule,

@@ -69,7 +69,7 @@ def main() -> None:
     from trainer.config import TrainConfig
     from trainer.data import load_data_info
     from trainer.train import train_and_evaluate
-    from trainer.tune import HPARAM_KEYS
+    from trainer.tune import HPARAM_KEYS, SHARED_REGULARISERS
 
     path = ROOT / "bench" / "results" / "tune.json"
     if not path.exists():
@@ -89,7 +89,7 @@ def main() -> None:
     epochs = int(round(final["epochs"] * args.epochs_factor))
     flops = training_flops_per_token(final["cell"], final["num_layers"], final["num_hiddens"], vocab_size)
     # tune.json from before weight drop (or the activation regularisers) lacks them
-    recipe = {k: final[k] for k in (*HPARAM_KEYS, "input_dropout", "ar", "tar", "ema") if k in final}
+    recipe = {k: final[k] for k in (*HPARAM_KEYS, *SHARED_REGULARISERS) if k in final}
     # the winner's lr schedule, over the epochs here instead of a deadline (older tune.json: plateau halving)
     schedule = tuned.get("final_schedule") or {"reduce_lr_patience": space.get("reduce_lr_patience", 2)}
     runs = []

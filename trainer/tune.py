@@ -24,6 +24,9 @@ TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_perplexity"
 # best_hparams.json's keys
 HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer", "lr")
+# Regularisers set once for a whole search (not searched): every trial trains with them, best_hparams.json
+# carries them to trainer.train, and the benches record them beside HPARAM_KEYS.
+SHARED_REGULARISERS = ("input_dropout", "ar", "tar", "ema")
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 def shared_settings(base: TrainConfig) -> dict:
     """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful, input
     dropout, the activation regularisers and weight averaging, where set."""
-    return {k: getattr(base, k) for k in ("stateful", "input_dropout", "ar", "tar", "ema") if getattr(base, k)}
+    return {k: getattr(base, k) for k in ("stateful", *SHARED_REGULARISERS) if getattr(base, k)}
 
 
 def write_outputs(tuner_dir: str, rows: list[dict], fixed: dict | None = None) -> dict | None:
