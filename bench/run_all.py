@@ -148,10 +148,18 @@ def render(results: dict) -> str:
         r = results["tune"]
         lines += ["## Tuning (`python -m bench.tune`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. "
                   f"{r['data']}; budget {r['budget_min']} min; space {r['search_space']}.", ""]
+        final = {k: v for k, v in (r["final_training"] or {}).items() if k != "time_breakdown"}
+        every = (r.get("final_schedule") or {}).get("validation_freq", 1)
         lines += [f"- search ({_f(r['search_wall_s'], 0)} s, {r['trials']} trials), best trial: {r['search_best']}",
-                  f"- the winner trained for the rest of the budget: {r['final_training']}; lr schedule: "
-                  f"{describe_schedule(r.get('final_schedule'))}",
-                  f"- tuned model's validation perplexity: {_f(r['tuned_val_ppl'])} (search and training "
+                  f"- the winner trained for the rest of the budget: {final}; lr schedule: "
+                  f"{describe_schedule(r.get('final_schedule'))}"
+                  + (f"; validated every {every} epochs and at the deadline" if every > 1 else "")]
+        breakdown = (r["final_training"] or {}).get("time_breakdown")
+        if breakdown:
+            lines.append(f"- where the winner's {_f(final['wall_s'], 0)} s went: "
+                         + ", ".join(f"{BREAKDOWN_COLUMNS[k]} {_f(v, 0)} s" for k, v in breakdown.items()
+                                     if k in BREAKDOWN_COLUMNS))
+        lines += [f"- tuned model's validation perplexity: {_f(r['tuned_val_ppl'])} (search and training "
                   f"{_f(r['tuned_wall_s'], 0)} s)",
                   f"- book's 2 × 32 GRU for the same wall time: {r['baseline_2x32_gru']}",
                   f"- relative improvement: {_f(100 * r['relative_improvement'], 1)} % (target ≥ 25 %: "

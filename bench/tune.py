@@ -14,7 +14,7 @@ runs at most --trial-minutes (one slow point cannot take the search) and anneals
 search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier runs of this bench found on
 this data; `--start-with` with no file leaves every point to the oracle). The winner's training anneals its
 rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the
-deadline; `--final-schedule plateau` keeps the halving).
+deadline; `--final-schedule plateau` keeps the halving) and validates every --validation-freq epochs.
 """
 from __future__ import annotations
 
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--final-schedule", choices=("cosine", "plateau"), default="cosine",
                         help="the winner's lr: warm-up then cosine decay to lr / 10 at the deadline, or the trials' "
                              "halving on plateaus")
+    parser.add_argument("--validation-freq", type=int, default=5,
+                        help="the winner's training validates every N epochs and at the deadline (trainer.train "
+                             "--validation-freq; a validation costs about 40 %% of an epoch's steps here); trials "
+                             "validate every epoch")
     parser.add_argument("--warmup-steps", type=int, default=100, help="warm-up steps of the cosine schedule")
     parser.add_argument("--start-with", nargs="*", default=[str(START_POINT)], metavar="JSON",
                         help="points the search tries first (trainer.tune --start-with); default: bench/tune_start.json, "
@@ -127,10 +131,11 @@ def main(argv=None) -> None:
     cosine = {"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
     plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
     trial_schedule = cosine if args.trial_schedule == "cosine" else plateau
-    final_schedule = cosine if args.final_schedule == "cosine" else plateau
+    final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau), "validation_freq": args.validation_freq}
     try:  # the tuned side's shared settings, checked by TrainConfig before any work
         base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
                            ema=args.ema, input_dropout=args.input_dropout, **trial_schedule)
+        base.replace(**final_schedule)
     except ValueError as err:
         raise UserError(str(err)) from None
     work = tempfile.mkdtemp()
@@ -178,7 +183,8 @@ def main(argv=None) -> None:
         "final_training": None if final is None else {
             **{k: final["hparams"][k] for k in (*HPARAM_KEYS, *SHARED_REGULARISERS)},
             **{k: float(final[k]) for k in ("val_ppl", "best_val_ppl", "best_val_stream_ppl", "epochs", "wall_s",
-                                            "num_params", "best_epoch", "train_ppl")}},
+                                            "num_params", "best_epoch", "train_ppl")},
+            "time_breakdown": final["time_breakdown"]},
         "final_schedule": final_schedule,
         "tuned_val_ppl": float(tuned_ppl),
         "stateful": args.stateful,

@@ -176,6 +176,7 @@ def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
     assert_user_error(run_cli("bench.tune", "--start-with", str(tmp_path / "p.json")), "num_hiddens 100")
     assert_user_error(run_cli("bench.tune", "--ema", "1"), "ema must be in [0, 1)")
     assert_user_error(run_cli("bench.tune", "--input-dropout", "-0.1"), "input_dropout must be in [0, 1)")
+    assert_user_error(run_cli("bench.tune", "--validation-freq", "0"), "validation_freq must be >= 1")
     # the committed start point lies inside bench.tune's default space
     from bench.tune import START_POINT, build_parser
     from trainer.tune import SearchSpace, read_start_point

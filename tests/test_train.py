@@ -182,7 +182,8 @@ def test_bad_flags_exit_2(tiny_data, tmp_path):
     cases = [(["--num-layers", "0"], "num_layers"), (["--num-hiddens", "0"], "num_hiddens"),
              (["--cell", "transformer"], "--cell"), (["--batch-size", "100000"], "larger than"),
              (["--epochs", "0"], "epochs"), (["--steps-per-execution", "0"], "steps_per_execution"),
-             (["--steps-per-epoch", "0"], "steps_per_epoch"), (["--reduce-lr-patience", "-1"], "reduce_lr_patience")]
+             (["--steps-per-epoch", "0"], "steps_per_epoch"), (["--reduce-lr-patience", "-1"], "reduce_lr_patience"),
+             (["--validation-freq", "0"], "validation_freq")]
     for flags, needle in cases:
         proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"), *flags)
         assert_user_error(proc, needle)

@@ -83,6 +83,8 @@ class BestWeightsCheckpoint(keras.callbacks.ModelCheckpoint):
             return None
 
     def _save_model(self, epoch, batch, logs):
+        if self.monitor not in (logs or {}):  # an epoch --validation-freq did not validate
+            return
         filepath = self._get_file_path(epoch, batch, logs)
         if not self._should_save_model(epoch, batch, logs, filepath):  # also tracks the best value
             return
@@ -172,7 +174,7 @@ class LearningRateLog(keras.callbacks.Callback):
 class StreamValidation(keras.callbacks.Callback):
     """Adds val_stream_perplexity (and stream_seconds) to the epoch logs: each source's whole validation
     stream scored with the state carried across it (trainer.stateful.StreamScorer), beside the zero-state
-    window perplexity.
+    window perplexity, at the epochs fit() validated (ValidationSchedule).
 
     Scores with a carry_state copy of the model being trained in the fastest scoring form
     (trainer.stateful.carried_network), its weights copied from the model (the core of a CarriedStateModel)
@@ -187,7 +189,7 @@ class StreamValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from trainer.stateful import CarriedStateModel, StreamScorer, carried_network
 
-        if logs is None or not self.streams:
+        if logs is None or not self.streams or "val_loss" not in logs:  # validates when fit() validated
             return
         source = self.model.core if isinstance(self.model, CarriedStateModel) else self.model
         if self._scorer is None or self._source is not source:
@@ -196,6 +198,54 @@ class StreamValidation(keras.callbacks.Callback):
         started = time.perf_counter()
         logs["val_stream_perplexity"] = self._scorer.perplexity(self.streams)
         logs["stream_seconds"] = time.perf_counter() - started
+
+
+class ValidationSchedule(keras.callbacks.Callback):
+    """Which epochs fit() validates under --validation-freq N: pass `epochs` as fit()'s validation_freq (Keras
+    validates at the 1-based epochs `in` it) and the callback in the list, so it sees the model.
+
+    Every Nth epoch, plus each fit() call's first epoch (history.csv's columns come from it, also on resume),
+    the last of `last_epoch`, and an epoch that ends training early (a Deadline stops it within the epoch,
+    before fit() asks), so a run's last row always has its validation figures."""
+
+    def __init__(self, every: int, last_epoch: int):
+        super().__init__()
+        self.every, self.last_epoch = every, last_epoch
+        self._first = None
+        self.epochs = _DueEpochs(self)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first is None:
+            self._first = epoch + 1
+
+    def on_train_end(self, logs=None):
+        self._first = None  # a later fit() call validates its own first epoch
+
+    def due(self, epoch: int) -> bool:
+        """Whether fit() validates the 1-based `epoch`, asked after its training steps."""
+        stopping = self._model is not None and bool(getattr(self.model, "stop_training", False))
+        return epoch == self._first or epoch % self.every == 0 or epoch >= self.last_epoch or stopping
+
+
+class _DueEpochs(list):
+    """validation_freq for fit(): a list (what Keras accepts besides an int) whose membership is
+    ValidationSchedule.due, decided when fit() asks rather than fixed in advance."""
+
+    def __init__(self, schedule: ValidationSchedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def __contains__(self, epoch) -> bool:
+        return self.schedule.due(int(epoch))
+
+
+class ValidatedReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose patience counts validations: an epoch without the monitored figure
+    (--validation-freq) neither waits nor warns."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor in (logs or {}):
+            super().on_epoch_end(epoch, logs)
 
 
 class GradientNormLog(keras.callbacks.Callback):

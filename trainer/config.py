@@ -120,7 +120,11 @@ class TrainConfig:
     # Batches per epoch; None is one pass over the training windows. Set it below a pass over windows made
     # with a small --stride and the data repeats: every epoch is a fresh sample of window offsets.
     steps_per_epoch: int | None = None
-    reduce_lr_patience: int = 0  # halve lr after this many epochs without a better val perplexity (0: never)
+    reduce_lr_patience: int = 0  # halve lr after this many validations without a better val perplexity (0: never)
+    # Validate (windows and streams) every this many epochs, and on each run's first epoch and the last one
+    # (the last of --epochs, or the one a time limit or early stop ends); checkpoints keep the best validated
+    # epoch. Keras fit()'s validation_freq (trainer.train only: a search's trials validate every epoch).
+    validation_freq: int = 1
     weight_decay: float = 0.0    # AdamW's decoupled weight decay (optimizer adamw only)
     # constant | warmup_cosine (linear warm-up, cosine decay to lr / 10 at the last step or, with
     # time_limit_min, at the deadline if that comes first: callbacks.CosineToDeadline)
@@ -139,7 +143,7 @@ class TrainConfig:
         _check_types(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        for name in ("batch_size", "epochs", "steps_per_execution"):
+        for name in ("batch_size", "epochs", "steps_per_execution", "validation_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -186,7 +190,7 @@ class TrainConfig:
     def hparams(self) -> dict:
         keys = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "input_dropout", "ar", "tar",
                 "batch_size", "epochs", "optimizer", "lr", "clip_norm", "seed", "steps_per_epoch", "reduce_lr_patience",
-                "weight_decay", "lr_schedule", "warmup_steps", "stateful", "ema")
+                "weight_decay", "lr_schedule", "warmup_steps", "stateful", "ema", "validation_freq")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> "TrainConfig":

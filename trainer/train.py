@@ -85,9 +85,12 @@ def build_parser() -> cli.ArgumentParser:
                         + _default("steps_per_execution"))
     p.add_argument("--steps-per-epoch", type=int, metavar="N",
                    help="batches per epoch (default: one pass over the windows); the data repeats")
-    p.add_argument("--reduce-lr-patience", type=int, metavar="EPOCHS",
-                   help="halve the learning rate after EPOCHS epochs without a better validation perplexity "
+    p.add_argument("--reduce-lr-patience", type=int, metavar="N",
+                   help="halve the learning rate after N validations without a better validation perplexity "
                         "(default: 0, never)")
+    p.add_argument("--validation-freq", type=int, metavar="N",
+                   help="validate (windows and streams) every N epochs, and the first and the last epoch; the best "
+                        "checkpoint is the best validated epoch " + _default("validation_freq"))
     p.add_argument("--weight-decay", type=float, metavar="WD",
                    help="decoupled weight decay (needs --optimizer adamw) " + _default("weight_decay"))
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
@@ -315,11 +318,9 @@ def monitored(cfg: TrainConfig) -> str:
 
 
 def lr_schedule_callbacks(cfg: TrainConfig, steps_per_epoch: int = 1, deadline: float | None = None) -> list:
-    """ReduceLROnPlateau on validation perplexity when cfg.reduce_lr_patience is set (down to lr / 32);
-    for warmup_cosine under a time limit, callbacks.CosineToDeadline annealing by the deadline (time.time();
-    default: cfg.time_limit_min from now)."""
-    import keras
-
+    """ReduceLROnPlateau on validation perplexity when cfg.reduce_lr_patience is set (down to lr / 32, patience
+    in validations); for warmup_cosine under a time limit, callbacks.CosineToDeadline annealing by the deadline
+    (time.time(); default: cfg.time_limit_min from now)."""
     from trainer import callbacks as cb
     from trainer.optimizers import COSINE_FLOOR
 
@@ -329,8 +330,8 @@ def lr_schedule_callbacks(cfg: TrainConfig, steps_per_epoch: int = 1, deadline: 
                                     deadline or start + 60 * cfg.time_limit_min)]
     if not cfg.reduce_lr_patience:
         return []
-    return [keras.callbacks.ReduceLROnPlateau(monitor="val_perplexity", mode="min", factor=0.5,
-                                              patience=cfg.reduce_lr_patience, min_lr=cfg.lr / 32, verbose=0)]
+    return [cb.ValidatedReduceLROnPlateau(monitor="val_perplexity", mode="min", factor=0.5,
+                                          patience=cfg.reduce_lr_patience, min_lr=cfg.lr / 32, verbose=0)]
 
 
 def cosine_by_callback(cfg: TrainConfig) -> bool:
@@ -414,6 +415,13 @@ def plain_log_ticks(values: list[float], most: int = 8) -> list[float]:
     return [round(float(t), 6) for t in MaxNLocator(5).tick_values(low, high) if low <= t <= high]
 
 
+def logged_series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(1-based epochs, values) of the history rows that logged `key`: a line through the validated epochs
+    under --validation-freq, not points isolated between gaps."""
+    rows = [r for r in history if key in r]
+    return [int(r["epoch"]) + 1 for r in rows], [r[key] for r in rows]
+
+
 def plot_curves(history: list[dict], path: str, title: str, book_reference: float | None = None) -> None:
     """Train and validation perplexity per epoch on a log axis labelled in plain numbers; the book's validation
     perplexity as a dashed line when the run's data is comparable (book_reference)."""
@@ -424,12 +432,11 @@ def plot_curves(history: list[dict], path: str, title: str, book_reference: floa
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    epochs = [int(r["epoch"]) + 1 for r in history]
-    ax.plot(epochs, [r["perplexity"] for r in history], label="train")
-    ax.plot(epochs, [r.get("val_perplexity", math.nan) for r in history], label="validation (windows)")
-    if any("val_stream_perplexity" in r for r in history):
-        ax.plot(epochs, [r.get("val_stream_perplexity", math.nan) for r in history],
-                label="validation (full context: state carried)")
+    ax.plot(*logged_series(history, "perplexity"), label="train")
+    ax.plot(*logged_series(history, "val_perplexity"), label="validation (windows)")
+    stream_epochs, stream = logged_series(history, "val_stream_perplexity")
+    if stream_epochs:
+        ax.plot(stream_epochs, stream, label="validation (full context: state carried)")
     if book_reference:
         ax.axhline(book_reference, color="grey", linestyle="--", linewidth=1,
                    label=f"the book's 2 × 32 GRU, validation {book_reference}")
@@ -593,7 +600,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
     deadline = time.time() + 60 * cfg.time_limit_min if cfg.time_limit_min else None
     averaged, trained = averaged_weights_callbacks(cfg)
+    validation = cb.ValidationSchedule(cfg.validation_freq, cfg.epochs)
     callbacks = [
+        validation,
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
         throughput,
         *averaged,  # --ema: the average validates, and the best checkpoint keeps it
@@ -615,8 +624,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     if cfg.verbose == PROGRESS["epoch"]:
         callbacks.append(cb.EpochLine(cfg.epochs))
     clock["fit"] = time.perf_counter()
-    fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, **fit_steps(cfg, train_ds, valid_ds),
-                       callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]),
+    fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, validation_freq=validation.epochs,
+                       **fit_steps(cfg, train_ds, valid_ds), callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]),
                        shuffle=False)  # tf.data shuffles
 
     clock["fitted"] = time.perf_counter()
