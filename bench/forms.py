@@ -45,6 +45,7 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
     import numpy as np
     import tensorflow as tf
 
+    from trainer import native
     from trainer.config import ModelConfig, TrainConfig
     from trainer.forms import cpu_signature
     from trainer.model import build_model, graph_op_types
@@ -74,6 +75,7 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
         block_seconds.append(time.perf_counter() - start)
     seconds = min(block_seconds)
     types = graph_op_types(model)
+    native_ops = any(t.startswith("DeepRnn") for t in types)
     return {"cell": cell, "size": f"{layers}x{hiddens}", "batch": batch, "num_steps": num_steps, "form": form,
             "device": "GPU" if gpus else "CPU", "cpu": cpu_signature(),
             "gpu": tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None,
@@ -81,7 +83,10 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
             "params": int(model.count_params()),
             "train_tokens_per_s": steps * batch * num_steps / seconds, "ms_per_step": 1e3 * seconds / steps,
             "first_step_s": first_step_s, "ms_per_step_blocks": [1e3 * s / steps for s in block_seconds],
-            "cudnn": any("CudnnRNN" in t for t in types), "native_ops": any(t.startswith("DeepRnn") for t in types)}
+            "cudnn": any("CudnnRNN" in t for t in types), "native_ops": native_ops,
+            # the native kernels' recurrent products in bfloat16: on AMX tiles or AVX512_BF16 (trainer.native)
+            "bf16_products": (("amx" if native.uses_amx() else "avx512_bf16")
+                              if native_ops and mixed_precision and not gpus else None)}
 
 
 ROW_KEY = ("device", "cpu", "gpu", "cell", "size", "batch", "num_steps", "precision", "form")

@@ -110,7 +110,8 @@ def render(results: dict) -> str:
                   "form `--backend-form auto` picks from that CPU's rows; × stacked = its speed over the book's cell "
                   "stack at the same size and precision, × stacked f32 over the float32 cell stack (the book's design "
                   "as the book runs it). Mixed precision on a CPU is bfloat16 (the native form: bfloat16 products, "
-                  "float32 accumulation and gate maths; the other forms: TensorFlow's own bfloat16 ops).",
+                  "float32 accumulation and gate maths, on AMX tiles where the row says AMX, else AVX512_BF16; the other "
+                  "forms: TensorFlow's own bfloat16 ops).",
                   (f"Each row's speed is its fastest of {r['blocks']} blocks of {r['steps']} timed steps (noise here "
                    "only slows steps down). " if r.get("blocks") else "") +
                   "Speeds within 5 % of the fastest are a tie, which the shorter first step (graph tracing and "
@@ -256,6 +257,8 @@ def render_forms_table(machine: str, rows: list[dict]) -> list[str]:
             ratio = _f(x["train_tokens_per_s"] / stacked, 2) if stacked else "–"
             ratio_f32 = _f(x["train_tokens_per_s"] / stacked_f32, 2) if stacked_f32 else "–"
             form = f"**{x['form']}** (auto)" if x["form"] == auto else x["form"]
+            if x.get("bf16_products") == "amx":
+                form += ", AMX"
             lines.append(f"| {cell} | {size} | {batch} × {x['num_steps']} | {precision} | {form} | "
                          f"{_f(x['train_tokens_per_s'], 0)} | {_f(x['ms_per_step'], 1)} | "
                          f"{_f(x.get('first_step_s', '–'), 1)} | {ratio} | {ratio_f32} | {x['native_ops']} | "

@@ -184,3 +184,17 @@ def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
     args = build_parser().parse_args([])
     read_start_point(str(START_POINT), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
                                                    optimizers=tuple(args.optimizers)))
+
+
+def test_forms_table_marks_the_rows_whose_bf16_products_ran_on_amx():
+    from bench.run_all import render_forms_table
+
+    base = dict(cell="lstm", size="2x256", batch=64, num_steps=64, precision="mixed", cudnn=False, ms_per_step=1.0,
+                first_step_s=1.0)
+    rows = [{**base, "form": "stacked", "train_tokens_per_s": 100.0, "native_ops": False, "bf16_products": None},
+            {**base, "form": "native", "train_tokens_per_s": 250.0, "native_ops": True, "bf16_products": "amx"},
+            {**base, "size": "3x512", "form": "native", "train_tokens_per_s": 90.0, "native_ops": True,
+             "bf16_products": "avx512_bf16"}]
+    table = "\n".join(render_forms_table("cpu", rows))
+    assert "| mixed | **native** (auto), AMX | 250 |" in table
+    assert "| mixed | stacked | 100 |" in table and "| mixed | **native** (auto) | 90 |" in table

@@ -7,12 +7,16 @@ fastest (no silent fallback), and exports never contain them.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import ROOT
 from trainer import native
 from trainer.config import ModelConfig, TrainConfig
 from trainer.model import build_model, graph_op_types, measured_form, model_form, resolve_form
@@ -349,6 +353,56 @@ def test_a_native_trained_model_exports_standard_ops_only(tiny_data, tmp_path):
 def _bf16_or_skip():
     if not native.has_bf16():
         pytest.skip("this CPU has no AVX512_BF16: the native kernels' bfloat16 products cannot run here")
+
+
+_BF16_LAYER_RUN = """
+import sys
+import numpy as np
+from tests.test_native import _bf16_layer_outputs
+np.savez(sys.argv[2], *_bf16_layer_outputs(sys.argv[1]))
+"""
+
+
+def _bf16_layer_outputs(cell):
+    """h and dxp of one layer's bf16 ops at shapes that use every AMX block (2 × 2 tiles, a last 16 rows and a
+    last 16 columns, K in two tile depths with a padded tail) and, per thread, rows past a tile."""
+    library = native.load()
+    xp, h0, kernel, bias, dh = _random_layer(cell, 5, 70, 44)
+    if cell == "gru":
+        h, g = library.deep_rnn_gru_sequence(xp, bias, h0, kernel, bias, bf16=True)
+        return h.numpy(), library.deep_rnn_gru_sequence_grad(h0, kernel, h, g, dh, bf16=True)[0].numpy()
+    h, c, g = library.deep_rnn_lstm_sequence(xp, bias, h0, h0, kernel, bf16=True)
+    return h.numpy(), library.deep_rnn_lstm_sequence_grad(h0, h0, kernel, h, c, g, dh, dh, bf16=True)[0].numpy()
+
+
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+
+
+def test_bf16_products_run_on_amx_tiles_where_the_cpu_has_them():
+    """The fast path is observable: on a CPU with AMX-BF16 (Linux grants its tile state since 5.16) the bf16
+    products must run on the tiles, not silently on AVX512_BF16; elsewhere they cannot."""
+    _bf16_or_skip()
+    assert native.uses_amx() == ({"amx_tile", "amx_bf16"} <= _cpu_flags())
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_amx_tiles_compute_the_avx512_bf16_products(cell, tmp_path):
+    """The tile path and the vdpbf16ps path multiply the same bfloat16 pairs and accumulate in float32, in
+    another order: they agree to float32 rounding, which can move a later step's bfloat16 rounding by one unit
+    (2^-8), 10× tighter than bfloat16 against float32 (the AVX-512 path runs in a process with
+    DEEP_RNN_NO_AMX=1)."""
+    if not native.uses_amx():
+        pytest.skip("no AMX tiles here: the bf16 products run on AVX512_BF16 only")
+    out = tmp_path / "avx512.npz"
+    proc = subprocess.run([sys.executable, "-c", _BF16_LAYER_RUN, cell, str(out)], cwd=ROOT,
+                          env={**os.environ, "DEEP_RNN_NO_AMX": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(out) as avx512:
+        for tiles, vector in zip(_bf16_layer_outputs(cell), (avx512["arr_0"], avx512["arr_1"])):
+            assert np.abs(vector).max() > 0
+            np.testing.assert_allclose(tiles, vector, rtol=0, atol=2e-3 * np.abs(vector).max())
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

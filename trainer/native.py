@@ -125,6 +125,17 @@ def has_bf16() -> bool:
     return bool(ctypes.CDLL(build()).deep_rnn_has_bf16())
 
 
+@functools.lru_cache(maxsize=None)
+def uses_amx() -> bool:
+    """Whether the kernels' bfloat16 products run on AMX tiles here: built for a CPU with AMX-BF16, Linux granted
+    the tile state, and DEEP_RNN_NO_AMX is not set (else they run on AVX512_BF16, same products)."""
+    import ctypes
+
+    if not has_bf16():
+        return False
+    return bool(ctypes.CDLL(build()).deep_rnn_uses_amx())
+
+
 def available() -> tuple[bool, str]:
     """(True, "") when the kernels load here, else (False, why)."""
     try:

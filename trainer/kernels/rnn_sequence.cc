@@ -21,14 +21,20 @@
 // casts and the bias add that would otherwise be whole passes over [T, B, G] tensors; the input bias is added and
 // its gradient summed (float32) inside the op for the same reason. Compiling with
 // -DDEEP_RNN_EIGEN_PRODUCTS runs the float32 products through Eigen instead of the AVX-512 microkernel
-// (for A/B timing; also what CPUs without AVX-512 get).
+// (for A/B timing; also what CPUs without AVX-512 get). On CPUs with AMX-BF16 the bf16 products run on the tile
+// unit (see "AMX tiles" below).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #include "tensorflow/core/framework/op.h"
@@ -147,11 +153,33 @@ void SumPartials(const std::vector<Matrix>& partials, Tensor* out) {
   for (const Matrix& p : partials) sum += p;
 }
 
+// ---------------------------------------------------------------- AMX tiles (Intel AMX-BF16)
+//
+// Where the CPU has AMX and Linux grants the process its tile state (arch_prctl ARCH_REQ_XCOMP_PERM, Linux
+// 5.16+), the bf16 products run on the tile unit (TDPBF16PS: a 16 × 16 float32 tile += 16 × 32 bf16 · 32 × 16
+// bf16 per instruction) instead of vdpbf16ps: the same bf16 pairs and float32 accumulation, in larger blocks.
+// Asked once, when the library loads; deep_rnn_uses_amx() tells trainer/native.py (and the tests) what runs.
+// The environment variable DEEP_RNN_NO_AMX=1 keeps the AVX-512 path (for A/B timing and the tests).
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
+bool RequestTileState() {
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  const char* off = std::getenv("DEEP_RNN_NO_AMX");
+  if (off != nullptr && std::strcmp(off, "") != 0 && std::strcmp(off, "0") != 0) return false;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+const bool kAmx = RequestTileState();
+#else
+constexpr bool kAmx = false;
+#endif
+
+extern "C" int deep_rnn_uses_amx() { return kAmx ? 1 : 0; }
+
 // B [K, N] in the bf16 microkernel's layout: rows 2p and 2p+1 interleaved as bf16 pairs (one uint32 per column),
-// columns padded with zeros to a multiple of 16 (one zmm), K padded to even.
+// columns padded with zeros to a multiple of 16 (one zmm), K padded to even; with AMX, the pairs padded with zero
+// rows to a multiple of 16 (one tile's depth), which the AVX-512 path (reading k_pairs rows) never reads.
 struct PackedBf16 {
-  int64_t k_pairs = 0, n = 0, n_padded = 0;
-  std::vector<uint32_t> data;  // [k_pairs, n_padded]
+  int64_t k_pairs = 0, k_pairs_padded = 0, n = 0, n_padded = 0;
+  std::vector<uint32_t> data;  // [k_pairs_padded, n_padded]
 };
 
 PackedBf16 PackBf16(const Matrix& m) {  // m = B [K, N]
@@ -159,8 +187,9 @@ PackedBf16 PackBf16(const Matrix& m) {  // m = B [K, N]
   const int64_t k = m.rows();
   b.n = m.cols();
   b.k_pairs = (k + 1) / 2;
+  b.k_pairs_padded = kAmx ? (b.k_pairs + 15) / 16 * 16 : b.k_pairs;
   b.n_padded = (b.n + 15) / 16 * 16;
-  b.data.assign(b.k_pairs * b.n_padded, 0);
+  b.data.assign(b.k_pairs_padded * b.n_padded, 0);
   for (int64_t p = 0; p < b.k_pairs; ++p)
     for (int64_t j = 0; j < b.n; ++j)
       b.data[p * b.n_padded + j] =
@@ -169,7 +198,8 @@ PackedBf16 PackBf16(const Matrix& m) {  // m = B [K, N]
 }
 
 #if defined(__AVX512BF16__)
-// c[R rows, 16·C columns from col] = a_pairs[R, k_pairs] · B, accumulating in float32 registers.
+// c[R rows, 16·C columns from col] = a_pairs[R, k_pairs] (row stride k_pairs_padded) · B, accumulating in float32
+// registers.
 template <int R, int C>
 inline void Bf16Block(const uint32_t* a, const PackedBf16& b, int64_t col, float* c, int64_t ldc) {
   __m512 acc[R][C];
@@ -180,7 +210,7 @@ inline void Bf16Block(const uint32_t* a, const PackedBf16& b, int64_t col, float
     __m512bh bv[C];
     for (int j = 0; j < C; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(bp + 16 * j);
     for (int r = 0; r < R; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(a[r * b.k_pairs + p]);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(a[r * b.k_pairs_padded + p]);
       for (int j = 0; j < C; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, bv[j]);
     }
   }
@@ -191,7 +221,7 @@ inline void Bf16Block(const uint32_t* a, const PackedBf16& b, int64_t col, float
 // All rows against the column panel [col, col + 16·C): the panel stays in cache while the rows pass.
 template <int C>
 inline void Bf16Panel(const uint32_t* a_pairs, int64_t rows, const PackedBf16& b, int64_t col, float* c) {
-  const int64_t ldc = b.n_padded, kp = b.k_pairs;
+  const int64_t ldc = b.n_padded, kp = b.k_pairs_padded;  // a_pairs' row stride
   int64_t r = 0;
   for (; r + 6 <= rows; r += 6) Bf16Block<6, C>(a_pairs + r * kp, b, col, c + r * ldc, ldc);
   const uint32_t* a = a_pairs + r * kp;
@@ -274,21 +304,95 @@ void MatMulF32(const float* a, int64_t rows, const PackedF32& b, float* c) {
 #endif
 }
 
-// c [rows, b.n_padded] (row-major) = a [rows, K] (row-major, float32) · B, both factors rounded to bfloat16.
-// a_pairs is scratch that this call sizes. Only called when kHasBf16 (the op refuses the attribute otherwise).
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
+// The tile configuration every product loads: palette 1, tiles 0–7 all 16 rows × 64 bytes. Tiles 0–3 hold C
+// (2 × 2 blocks of 16 × 16 float32), 4–5 A (16 rows × 16 pairs), 6–7 B (16 pairs × 16 columns).
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// c[16·RT rows, 16·CT columns] = a_pairs[16·RT, 16·k_blocks] · B[16·k_blocks pairs, 16·CT] (strides in uint32 /
+// float elements).
+template <int RT, int CT>
+inline void AmxBlock(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, int64_t k_blocks, float* c,
+                     int64_t ldc) {
+  _tile_zero(0);
+  if constexpr (CT > 1) _tile_zero(1);
+  if constexpr (RT > 1) _tile_zero(2);
+  if constexpr (RT > 1 && CT > 1) _tile_zero(3);
+  for (int64_t kb = 0; kb < k_blocks; ++kb) {
+    const uint32_t* ak = a + 16 * kb;        // 16 pairs along K
+    const uint32_t* bk = b + 16 * kb * ldb;  // the same 16 pairs: B's rows
+    _tile_loadd(4, ak, lda * 4);
+    if constexpr (RT > 1) _tile_loadd(5, ak + 16 * lda, lda * 4);
+    _tile_loadd(6, bk, ldb * 4);
+    if constexpr (CT > 1) _tile_loadd(7, bk + 16, ldb * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (CT > 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (RT > 1) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (RT > 1 && CT > 1) _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, ldc * 4);
+  if constexpr (CT > 1) _tile_stored(1, c + 16, ldc * 4);
+  if constexpr (RT > 1) _tile_stored(2, c + 16 * ldc, ldc * 4);
+  if constexpr (RT > 1 && CT > 1) _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+}
+
+// c [rows16, b.n_padded] = a_pairs [rows16, b.k_pairs_padded] · B; rows16 a multiple of 16. The tile state is
+// configured on every call (another library, such as oneDNN, may have used the thread's tiles in between) and
+// released after it.
+void AmxProduct(const uint32_t* a, int64_t rows16, const PackedBf16& b, float* c) {
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  const int64_t lda = b.k_pairs_padded, ldb = b.n_padded, ldc = b.n_padded, k_blocks = b.k_pairs_padded / 16;
+  const uint32_t* bd = b.data.data();
+  int64_t col = 0;
+  for (; col + 32 <= b.n_padded; col += 32) {  // a 32-column panel of B stays in cache while the rows pass
+    int64_t r = 0;
+    for (; r + 32 <= rows16; r += 32) AmxBlock<2, 2>(a + r * lda, lda, bd + col, ldb, k_blocks, c + r * ldc + col, ldc);
+    if (r < rows16) AmxBlock<1, 2>(a + r * lda, lda, bd + col, ldb, k_blocks, c + r * ldc + col, ldc);
+  }
+  if (col < b.n_padded) {  // the last 16 columns
+    int64_t r = 0;
+    for (; r + 32 <= rows16; r += 32) AmxBlock<2, 1>(a + r * lda, lda, bd + col, ldb, k_blocks, c + r * ldc + col, ldc);
+    if (r < rows16) AmxBlock<1, 1>(a + r * lda, lda, bd + col, ldb, k_blocks, c + r * ldc + col, ldc);
+  }
+  _tile_release();
+}
+#endif
+
+// Rows of the product's output that MatMulBf16 writes: with AMX, whole tiles (zero rows of A past `rows`).
+inline int64_t Bf16OutputRows(int64_t rows) { return kAmx ? (rows + 15) / 16 * 16 : rows; }
+
+// c [Bf16OutputRows(rows), b.n_padded] (row-major) = a [rows, K] (row-major, float32) · B, both factors rounded to
+// bfloat16. a_pairs is scratch that this call sizes. Only called when kHasBf16 (the op refuses the attribute
+// otherwise).
 void MatMulBf16(const float* a, int64_t rows, int64_t k, const PackedBf16& b, float* c,
                 std::vector<uint32_t>& a_pairs) {
 #if defined(__AVX512BF16__)
-  a_pairs.resize(rows * b.k_pairs);
+  const int64_t lda = b.k_pairs_padded, out_rows = Bf16OutputRows(rows);
+  if (kAmx) {
+    a_pairs.assign(out_rows * lda, 0u);  // the pads (K past k_pairs, rows past `rows`) are zeros
+  } else {
+    a_pairs.resize(rows * lda);
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const float* src = a + r * k;
-    uint32_t* dst = a_pairs.data() + r * b.k_pairs;
+    uint32_t* dst = a_pairs.data() + r * lda;
     int64_t i = 0;
     for (; i + 32 <= k; i += 32)  // 32 floats → 16 pairs; the low half of the result holds the first 16
       _mm512_storeu_si512(dst + i / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16),
                                                                      _mm512_loadu_ps(src + i)));
     for (; i < k; i += 2) dst[i / 2] = Bf16Bits(src[i]) | (i + 1 < k ? Bf16Bits(src[i + 1]) << 16 : 0u);
   }
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+  if (kAmx) {
+    AmxProduct(a_pairs.data(), out_rows, b, c);
+    return;
+  }
+#endif
   int64_t col = 0;
   for (; col + 64 <= b.n_padded; col += 64) Bf16Panel<4>(a_pairs.data(), rows, b, col, c);
   for (; col < b.n_padded; col += 16) Bf16Panel<1>(a_pairs.data(), rows, b, col, c);
@@ -334,9 +438,10 @@ struct RecurrentProduct {
       return;
     }
     const int64_t n_padded = bf16 ? packed_bf16.n_padded : packed_f32.n_padded;
+    const int64_t c_rows = bf16 ? Bf16OutputRows(rows) : rows;
     float* c = out;
-    if (n_padded != n) {
-      s.padded.resize(rows, n_padded);
+    if (n_padded != n || c_rows != rows) {
+      s.padded.resize(c_rows, n_padded);
       c = s.padded.data();
     }
     if (bf16) {
@@ -344,7 +449,7 @@ struct RecurrentProduct {
     } else {
       MatMulF32(a, rows, packed_f32, c);
     }
-    if (c != out) MatrixMap(out, rows, n) = s.padded.leftCols(n);
+    if (c != out) MatrixMap(out, rows, n) = s.padded.topLeftCorner(rows, n);
   }
 };
 
