@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-dropout", type=float, default=0.1,
                         help="input dropout of the tuned side, trials and winner (trainer.train --input-dropout; "
                              "AWD-LSTM's embedding dropout 0.1)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="the tuned side, trials and winner, in mixed precision (trainer.tune/train "
+                             "--mixed-precision: bfloat16 on CPU, the native kernels' products on AMX or AVX512_BF16)")
     parser.add_argument("--ar", type=float, default=2.0,
                         help="activation regularisation of the tuned side (trials and winner; AWD-LSTM's 2)")
     parser.add_argument("--tar", type=float, default=1.0,
@@ -134,7 +137,8 @@ def main(argv=None) -> None:
     final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau), "validation_freq": args.validation_freq}
     try:  # the tuned side's shared settings, checked by TrainConfig before any work
         base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
-                           ema=args.ema, input_dropout=args.input_dropout, **trial_schedule)
+                           ema=args.ema, input_dropout=args.input_dropout, mixed_precision=args.mixed_precision,
+                           **trial_schedule)
         base.replace(**final_schedule)
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -175,7 +179,7 @@ def main(argv=None) -> None:
                          "tuner": args.tuner, "max_epochs": args.max_epochs, "early_stopping": args.early_stopping,
                          "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
                          "trial_schedule": trial_schedule, "ar": args.ar, "tar": args.tar, "ema": args.ema,
-                         "input_dropout": args.input_dropout,
+                         "input_dropout": args.input_dropout, "mixed_precision": args.mixed_precision,
                          "trial_minutes": args.trial_minutes, "start_points": start_points},
         "search_best": {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()},
         "trials": len(trial_rows),

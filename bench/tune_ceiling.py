@@ -96,7 +96,8 @@ def main() -> None:
     for dropout in dropouts:
         cfg = TrainConfig(**{**recipe, "dropout": dropout, **schedule},
                           batch_size=space["batch_size"], epochs=epochs, steps_per_epoch=space["steps_per_epoch"],
-                          stateful=bool(tuned.get("stateful")), verbose=0)
+                          stateful=bool(tuned.get("stateful")), mixed_precision=bool(space.get("mixed_precision")),
+                          verbose=0)
         model_dir = os.path.join(work, f"dropout_{dropout}")
         metrics = train_and_evaluate(cfg, data, model_dir)
         runs.append({"dropout": dropout, "epochs": metrics["epochs"], "wall_s": metrics["wall_s"],

@@ -44,6 +44,28 @@ def test_tiny_search_writes_outputs_and_hparams_reproduce_the_winner(tiny_data, 
     assert all(len(r[k]) <= 3 for r in rows for k in ("dropout", "weight_drop")), rows
 
 
+def test_mixed_precision_trials_build_under_the_mixed_policy_and_best_hparams_carry_it(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    import keras
+
+    from trainer import train
+
+    policies = []
+    original = train.build_training_model
+
+    def recording_build(*args, **kwargs):
+        policies.append(keras.mixed_precision.global_policy().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "build_training_model", recording_build)
+    space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8, optimizers=("adam",))
+    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0, mixed_precision=True), space,
+         "random", max_trials=1, max_epochs=1)
+    assert policies and set(policies) == {"mixed_bfloat16"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the search
+    assert json.loads((tmp_path / "t" / "best_hparams.json").read_text())["mixed_precision"] is True
+
+
 def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_path):
     """KerasTuner's BayesianOptimization needs scipy (keras-tuner[bayesian]): it must be installed.
     Trials take the trainer's epoch size and lr schedule (fit_data, lr_schedule_callbacks)."""

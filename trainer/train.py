@@ -5,6 +5,7 @@ Killed at any point, the same command resumes from the last finished epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -532,14 +533,25 @@ def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, cl
         atomic.write_text(os.path.join(model_dir, "vocab.txt"), vocab_lib.vocab_to_text(list(info.vocab)))
 
     keras.utils.set_random_seed(cfg.seed)
-    previous_policy = keras.mixed_precision.global_policy()
-    if cfg.mixed_precision:  # float16 on GPUs; bfloat16 elsewhere (no loss scaling needed)
+    with precision_policy(cfg.mixed_precision):
+        return _train(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock)
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool):
+    """Keras's global dtype policy for the models built inside: with `mixed`, float16 on GPUs and bfloat16
+    elsewhere (no loss scaling needed), the loss in float32; the previous policy is restored after."""
+    import keras
+    import tensorflow as tf
+
+    previous = keras.mixed_precision.global_policy()
+    if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU")
                                                 else "mixed_bfloat16")
     try:
-        return _train(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock)
+        yield
     finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def time_breakdown(clock: dict, epoch_logs: dict) -> dict:

@@ -142,7 +142,7 @@ def start_with(oracle, points: list[dict]) -> None:
 def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int, steps_per_epoch: int | None = None):
     import keras_tuner as kt
 
-    from trainer.train import build_training_model, model_config_for
+    from trainer.train import build_training_model, model_config_for, precision_policy
 
     class DeepRNNHyperModel(kt.HyperModel):
         """The trainer's own builder and compile step, with hyperparameters from the search space."""
@@ -151,7 +151,9 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int, step
 
         def build(self, hp):
             cfg = base.replace(**declare_hyperparameters(hp, space))
-            model = build_training_model(cfg, model_config_for(cfg, vocab_size), steps_per_epoch or 1)
+            # here, not around the search: KerasTuner clears the Keras session, and so the policy, per trial
+            with precision_policy(cfg.mixed_precision):
+                model = build_training_model(cfg, model_config_for(cfg, vocab_size), steps_per_epoch or 1)
             self.last_num_params = int(model.count_params())
             return model
 
@@ -265,9 +267,9 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 def shared_settings(base: TrainConfig) -> dict:
-    """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful, input
-    dropout, the activation regularisers and weight averaging, where set."""
-    return {k: getattr(base, k) for k in ("stateful", *SHARED_REGULARISERS) if getattr(base, k)}
+    """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful, mixed
+    precision, input dropout, the activation regularisers and weight averaging, where set."""
+    return {k: getattr(base, k) for k in ("stateful", "mixed_precision", *SHARED_REGULARISERS) if getattr(base, k)}
 
 
 def write_outputs(tuner_dir: str, rows: list[dict], fixed: dict | None = None) -> dict | None:
@@ -482,6 +484,9 @@ def build_parser() -> cli.ArgumentParser:
                         "warmup_cosine: --warmup-steps of warm-up, then cosine decay to lr / 10 at the trial's "
                         "--trial-minutes limit, as trainer.train anneals by --time-limit-min")
     p.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="warm-up steps of warmup_cosine")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="train every trial in mixed precision (trainer.train --mixed-precision: bfloat16 on CPU, "
+                        "float16 on GPU); best_hparams.json carries it (default: off)")
     p.add_argument("--stateful", action="store_true",
                    help="train every trial with carried state (trainer.train --stateful) and score trials by "
                         "val_stream_perplexity; best_hparams.json then says stateful")
@@ -503,7 +508,8 @@ def parse_args(argv):
         base = TrainConfig(batch_size=args.batch_size, seed=args.seed, verbose=2 if args.quiet else 1,
                            steps_per_epoch=args.steps_per_epoch, reduce_lr_patience=args.reduce_lr_patience,
                            stateful=args.stateful, input_dropout=args.input_dropout, ar=args.ar, tar=args.tar,
-                           ema=args.ema, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps)
+                           ema=args.ema, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+                           mixed_precision=args.mixed_precision)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.time_budget is not None and args.time_budget <= 0:
