@@ -139,7 +139,7 @@ def main(argv=None) -> None:
         base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
                            ema=args.ema, input_dropout=args.input_dropout, mixed_precision=args.mixed_precision,
                            **trial_schedule)
-        base.replace(**final_schedule)
+        base.replace(**final_schedule)  # the winner's settings too
     except ValueError as err:
         raise UserError(str(err)) from None
     work = tempfile.mkdtemp()

@@ -373,11 +373,10 @@ void MatMulBf16(const float* a, int64_t rows, int64_t k, const PackedBf16& b, fl
                 std::vector<uint32_t>& a_pairs) {
 #if defined(__AVX512BF16__)
   const int64_t lda = b.k_pairs_padded, out_rows = Bf16OutputRows(rows);
-  if (kAmx) {
-    a_pairs.assign(out_rows * lda, 0u);  // the pads (K past k_pairs, rows past `rows`) are zeros
-  } else {
-    a_pairs.resize(rows * lda);
-  }
+  a_pairs.resize(out_rows * lda);
+  if (lda != b.k_pairs)  // AMX's pads are zeros: K past k_pairs in each row, then whole rows past `rows`
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(a_pairs.data() + r * lda + b.k_pairs, lda - b.k_pairs, 0u);
+  std::fill(a_pairs.begin() + rows * lda, a_pairs.end(), 0u);
   for (int64_t r = 0; r < rows; ++r) {
     const float* src = a + r * k;
     uint32_t* dst = a_pairs.data() + r * lda;
