@@ -525,7 +525,6 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
 def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock, run_config) -> dict:
     """The part of train_and_evaluate that needs the model dir to itself: resume checks, artefacts, training."""
     import keras
-    import tensorflow as tf
 
     _check_resume(model_dir, run_config)
     if chief:
