@@ -177,13 +177,15 @@ def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
     assert_user_error(run_cli("bench.tune", "--ema", "1"), "ema must be in [0, 1)")
     assert_user_error(run_cli("bench.tune", "--input-dropout", "-0.1"), "input_dropout must be in [0, 1)")
     assert_user_error(run_cli("bench.tune", "--validation-freq", "0"), "validation_freq must be >= 1")
-    # the committed start point lies inside bench.tune's default space
-    from bench.tune import START_POINT, build_parser
+    # the committed start points lie inside bench.tune's default space, and the default tries them all
+    from bench.tune import START_POINTS, build_parser
     from trainer.tune import SearchSpace, read_start_point
 
     args = build_parser().parse_args([])
-    read_start_point(str(START_POINT), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
-                                                   optimizers=tuple(args.optimizers)))
+    assert args.start_with == [str(p) for p in START_POINTS] and len(START_POINTS) == 2
+    for path in START_POINTS:
+        read_start_point(str(path), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
+                                                optimizers=tuple(args.optimizers)))
 
 
 def test_forms_table_marks_the_rows_whose_bf16_products_ran_on_amx():
