@@ -1,6 +1,6 @@
 """`make bench`: runs every benchmark and writes bench/RESULTS.md from their JSON; `make study` runs the studies.
 
-    python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune tune_ceiling] [--report-only]
+    python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune tune_points tune_ceiling] [--report-only]
     python -m bench.run_all --only cells authors
 """
 from __future__ import annotations
@@ -14,7 +14,10 @@ from pipeline import cli
 from bench.common import ROOT, machine
 from trainer.forms import pick_form
 
-BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_ceiling", "shakespeare"]
+BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_points", "tune_ceiling",
+           "shakespeare"]
+# the flags of the recorded runs: the tuned side with carried state and bfloat16 products (bench/RESULTS.md)
+BENCH_FLAGS = {"tune": ["--stateful", "--mixed-precision"], "tune_points": ["--stateful", "--mixed-precision"]}
 STUDIES = ["cells", "authors"]  # the chapter's exercises (`make study`)
 
 
@@ -220,6 +223,8 @@ def render(results: dict) -> str:
                   f"{_f(100 * c['share_of_matmul_rate'], 0)} % of this CPU's dense float32 matmul rate through "
                   f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)"]
         lines += tune_ceiling_staleness(r, results.get("tune")) + [""]
+    if "tune_points" in results:
+        lines += render_tune_points(results["tune_points"])
     if "shakespeare" in results:
         lines += render_shakespeare(results["shakespeare"])
     if "cells" in results:
@@ -313,6 +318,25 @@ def render_time_breakdown(rows: list[dict]) -> list[str]:
         lines.append(f"| {row['form']} | " + " | ".join(_f(row[k], 1) for k in BREAKDOWN_COLUMNS)
                      + f" | {_f(row['process_wall_s'], 1)} | {_f(row['wall_ratio_book_over_form'])} | "
                        f"{_f(row['best_val_ppl'])} | {_f(row['train_tokens_per_s_steady'], 0)} |")
+    return lines + [""]
+
+
+def render_tune_points(r: dict) -> list[str]:
+    """The bench.tune_points section: each point trained as bench.tune's winner is, for the same time."""
+    rec = r["recipe"]
+    lines = ["## Points trained as bench.tune's winner is (`python -m bench.tune_points`)",
+             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; each point trained for "
+             f"{_f(r['minutes'], 1)} minutes, one after the other, {r['steps_per_epoch']} steps an epoch; recipe "
+             f"{rec}; lr: {describe_schedule(rec)}. Stream = best validation perplexity over the whole held-out "
+             f"stream with the state carried (bench.tune's target measure).", "",
+             "| model | dropout | weight drop | lr | parameters | epochs | best epoch | train ppl | window ppl | "
+             "stream ppl |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in r["runs"]:
+        p = run["point"]
+        lines.append(f"| {p['num_layers']} × {p['num_hiddens']} {p['cell'].upper()} | {_f(p.get('dropout', 0.0), 1)} | "
+                     f"{_f(p.get('weight_drop', 0.0), 1)} | {p['lr']:.3g} | {run['num_params']:,.0f} | "
+                     f"{run['epochs']:.0f} | {run['best_epoch']:.0f} | {_f(run['train_ppl'])} | "
+                     f"{_f(run['best_val_ppl'])} | {_f(run['best_val_stream_ppl'])} |")
     return lines + [""]
 
 
@@ -442,7 +466,7 @@ def main() -> None:
     args = build_parser().parse_args()
     if not args.report_only:
         for name in args.only:
-            subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=ROOT, check=True)
+            subprocess.run([sys.executable, "-m", f"bench.{name}", *BENCH_FLAGS.get(name, [])], cwd=ROOT, check=True)
     results = {}
     for name in BENCHES + STUDIES:
         path = ROOT / "bench" / "results" / f"{name}.json"

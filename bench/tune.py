@@ -11,11 +11,10 @@ stopping and lr patience keep their meaning), uses Adam, batch 128, AWD-LSTM's a
 (--ar 2 --tar 1), its embedding dropout (--input-dropout 0.1) and weight averaging (--ema 0.998); each trial
 runs at most --trial-minutes (one slow point cannot take the search) and anneals its rate over them
 (--trial-schedule cosine; plateau: lr halving). The
-search tries bench/tune_start_wide.json and bench/tune_start.json first (a 3 × 256 and a 3 × 128 LSTM, the
-best points earlier runs of this bench found on this data; `--start-with` with no file leaves every point to
-the oracle). The winner's training anneals its rate by the clock (`--lr-schedule warmup_cosine` under
-`--time-limit-min`: cosine decay to lr / 10 at the deadline; `--final-schedule plateau` keeps the halving) and
-validates every --validation-freq epochs.
+search tries bench/tune_start.json first (a 3 × 128 LSTM, the best point earlier runs of this bench found on
+this data; `--start-with` with no file leaves every point to the oracle). The winner's training anneals its
+rate by the clock (`--lr-schedule warmup_cosine` under `--time-limit-min`: cosine decay to lr / 10 at the
+deadline; `--final-schedule plateau` keeps the halving) and validates every --validation-freq epochs.
 """
 from __future__ import annotations
 
@@ -31,9 +30,10 @@ from bench.common import ROOT, emit
 from pipeline import transform
 from pipeline.preprocess import preprocess
 
-# the best points earlier runs found: a 3 × 256 LSTM (12-minute runs of the final training: stream 3.47, where the
-# 3 × 128 LSTM reached 3.49 in 471 epochs) and that 3 × 128 LSTM, the winner of the runs before
-START_POINTS = (ROOT / "bench" / "tune_start_wide.json", ROOT / "bench" / "tune_start.json")
+# the best point earlier runs of the search found (a 3 × 128 LSTM). bench/tune_start_wide.json, a 3 × 256 LSTM, does
+# better when trained for the final 12 minutes (bench.tune_points) but loses a 1.5-minute trial to it, so as a
+# start point it only costs the search a trial: short trials favour the models that learn fastest
+START_POINT = ROOT / "bench" / "tune_start.json"
 
 
 def context_profile(model_dir: str, data_dir: str) -> dict:
@@ -69,29 +69,15 @@ def read_trials(path: str, start_points: int) -> list[dict]:
         return [{**{k: row[k] for k in keep}, "start": i < start_points} for i, row in enumerate(csv.DictReader(f))]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
-                                     epilog=cli.examples_from(__doc__))
-    parser.add_argument("--budget-min", type=float, default=20.0, help="minutes for search plus final training")
-    parser.add_argument("--search-fraction", type=float, default=0.4,
-                        help="share of the budget for the search; the rest trains the winner")
-    parser.add_argument("--max-layers", type=int, default=3, help="most recurrent layers searched")
-    parser.add_argument("--min-hiddens", type=int, default=64, help="narrowest layer searched")
-    parser.add_argument("--max-hiddens", type=int, default=256,
-                        help="bench.tune's 3 × 256 GRU ran 42 epochs in 722 s here; 3 × 512 is 4× the work")
-    parser.add_argument("--max-epochs", type=int, default=40, help="epochs of the longest trial")
-    parser.add_argument("--early-stopping", type=int, default=4, help="end a trial after this many epochs without improvement")
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tuned side's data and training recipe (everything but the search): bench.tune and bench.tune_points
+    share these flags, so a point tried alone trains exactly as bench.tune's winner does."""
     parser.add_argument("--reduce-lr-patience", type=int, default=2, help="halve a trial's lr after this many epochs without improvement")
     parser.add_argument("--stride", type=int, default=4, help="window stride in tokens (num_steps: no overlap)")
     parser.add_argument("--batch-size", type=int, default=128, help="windows per step")
-    parser.add_argument("--optimizers", nargs="+", default=["adam"], help="optimizers searched")
     parser.add_argument("--stateful", action="store_true",
                         help="search and train the tuned side with carried state (trainer.tune/train --stateful), "
                              "trials scored by stream perplexity; the book's 2 x 32 GRU stays as the book trains it")
-    parser.add_argument("--tuner", default="bayesian", help="KerasTuner oracle: hyperband, random or bayesian")
-    parser.add_argument("--trial-minutes", type=float, default=1.5,
-                        help="minutes a trial may train (trainer.tune --trial-minutes): a slow point cannot take "
-                             "the whole search")
     parser.add_argument("--input-dropout", type=float, default=0.1,
                         help="input dropout of the tuned side, trials and winner (trainer.train --input-dropout; "
                              "AWD-LSTM's embedding dropout 0.1)")
@@ -116,11 +102,63 @@ def build_parser() -> argparse.ArgumentParser:
                              "--validation-freq; a validation costs about 40 %% of an epoch's steps here); trials "
                              "validate every epoch")
     parser.add_argument("--warmup-steps", type=int, default=100, help="warm-up steps of the cosine schedule")
-    parser.add_argument("--start-with", nargs="*", default=[str(p) for p in START_POINTS], metavar="JSON",
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
+                                     epilog=cli.examples_from(__doc__))
+    parser.add_argument("--budget-min", type=float, default=20.0, help="minutes for search plus final training")
+    parser.add_argument("--search-fraction", type=float, default=0.4,
+                        help="share of the budget for the search; the rest trains the winner")
+    parser.add_argument("--max-layers", type=int, default=3, help="most recurrent layers searched")
+    parser.add_argument("--min-hiddens", type=int, default=64, help="narrowest layer searched")
+    parser.add_argument("--max-hiddens", type=int, default=256,
+                        help="bench.tune's 3 × 256 GRU ran 42 epochs in 722 s here; 3 × 512 is 4× the work")
+    parser.add_argument("--max-epochs", type=int, default=40, help="epochs of the longest trial")
+    parser.add_argument("--early-stopping", type=int, default=4, help="end a trial after this many epochs without improvement")
+    parser.add_argument("--optimizers", nargs="+", default=["adam"], help="optimizers searched")
+    parser.add_argument("--tuner", default="bayesian", help="KerasTuner oracle: hyperband, random or bayesian")
+    parser.add_argument("--trial-minutes", type=float, default=1.5,
+                        help="minutes a trial may train (trainer.tune --trial-minutes): a slow point cannot take "
+                             "the whole search")
+    add_recipe_arguments(parser)
+    parser.add_argument("--start-with", nargs="*", default=[str(START_POINT)], metavar="JSON",
                         help="points the search tries first, in order (trainer.tune --start-with); default: "
-                             "bench/tune_start_wide.json and bench/tune_start.json, the best points earlier runs of "
-                             "this bench found; none: the oracle's points only")
+                             "bench/tune_start.json, the best point earlier runs of this bench found; none: the "
+                             "oracle's points only")
     return parser
+
+
+def recipe(args) -> tuple:
+    """(base TrainConfig of the trials, the trials' lr schedule, the winner's schedule) from the recipe flags,
+    checked by TrainConfig before any work: a bad value exits 2 in one line."""
+    from trainer.config import TrainConfig
+
+    cosine = {"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
+    plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
+    trial_schedule = cosine if args.trial_schedule == "cosine" else plateau
+    final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau), "validation_freq": args.validation_freq}
+    try:
+        base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
+                           ema=args.ema, input_dropout=args.input_dropout, mixed_precision=args.mixed_precision,
+                           **trial_schedule)
+        base.replace(**final_schedule)  # the winner's settings too
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return base, trial_schedule, final_schedule
+
+
+def prepare_data(work: str, args) -> tuple:
+    """The Time Machine, holdout split, windows every --stride tokens, under work/data; returns (data dir,
+    preprocessing config, steps per epoch: as many windows as one pass without overlap holds)."""
+    from trainer.data import load_data_info
+
+    data = os.path.join(work, "data")
+    data_cfg = transform.PreprocessConfig(split="holdout", stride=args.stride)
+    preprocess(["timemachine"], data, data_cfg)
+    info = load_data_info(data)
+    steps_per_epoch = max(1, info.num_train * data_cfg.window_stride // data_cfg.num_steps // args.batch_size)
+    return data, data_cfg, steps_per_epoch
 
 
 def main(argv=None) -> None:
@@ -129,30 +167,14 @@ def main(argv=None) -> None:
     if not 0 < args.search_fraction <= 1:
         parser.error("--search-fraction must be in (0, 1]")
     from trainer.config import TrainConfig
-    from trainer.data import load_data_info
     from trainer.train import train_and_evaluate
     from trainer.tune import HPARAM_KEYS, SHARED_REGULARISERS, SearchSpace, read_start_point, tune
 
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
     start_points = [read_start_point(path, space) for path in args.start_with]  # a bad file: exit 2 before any work
-    cosine = {"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
-    plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
-    trial_schedule = cosine if args.trial_schedule == "cosine" else plateau
-    final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau), "validation_freq": args.validation_freq}
-    try:  # the tuned side's shared settings, checked by TrainConfig before any work
-        base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
-                           ema=args.ema, input_dropout=args.input_dropout, mixed_precision=args.mixed_precision,
-                           **trial_schedule)
-        base.replace(**final_schedule)  # the winner's settings too
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    base, trial_schedule, final_schedule = recipe(args)
     work = tempfile.mkdtemp()
-    data = os.path.join(work, "data")
-    data_cfg = transform.PreprocessConfig(split="holdout", stride=args.stride)
-    preprocess(["timemachine"], data, data_cfg)
-    info = load_data_info(data)
-    # one epoch = as many windows as one pass without overlap holds
-    steps_per_epoch = max(1, info.num_train * data_cfg.window_stride // data_cfg.num_steps // args.batch_size)
+    data, data_cfg, steps_per_epoch = prepare_data(work, args)
     base = base.replace(steps_per_epoch=steps_per_epoch)
     start = time.perf_counter()
     deadline = start + 60 * args.budget_min

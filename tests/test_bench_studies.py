@@ -177,13 +177,14 @@ def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
     assert_user_error(run_cli("bench.tune", "--ema", "1"), "ema must be in [0, 1)")
     assert_user_error(run_cli("bench.tune", "--input-dropout", "-0.1"), "input_dropout must be in [0, 1)")
     assert_user_error(run_cli("bench.tune", "--validation-freq", "0"), "validation_freq must be >= 1")
-    # the committed start points lie inside bench.tune's default space, and the default tries them all
-    from bench.tune import START_POINTS, build_parser
+    # the committed start points (bench.tune's and the wider one bench.tune_points trains) lie inside
+    # bench.tune's default space
+    from bench.tune import START_POINT, build_parser
+    from bench.tune_points import WIDE_POINT
     from trainer.tune import SearchSpace, read_start_point
 
     args = build_parser().parse_args([])
-    assert args.start_with == [str(p) for p in START_POINTS] and len(START_POINTS) == 2
-    for path in START_POINTS:
+    for path in (START_POINT, WIDE_POINT):
         read_start_point(str(path), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
                                                 optimizers=tuple(args.optimizers)))
 
