@@ -224,7 +224,7 @@ def render(results: dict) -> str:
                   f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)"]
         lines += tune_ceiling_staleness(r, results.get("tune")) + [""]
     if "tune_points" in results:
-        lines += render_tune_points(results["tune_points"])
+        lines += render_tune_points(results["tune_points"], results.get("tune"))
     if "shakespeare" in results:
         lines += render_shakespeare(results["shakespeare"])
     if "cells" in results:
@@ -321,8 +321,9 @@ def render_time_breakdown(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def render_tune_points(r: dict) -> list[str]:
-    """The bench.tune_points section: each point trained as bench.tune's winner is, for the same time."""
+def render_tune_points(r: dict, tune: dict | None = None) -> list[str]:
+    """The bench.tune_points section: each point trained as bench.tune's winner is, for the same time, beside
+    the stream perplexity bench.tune's 25 % target asks for (from its last run's baseline)."""
     rec = r["recipe"]
     lines = ["## Points trained as bench.tune's winner is (`python -m bench.tune_points`)",
              f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; each point trained for "
@@ -337,6 +338,13 @@ def render_tune_points(r: dict) -> list[str]:
                      f"{_f(p.get('weight_drop', 0.0), 1)} | {p['lr']:.3g} | {run['num_params']:,.0f} | "
                      f"{run['epochs']:.0f} | {run['best_epoch']:.0f} | {_f(run['train_ppl'])} | "
                      f"{_f(run['best_val_ppl'])} | {_f(run['best_val_stream_ppl'])} |")
+    baseline = ((tune or {}).get("baseline_2x32_gru") or {}).get("best_val_stream_ppl")
+    if baseline:
+        best = min(r["runs"], key=lambda run: run["best_val_stream_ppl"])
+        lines += ["", f"bench.tune's last run trained the book's 2 × 32 GRU to {_f(baseline)} on the stream: its 25 % "
+                  f"target is {_f(0.75 * baseline)}; the best point here, {best['point']['num_layers']} × "
+                  f"{best['point']['num_hiddens']} {best['point']['cell'].upper()}, is "
+                  f"{_f(100 * (1 - best['best_val_stream_ppl'] / baseline), 1)} % below it."]
     return lines + [""]
 
 

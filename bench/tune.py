@@ -88,10 +88,6 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="activation regularisation of the tuned side (trials and winner; AWD-LSTM's 2)")
     parser.add_argument("--tar", type=float, default=1.0,
                         help="temporal activation regularisation of the tuned side (AWD-LSTM's 1)")
-    parser.add_argument("--trial-schedule", choices=("cosine", "plateau"), default="cosine",
-                        help="each trial's lr: warm-up then cosine decay to lr / 10 at its --trial-minutes limit "
-                             "(trainer.tune --lr-schedule warmup_cosine, as the winner anneals by the deadline), "
-                             "or halving on plateaus (--reduce-lr-patience)")
     parser.add_argument("--ema", type=float, default=0.998,
                         help="weight averaging of the tuned side, trials and winner (trainer.train --ema; 0: off)")
     parser.add_argument("--final-schedule", choices=("cosine", "plateau"), default="cosine",
@@ -121,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trial-minutes", type=float, default=1.5,
                         help="minutes a trial may train (trainer.tune --trial-minutes): a slow point cannot take "
                              "the whole search")
+    parser.add_argument("--trial-schedule", choices=("cosine", "plateau"), default="cosine",
+                        help="each trial's lr: warm-up then cosine decay to lr / 10 at its --trial-minutes limit "
+                             "(trainer.tune --lr-schedule warmup_cosine, as the winner anneals by the deadline), "
+                             "or halving on plateaus (--reduce-lr-patience)")
     add_recipe_arguments(parser)
     parser.add_argument("--start-with", nargs="*", default=[str(START_POINT)], metavar="JSON",
                         help="points the search tries first, in order (trainer.tune --start-with); default: "
@@ -136,7 +136,8 @@ def recipe(args) -> tuple:
 
     cosine = {"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
     plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
-    trial_schedule = cosine if args.trial_schedule == "cosine" else plateau
+    # bench.tune_points trains no trials and has no --trial-schedule
+    trial_schedule = plateau if getattr(args, "trial_schedule", "cosine") == "plateau" else cosine
     final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau), "validation_freq": args.validation_freq}
     try:
         base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,

@@ -51,4 +51,8 @@ def test_a_run_trains_each_point_with_bench_tunes_recipe_and_renders(tmp_path, s
         assert run["point"]["weight_drop"] == 0.2 and run["epochs"] >= 1
         assert run["best_val_stream_ppl"] < 28 and run["wall_s"] < 60  # better than uniform over the 28 tokens
     section = "\n".join(render_tune_points(result))
-    assert "| 1 × 8 GRU | 0.0 | 0.2 | 0.01 |" in section
+    assert "| 1 × 8 GRU | 0.0 | 0.2 | 0.01 |" in section and "25 % target" not in section
+    best = min(run["best_val_stream_ppl"] for run in result["runs"])
+    section = "\n".join(render_tune_points(result, {"baseline_2x32_gru": {"best_val_stream_ppl": 40.0}}))
+    assert f"its 25 % target is 30.00; the best point here, 1 × 8 GRU, is {100 * (1 - best / 40):.1f} % below it" \
+        in section
