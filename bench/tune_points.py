@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=12.0,
                         help="wall-clock minutes of each run (bench.tune: budget × (1 - search fraction))")
     parser.add_argument("--set", type=parse_setting, nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override a key of every point, e.g. dropout=0.4")
+                        help="override a key of every point, e.g. dropout=0.4 (default: none)")
     add_recipe_arguments(parser)
     return parser
 
