@@ -129,24 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def recipe(args) -> tuple:
-    """(base TrainConfig of the trials, the trials' lr schedule, the winner's schedule) from the recipe flags,
-    checked by TrainConfig before any work: a bad value exits 2 in one line."""
+def recipe(args, trial_schedule: str = "cosine") -> tuple:
+    """(base TrainConfig of the trials, the trials' lr schedule, the winner's schedule) from the recipe flags and
+    bench.tune's --trial-schedule, checked by TrainConfig before any work: a bad value exits 2 in one line."""
     from trainer.config import TrainConfig
 
     cosine = {"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
     plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
-    # bench.tune_points trains no trials and has no --trial-schedule
-    trial_schedule = plateau if getattr(args, "trial_schedule", "cosine") == "plateau" else cosine
+    trials = cosine if trial_schedule == "cosine" else plateau
     final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau), "validation_freq": args.validation_freq}
     try:
         base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
                            ema=args.ema, input_dropout=args.input_dropout, mixed_precision=args.mixed_precision,
-                           **trial_schedule)
+                           **trials)
         base.replace(**final_schedule)  # the winner's settings too
     except ValueError as err:
         raise UserError(str(err)) from None
-    return base, trial_schedule, final_schedule
+    return base, trials, final_schedule
 
 
 def prepare_data(work: str, args) -> tuple:
@@ -173,7 +172,7 @@ def main(argv=None) -> None:
 
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
     start_points = [read_start_point(path, space) for path in args.start_with]  # a bad file: exit 2 before any work
-    base, trial_schedule, final_schedule = recipe(args)
+    base, trial_schedule, final_schedule = recipe(args, args.trial_schedule)
     work = tempfile.mkdtemp()
     data, data_cfg, steps_per_epoch = prepare_data(work, args)
     base = base.replace(steps_per_epoch=steps_per_epoch)
