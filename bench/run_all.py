@@ -345,6 +345,12 @@ def render_tune_points(r: dict, tune: dict | None = None) -> list[str]:
                   f"target is {_f(0.75 * baseline)}; the best point here, {best['point']['num_layers']} × "
                   f"{best['point']['num_hiddens']} {best['point']['cell'].upper()}, is "
                   f"{_f(100 * (1 - best['best_val_stream_ppl'] / baseline), 1)} % below it."]
+    ensemble = r.get("ensemble")
+    if ensemble:
+        below = f" ({_f(100 * (1 - ensemble['stream_ppl'] / baseline), 1)} % below the book's GRU)" if baseline else ""
+        lines += ["", f"All {ensemble['members']} points as one ensemble (their next-token probabilities averaged; "
+                  f"{_f(ensemble['members'] * r['minutes'], 0)} minutes of training in all): "
+                  f"**{_f(ensemble['stream_ppl'])}** on the stream{below}."]
     return lines + [""]
 
 

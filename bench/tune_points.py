@@ -9,7 +9,8 @@ same recipe flags (bench.tune's own: stride, batch, AR/TAR, input dropout, weigh
 validation frequency, stateful, mixed precision), what does each point reach? Each point is a
 best_hparams.json-style file; --set KEY=VALUE overrides a key of every point. One run after the other in one
 process; JSON in bench/results/tune_points.json with each run's best window and stream perplexity, its
-epochs, best epoch and training perplexity.
+epochs, best epoch and training perplexity. With two points or more it also scores their ensemble (the models'
+next-token probabilities averaged) on the same stream: how far more models, rather than a better one, go.
 """
 from __future__ import annotations
 
@@ -74,6 +75,33 @@ def read_points(paths: list[str], overrides: dict) -> list[dict]:
     return points
 
 
+def ensemble_perplexity(token_losses: list) -> float:
+    """Perplexity of the models' averaged next-token probabilities: per token, -log of the mean over the models
+    of exp(-loss), from each model's per-token losses in nats ([models] arrays over the same tokens)."""
+    import math
+
+    import numpy as np
+
+    losses = np.stack([np.asarray(t, np.float64) for t in token_losses])    # [M, N]
+    mixed = math.log(len(losses)) - np.logaddexp.reduce(-losses, axis=0)    # [N]
+    return math.exp(mixed.mean())
+
+
+def stream_token_losses(model_dir: str, data_dir: str):
+    """A trained run's (its saved best model's) per-token losses over the validation streams, the state carried
+    across each stream as training's stream validation does: [tokens] nats, the streams one after the other."""
+    import numpy as np
+
+    from serving.export import load_trained
+    from trainer.config import ModelConfig
+    from trainer.data import load_data_info, split_streams
+    from trainer.stateful import StreamScorer, carried_network
+
+    model, _, run_config = load_trained(model_dir)
+    scorer = StreamScorer(carried_network(ModelConfig(**run_config["model"]), weights_from=model))
+    return np.concatenate(scorer.token_losses(split_streams(load_data_info(data_dir), "valid")))
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if not 0 < args.minutes < 10_000:
@@ -92,13 +120,22 @@ def main(argv=None) -> None:
         runs.append({"point": point,
                      **{k: float(result[k]) for k in ("best_val_ppl", "best_val_stream_ppl", "epochs", "best_epoch",
                                                       "train_ppl", "wall_s", "num_params")}})
+    ensemble = None
+    if len(runs) >= 2:
+        import math
+
+        losses = [stream_token_losses(os.path.join(work, f"run_{i}"), data) for i in range(len(runs))]
+        ensemble = {"members": len(runs), "member_stream_ppl": [math.exp(t.mean()) for t in losses],
+                    "stream_ppl": ensemble_perplexity(losses)}
     emit("tune_points", {
         "data": f"timemachine, holdout split, num_steps {data_cfg.num_steps}, windows every {data_cfg.window_stride} "
                 f"tokens",
         "minutes": args.minutes, "steps_per_epoch": steps_per_epoch,
         "recipe": {k: getattr(base, k) for k in ("batch_size", "stateful", "mixed_precision", "input_dropout", "ar",
                                                  "tar", "ema")} | final_schedule,
-        "runs": runs})
+        "runs": runs,
+        # every point's saved model, next-token probabilities averaged, on the validation stream
+        "ensemble": ensemble})
 
 
 if __name__ == "__main__":

@@ -108,6 +108,15 @@ def test_stream_scorer_chunks_do_not_change_the_result():
     np.testing.assert_allclose([x for x, _ in chunked], [x for x, _ in whole], rtol=1e-5)
     alone = StreamScorer(core, chunk=16).losses(streams[1:])          # padding rows change nothing
     np.testing.assert_allclose(alone[0][0], whole[1][0], rtol=1e-5)
+    # per token (what an ensemble averages): token i + 1's loss given tokens 0..i, as one run of the stream gives it
+    per_token = StreamScorer(core, chunk=7).token_losses(streams)
+    assert [len(t) for t in per_token] == [100, 36]
+    for stream, losses in zip(streams, per_token):
+        zeros = [np.zeros((1, int(spec.shape[-1])), np.float32) for spec in core.inputs[1:]]
+        logits = np.asarray(core([np.asarray(stream[None, :-1], np.int32), *zeros])[0])[0]   # [T, V]
+        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        np.testing.assert_allclose(losses, -log_probs[np.arange(len(stream) - 1), stream[1:]], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("form", ["fused", "stacked", "layers"])

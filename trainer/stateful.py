@@ -110,12 +110,13 @@ class StreamScorer:
         def run(ids, targets, mask, states):
             outputs = core([ids, *states], training=False)
             losses = token_cross_entropy(targets, outputs[0]) * mask                 # [S, C]
-            return tf.reduce_sum(losses, axis=1), [tf.cast(s, tf.float32) for s in outputs[1:]]
+            return losses, [tf.cast(s, tf.float32) for s in outputs[1:]]
 
         self._run = run
 
-    def losses(self, streams) -> list[tuple[float, int]]:
-        """[(sum of per-token cross-entropy in nats, tokens predicted)] for each stream (≥ 2 tokens each)."""
+    def token_losses(self, streams) -> list[np.ndarray]:
+        """Each stream's per-token cross-entropy in nats, [len(stream) - 1] (≥ 2 tokens a stream): what an
+        ensemble averages (bench.tune_points) and `losses` sums."""
         streams = [np.asarray(s, np.int32) for s in streams]
         if not streams:
             return []
@@ -126,12 +127,17 @@ class StreamScorer:
             padded[row, :len(stream)] = stream
             mask[row, :len(stream) - 1] = 1.0
         states = [tf.zeros((len(streams), int(spec.shape[-1]))) for spec in self.core.inputs[1:]]
-        totals = np.zeros(len(streams), np.float64)
+        chunks = []
         for start in range(0, longest - 1, self.chunk):
             end = min(start + self.chunk, longest - 1)
-            sums, states = self._run(padded[:, start:end], padded[:, start + 1:end + 1], mask[:, start:end], states)
-            totals += sums.numpy()
-        return [(float(total), len(s) - 1) for total, s in zip(totals, streams)]
+            losses, states = self._run(padded[:, start:end], padded[:, start + 1:end + 1], mask[:, start:end], states)
+            chunks.append(losses.numpy())                                        # [S, C]
+        every = np.concatenate(chunks, axis=1)                                   # [S, longest - 1]
+        return [every[row, :len(s) - 1].astype(np.float64) for row, s in enumerate(streams)]
+
+    def losses(self, streams) -> list[tuple[float, int]]:
+        """[(sum of per-token cross-entropy in nats, tokens predicted)] for each stream (≥ 2 tokens each)."""
+        return [(float(losses.sum()), len(losses)) for losses in self.token_losses(streams)]
 
     def perplexity(self, streams) -> float:
         """Perplexity over all the streams' predicted tokens together."""
