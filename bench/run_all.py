@@ -348,7 +348,7 @@ def render_tune_points(r: dict, tune: dict | None = None) -> list[str]:
     ensemble = r.get("ensemble")
     if ensemble:
         below = f" ({_f(100 * (1 - ensemble['stream_ppl'] / baseline), 1)} % below the book's GRU)" if baseline else ""
-        lines += ["", f"All {ensemble['members']} points as one ensemble (their next-token probabilities averaged; "
+        lines += ["", f"The {ensemble['members']} points as one ensemble (their next-token probabilities averaged; "
                   f"{_f(ensemble['members'] * r['minutes'], 0)} minutes of training in all): "
                   f"**{_f(ensemble['stream_ppl'])}** on the stream{below}."]
     return lines + [""]

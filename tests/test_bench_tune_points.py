@@ -72,7 +72,7 @@ def test_a_run_trains_each_point_with_bench_tunes_recipe_and_renders(tmp_path, s
     assert ensemble["stream_ppl"] <= math.exp(np.mean(np.log(ensemble["member_stream_ppl"]))) + 1e-9  # Jensen
     section = "\n".join(render_tune_points(result))
     assert "| 1 × 8 GRU | 0.0 | 0.2 | 0.01 |" in section and "25 % target" not in section
-    assert "All 2 points as one ensemble" in section and f"**{ensemble['stream_ppl']:.2f}** on the stream." in section
+    assert "The 2 points as one ensemble" in section and f"**{ensemble['stream_ppl']:.2f}** on the stream." in section
     best = min(run["best_val_stream_ppl"] for run in result["runs"])
     section = "\n".join(render_tune_points(result, {"baseline_2x32_gru": {"best_val_stream_ppl": 40.0}}))
     assert f"its 25 % target is 30.00; the best point here, 1 × 8 GRU, is {100 * (1 - best / 40):.1f} % below it" \
