@@ -114,12 +114,9 @@ class StreamScorer:
 
         self._run = run
 
-    def token_losses(self, streams) -> list[np.ndarray]:
-        """Each stream's per-token cross-entropy in nats, [len(stream) - 1] (≥ 2 tokens a stream): what an
-        ensemble averages (bench.tune_points) and `losses` sums."""
-        streams = [np.asarray(s, np.int32) for s in streams]
-        if not streams:
-            return []
+    def _chunk_losses(self, streams):
+        """Yields the streams' per-token losses chunk by chunk, [S, C] nats (zero past a stream's end), the state
+        carried from chunk to chunk."""
         longest = max(len(s) for s in streams)
         padded = np.zeros((len(streams), longest), np.int32)
         mask = np.zeros((len(streams), longest - 1), np.float32)
@@ -127,17 +124,29 @@ class StreamScorer:
             padded[row, :len(stream)] = stream
             mask[row, :len(stream) - 1] = 1.0
         states = [tf.zeros((len(streams), int(spec.shape[-1]))) for spec in self.core.inputs[1:]]
-        chunks = []
         for start in range(0, longest - 1, self.chunk):
             end = min(start + self.chunk, longest - 1)
             losses, states = self._run(padded[:, start:end], padded[:, start + 1:end + 1], mask[:, start:end], states)
-            chunks.append(losses.numpy())                                        # [S, C]
-        every = np.concatenate(chunks, axis=1)                                   # [S, longest - 1]
+            yield losses.numpy()
+
+    def token_losses(self, streams) -> list[np.ndarray]:
+        """Each stream's per-token cross-entropy in nats, [len(stream) - 1] (≥ 2 tokens a stream): what an
+        ensemble averages (bench.tune_points). Holds every token's loss; `losses` keeps only the sums."""
+        streams = [np.asarray(s, np.int32) for s in streams]
+        if not streams:
+            return []
+        every = np.concatenate(list(self._chunk_losses(streams)), axis=1)       # [S, longest - 1]
         return [every[row, :len(s) - 1].astype(np.float64) for row, s in enumerate(streams)]
 
     def losses(self, streams) -> list[tuple[float, int]]:
         """[(sum of per-token cross-entropy in nats, tokens predicted)] for each stream (≥ 2 tokens each)."""
-        return [(float(losses.sum()), len(losses)) for losses in self.token_losses(streams)]
+        streams = [np.asarray(s, np.int32) for s in streams]
+        if not streams:
+            return []
+        totals = np.zeros(len(streams), np.float64)
+        for chunk in self._chunk_losses(streams):
+            totals += chunk.sum(axis=1, dtype=np.float64)
+        return [(float(total), len(s) - 1) for total, s in zip(totals, streams)]
 
     def perplexity(self, streams) -> float:
         """Perplexity over all the streams' predicted tokens together."""
