@@ -111,10 +111,24 @@ def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: in
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(200_000, seed=seed, reshuffle_each_iteration=True)
-    options = tf.data.Options()  # multi-worker: shard batches, not files (a split may be one file)
+    ds = ds.batch(batch_size).map(split).prefetch(PREFETCH_BATCHES)
+    return ds.with_options(pipeline_options())
+
+
+# Batches tf.data prepares ahead of the step that reads them (parsing one is a small fraction of a step).
+PREFETCH_BATCHES = 2
+
+
+def pipeline_options() -> tf.data.Options:
+    """Options of every training and validation pipeline. Multi-worker runs shard batches, not files (a split may
+    be one file). tf.data's autotuner is off: its background tuning competes for a small machine's cores with the
+    step it should feed and has nothing to tune here (cached windows, one parse per batch, fixed prefetch).
+    Measured on the book's run (2 cores, Intel Xeon, same process): a validation pass 82 ms with it off against
+    116 ms on, and training steps without the on runs' 37 ms outliers (median 29.5 against 30.4 ms)."""
+    options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    ds = ds.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(options)
+    options.autotune.enabled = False
+    return options
 
 
 # ---- token streams: stateful training (truncated BPTT) and full-context evaluation ----
@@ -193,6 +207,4 @@ def make_stateful_dataset(info: DataInfo, batch_size: int) -> tuple[tf.data.Data
     rows = ({"ids": ids.reshape(count * batch_size, -1), "reset": reset_rows.reshape(-1)},
             targets.reshape(count * batch_size, -1))
     ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size, drop_remainder=True)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options), count
+    return ds.prefetch(PREFETCH_BATCHES).with_options(pipeline_options()), count
