@@ -35,8 +35,6 @@ def test_set_overrides_every_point_and_reads_json_values(tmp_path):
 
 
 def test_an_ensemble_averages_the_models_probabilities_not_their_losses():
-    import math
-
     from bench.tune_points import ensemble_perplexity
 
     # token 1: p = 0.5 and 0.25, token 2: p = 0.25 and 0.5 → the mixture gives 0.375 to both: perplexity 1 / 0.375

@@ -114,8 +114,8 @@ def test_stream_scorer_chunks_do_not_change_the_result():
     for stream, losses in zip(streams, per_token):
         zeros = [np.zeros((1, int(spec.shape[-1])), np.float32) for spec in core.inputs[1:]]
         logits = np.asarray(core([np.asarray(stream[None, :-1], np.int32), *zeros])[0])[0]   # [T, V]
-        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-            - logits.max(-1, keepdims=True)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))                     # log-softmax
         np.testing.assert_allclose(losses, -log_probs[np.arange(len(stream) - 1), stream[1:]], rtol=1e-4, atol=1e-5)
 
 
