@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 
@@ -78,8 +79,6 @@ def read_points(paths: list[str], overrides: dict) -> list[dict]:
 def ensemble_perplexity(token_losses: list) -> float:
     """Perplexity of the models' averaged next-token probabilities: per token, -log of the mean over the models
     of exp(-loss), from each model's per-token losses in nats ([models] arrays over the same tokens)."""
-    import math
-
     import numpy as np
 
     losses = np.stack([np.asarray(t, np.float64) for t in token_losses])    # [M, N]
@@ -87,19 +86,18 @@ def ensemble_perplexity(token_losses: list) -> float:
     return math.exp(mixed.mean())
 
 
-def stream_token_losses(model_dir: str, data_dir: str):
-    """A trained run's (its saved best model's) per-token losses over the validation streams, the state carried
+def stream_token_losses(model_dir: str, streams: list):
+    """A trained run's (its saved best model's) per-token losses over the given token streams, the state carried
     across each stream as training's stream validation does: [tokens] nats, the streams one after the other."""
     import numpy as np
 
     from serving.export import load_trained
     from trainer.config import ModelConfig
-    from trainer.data import load_data_info, split_streams
     from trainer.stateful import StreamScorer, carried_network
 
     model, _, run_config = load_trained(model_dir)
     scorer = StreamScorer(carried_network(ModelConfig(**run_config["model"]), weights_from=model))
-    return np.concatenate(scorer.token_losses(split_streams(load_data_info(data_dir), "valid")))
+    return np.concatenate(scorer.token_losses(streams))
 
 
 def main(argv=None) -> None:
@@ -122,9 +120,10 @@ def main(argv=None) -> None:
                                                       "train_ppl", "wall_s", "num_params")}})
     ensemble = None
     if len(runs) >= 2:
-        import math
+        from trainer.data import load_data_info, split_streams
 
-        losses = [stream_token_losses(os.path.join(work, f"run_{i}"), data) for i in range(len(runs))]
+        streams = split_streams(load_data_info(data), "valid")  # read once, scored by every model
+        losses = [stream_token_losses(os.path.join(work, f"run_{i}"), streams) for i in range(len(runs))]
         ensemble = {"members": len(runs), "member_stream_ppl": [math.exp(t.mean()) for t in losses],
                     "stream_ppl": ensemble_perplexity(losses)}
     emit("tune_points", {
