@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +56,29 @@ def train_process(data_dir: str, model_dir: str, *flags: str) -> dict:
     with open(os.path.join(model_dir, "history.csv")) as f:
         history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
     return {**metrics, "process_wall_s": wall, "history": history}
+
+
+GATES = {"gru": 3, "lstm": 4, "rnn": 1, "scratch": 1}
+
+
+def training_flops_per_token(cell: str, num_layers: int, num_hiddens: int, vocab_size: int) -> float:
+    """Flops of the matrix products per trained token: recurrent products of every layer, input products of
+    layers 2..L (the first layer's one-hot input is a row lookup), the logits; ×2 per multiply-add, ×3 for
+    forward plus backward."""
+    g = GATES[cell] * num_hiddens
+    macs = num_layers * num_hiddens * g + (num_layers - 1) * num_hiddens * g + num_hiddens * vocab_size
+    return 6.0 * macs
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 5.0) -> float:
+    """This CPU's dense float32 matmul rate through TensorFlow (all cores): what no RNN kernel here can beat."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    matmul(a, b).numpy()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        matmul(a, b).numpy()
+        reps += 1
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - start) / 1e9

@@ -10,6 +10,9 @@ on a GPU the `layers` form is the cuDNN one (the row records whether CudnnRNN op
 (speed does not depend on the text), Adam; a few warm-up steps, then timed `train_on_batch` steps in blocks: a
 row's speed is its fastest block (noise on a shared machine only ever slows a step down, and single 10-step timings
 moved by 10–30 % between runs here, enough to flip `auto`'s choice).
+Each row also records its matrix products' FLOPs per trained token and this CPU's dense float32 matmul rate
+through TensorFlow (measured once per run, before the rows): their quotient is the fastest any float32 form could
+train that size here, the ceiling the report sets beside the float32 rows.
 A size is LAYERSxHIDDENS, optionally @BATCHxSTEPS (default: --batch × --num-steps).
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import time
 
 from pipeline import cli
-from bench.common import ROOT, emit
+from bench.common import ROOT, emit, matmul_gflops, training_flops_per_token
 
 FORMS = ("stacked", "layers", "fused", "native")
 
@@ -81,6 +84,7 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
             "gpu": tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None,
             "precision": "mixed" if mixed_precision else "float32",
             "params": int(model.count_params()),
+            "train_flops_per_token": training_flops_per_token(cell, layers, hiddens, vocab),
             "train_tokens_per_s": steps * batch * num_steps / seconds, "ms_per_step": 1e3 * seconds / steps,
             "first_step_s": first_step_s, "ms_per_step_blocks": [1e3 * s / steps for s in block_seconds],
             "cudnn": any("CudnnRNN" in t for t in types), "native_ops": native_ops,
@@ -138,6 +142,7 @@ def main() -> None:
 
     gpus = tf.config.list_physical_devices("GPU")
     sizes = args.sizes or (["2x256", "3x1024"] if gpus else ["2x32@1024x32", "2x256", "3x512"])
+    f32_gflops = None if gpus else matmul_gflops()  # before the rows, on a quiet machine
     rows = []
     for size in sizes:
         layers, hiddens, batch, num_steps = parse_size(size, args.batch, args.num_steps)
@@ -155,7 +160,7 @@ def main() -> None:
                         print(f"bench.forms: {cell} {size} {form} failed: {proc.stderr.strip()[-500:]}",
                               file=sys.stderr)
                         continue
-                    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "matmul_gflops_f32": f32_gflops})
                     print(rows[-1], flush=True)
     emit("forms", {"device": "GPU" if gpus else "CPU", "mixed_precision": args.mixed_precision,
                    "vocab": args.vocab, "steps": args.steps, "blocks": args.blocks,

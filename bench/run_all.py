@@ -258,6 +258,7 @@ def render_forms_table(machine: str, rows: list[dict]) -> list[str]:
         stacked_f32 = next((x["train_tokens_per_s"] for x in groups.get((cell, size, batch, "float32"), [])
                             if x["form"] == "stacked"), None)
         auto = pick_form(group)
+        ceiling = float32_ceiling(groups.get((cell, size, batch, "float32"), []))
         for x in group:
             ratio = _f(x["train_tokens_per_s"] / stacked, 2) if stacked else "–"
             ratio_f32 = _f(x["train_tokens_per_s"] / stacked_f32, 2) if stacked_f32 else "–"
@@ -269,11 +270,29 @@ def render_forms_table(machine: str, rows: list[dict]) -> list[str]:
                          f"{_f(x.get('first_step_s', '–'), 1)} | {ratio} | {ratio_f32} | {x['native_ops']} | "
                          f"{x['cudnn']} |")
             if x["form"] == auto and ratio_f32 != "–":
-                summary.append(f"{cell} {size} {precision}: {auto} {ratio_f32}×")
+                bound = f" (float32 ceiling {_f(ceiling, 2)}×)" if ceiling and precision == "float32" else ""
+                summary.append(f"{cell} {size} {precision}: {auto} {ratio_f32}×{bound}")
     if summary:
         lines += ["", "Auto's form against the float32 cell stack (target ≥ 2× at 2 × 256 and 3 × 512): "
                   + "; ".join(summary) + "."]
+    if any("(float32 ceiling" in s for s in summary):
+        lines += ["", "Float32 ceiling: the speed, over the float32 cell stack's, at which the matrix products "
+                  "alone would fill every step (the size's training FLOPs per token at this CPU's dense float32 "
+                  "matmul rate through TensorFlow, 1024 × 1024, measured in the same run), with nothing left for "
+                  "the gates, loss, optimiser or input: no float32 form can pass it. Where it is under 2, the 2× "
+                  "target is out of float32's reach on this CPU and only bfloat16 products (the mixed rows) can "
+                  "meet it."]
     return lines
+
+
+def float32_ceiling(rows: list[dict]) -> float | None:
+    """The fastest any float32 form could train, over the float32 cell stack's measured speed: the matmul
+    rate bench.forms measured (GFLOP/s) over the size's training FLOPs per token. None for rows from before
+    bench.forms recorded both."""
+    stacked = next((x for x in rows if x["form"] == "stacked"), None)
+    if not stacked or not stacked.get("matmul_gflops_f32") or not stacked.get("train_flops_per_token"):
+        return None
+    return stacked["matmul_gflops_f32"] * 1e9 / stacked["train_flops_per_token"] / stacked["train_tokens_per_s"]
 
 
 def describe_schedule(schedule: dict | None, end: str = "the deadline (or the last epoch)") -> str:

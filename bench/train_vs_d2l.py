@@ -18,7 +18,7 @@ import time
 
 from pipeline import cli
 from pipeline.cli import UserError
-from bench.common import ROOT, emit, machine, train_process
+from bench.common import ROOT, emit, machine, matmul_gflops, train_process, training_flops_per_token
 from pipeline import transform
 from pipeline.book import BOOK_REFERENCE, book_reference
 from pipeline.preprocess import preprocess
@@ -71,35 +71,6 @@ def book_config(epochs: int) -> dict:
     return cfg, os.path.join(data_dir, "data"), os.path.join(data_dir, "model")
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    import tensorflow as tf
-
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn().numpy()
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-def lstm_flops_per_token(vocab: int, layers: int, hidden: int) -> float:
-    """Training FLOPs per token (forward × 3): gates 2·(d_in + h)·4h per layer (one-hot input is a gather)."""
-    forward = 2 * hidden * 4 * hidden  # layer 0: recurrent part only
-    forward += (layers - 1) * 2 * (hidden + hidden) * 4 * hidden
-    forward += 2 * hidden * vocab
-    return 3.0 * forward
-
-
-def gru_flops_per_token(vocab: int, layers: int, hidden: int) -> float:
-    """Training FLOPs per token (forward × 3): gates 2·(d_in + h)·3h per layer (one-hot input is a gather)."""
-    forward = 2 * hidden * 3 * hidden
-    forward += (layers - 1) * 2 * (hidden + hidden) * 3 * hidden
-    forward += 2 * hidden * vocab
-    return 3.0 * forward
-
-
 def shaped_matmul_gflops(m: int, k: int, n: int, count: int = 64, repeats: int = 30) -> float:
     """Best-case matmul rate at the recurrence's own shape ([m × k] · [k × n], independent products, so
     both cores can work at once): an upper bound on what the GRU's matmuls can achieve on this CPU."""
@@ -120,7 +91,7 @@ def shaped_matmul_gflops(m: int, k: int, n: int, count: int = 64, repeats: int =
 
 def roofline(cfg, vocab: int) -> dict:
     """How many tokens/s the matmuls alone allow at the measured rate for the model's shapes."""
-    flops = gru_flops_per_token(vocab, cfg.num_layers, cfg.num_hiddens)
+    flops = training_flops_per_token("gru", cfg.num_layers, cfg.num_hiddens, vocab)
     rate = shaped_matmul_gflops(cfg.batch_size, cfg.num_hiddens, 3 * cfg.num_hiddens)
     return {"train_flops_per_token": flops, "matmul_gflops_at_model_shape": rate,
             "max_tokens_per_s_matmul_bound": rate * 1e9 / flops,
@@ -151,8 +122,8 @@ def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
     float(loss[0] if isinstance(loss, list) else loss)  # wait for the last step
     seconds = time.perf_counter() - start
     tokens_per_s = steps * batch * num_steps / seconds
-    flops = lstm_flops_per_token(info.vocab_size, 3, 512)
-    peak = matmul_peak_gflops()
+    flops = training_flops_per_token("lstm", 3, 512, info.vocab_size)
+    peak = matmul_gflops(n=2048, seconds=2.0)
     return {"model": "3 x 512 LSTM, tinyshakespeare (char, no normalisation)", "vocab_size": info.vocab_size,
             "batch": batch, "num_steps": num_steps, "params": int(model.count_params()),
             "train_tokens_per_s": tokens_per_s, "train_flops_per_token": flops,

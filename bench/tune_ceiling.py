@@ -16,39 +16,12 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 from pipeline import cli
-from bench.common import ROOT, emit
+from bench.common import ROOT, emit, matmul_gflops, training_flops_per_token
 from bench.tune import context_profile
 from pipeline import transform
 from pipeline.preprocess import preprocess
-
-GATES = {"gru": 3, "lstm": 4, "rnn": 1, "scratch": 1}
-
-
-def training_flops_per_token(cell: str, num_layers: int, num_hiddens: int, vocab_size: int) -> float:
-    """Flops of the matrix products per trained token: recurrent products of every layer, input products of
-    layers 2..L (the first layer's one-hot input is a row lookup), the logits; ×2 per multiply-add, ×3 for
-    forward plus backward."""
-    g = GATES[cell] * num_hiddens
-    macs = num_layers * num_hiddens * g + (num_layers - 1) * num_hiddens * g + num_hiddens * vocab_size
-    return 6.0 * macs
-
-
-def matmul_gflops(n: int = 1024, seconds: float = 5.0) -> float:
-    """This CPU's dense float32 matmul rate through TensorFlow (all cores): what no RNN kernel here can beat."""
-    import tensorflow as tf
-
-    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
-    matmul(a, b).numpy()
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        matmul(a, b).numpy()
-        reps += 1
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,

@@ -201,3 +201,19 @@ def test_forms_table_marks_the_rows_whose_bf16_products_ran_on_amx():
     table = "\n".join(render_forms_table("cpu", rows))
     assert "| mixed | **native** (auto), AMX | 250 |" in table
     assert "| mixed | stacked | 100 |" in table and "| mixed | **native** (auto) | 90 |" in table
+
+
+def test_forms_report_sets_the_float32_ceiling_beside_the_float32_rows():
+    """The ceiling is the measured matmul rate over the size's FLOPs per token, against the cell stack's speed;
+    rows from before bench.forms recorded both get none."""
+    from bench.run_all import render_forms_table
+
+    measured = dict(train_flops_per_token=1e9, matmul_gflops_f32=150.0)
+    rows = [{**_form_row("cpu", "stacked", 100.0), **measured}, {**_form_row("cpu", "native", 120.0), **measured},
+            {**_form_row("cpu", "stacked", 100.0, precision="mixed"), **measured},
+            {**_form_row("cpu", "native", 210.0, precision="mixed"), **measured}]
+    table = "\n".join(render_forms_table("cpu", rows))
+    assert "lstm 2x256 float32: native 1.20× (float32 ceiling 1.50×); lstm 2x256 mixed: native 2.10×." in table
+    assert "out of float32's reach" in table
+    old = "\n".join(render_forms_table("cpu", [_form_row("cpu", "stacked", 100.0), _form_row("cpu", "native", 120.0)]))
+    assert "lstm 2x256 float32: native 1.20×." in old and "ceiling" not in old

@@ -1,11 +1,12 @@
-"""bench.tune_ceiling's compute accounting: flops per trained token from the model's own weight matrices."""
+"""The benches' compute accounting (bench.common: tune_ceiling, train_vs_d2l and forms use it): flops per
+trained token from the model's own weight matrices."""
 from __future__ import annotations
 
 import pytest
 
 
 def test_training_flops_per_token_matches_a_hand_count():
-    from bench.tune_ceiling import training_flops_per_token
+    from bench.common import training_flops_per_token
 
     # 3 × 256 GRU, vocab 28: recurrent 3·256·768, inputs of layers 2–3 2·256·768, logits 256·28; ×2 ×3
     assert training_flops_per_token("gru", 3, 256, 28) == 6 * (3 * 256 * 768 + 2 * 256 * 768 + 256 * 28)
@@ -13,7 +14,7 @@ def test_training_flops_per_token_matches_a_hand_count():
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn", "scratch"])
 def test_training_flops_per_token_counts_every_weight_matrix_the_fused_form_multiplies(cell):
-    from bench.tune_ceiling import training_flops_per_token
+    from bench.common import training_flops_per_token
     from trainer.config import ModelConfig
     from trainer.model import build_model, model_cells
 
