@@ -84,6 +84,7 @@ def render(results: dict) -> str:
                       f"{_f(rl['max_tokens_per_s_matmul_bound'], 0)} tokens/s (1.4 M tokens/s needs "
                       f"{_f(rl['gflops_needed_for_1.4M_tokens_per_s'], 1)} GFLOP/s with no time left for the gate "
                       "nonlinearities, loss, optimiser or input).", ""]
+            lines += what_4x_needs(r)
         if "large_model" in r:
             lm = r["large_model"]
             lines += [f"Larger model: {lm['model']}, batch {lm['batch']} × {lm['num_steps']} steps, "
@@ -323,6 +324,31 @@ def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
             + (f"EMA {final['ema']}, " if final.get("ema") else "")
             + f"{final['optimizer']} lr {final['lr']:.3g}); "
             f"`python -m bench.tune_ceiling` measures that one"]
+
+
+def what_4x_needs(r: dict) -> list[str]:
+    """The training rate a 4× wall-time ratio would need, from train_vs_d2l's own figures: the book's wall time
+    / 4, less what this run spent outside training and validation (start, loading TensorFlow, setup, the sample
+    and saving), leaves the seconds in which every training token must go through, with validation, graph
+    build and checkpoints taken as free."""
+    ours, rl = r["book_config"], r.get("roofline")
+    row = next((x for x in r.get("where_time_goes") or [] if x["form"] == ours.get("form")), None)
+    if not row or not rl:
+        return []
+    book_s = (r.get("book_run") or {}).get("process_wall_s") or r["book_reference"]["wall_s"]
+    fixed = row["start_s"] + row["load_tensorflow_s"] + row["setup_s"] + row["finish_s"]
+    left = book_s / 4 - fixed
+    tokens = ours["train_tokens_per_s"] * ours["train_seconds"]
+    if left <= 0:
+        return [f"What 4× needs: our whole run in {_f(book_s / 4, 1)} s, less than its start, loading TensorFlow, "
+                f"setup and the sample and saving alone took here ({_f(fixed, 1)} s).", ""]
+    rate = tokens / left
+    return [f"What 4× needs: our whole run in {_f(book_s / 4, 1)} s (the book's {_f(book_s, 1)} s / 4). Start, "
+            f"loading TensorFlow, setup and the sample and saving took {_f(fixed, 1)} s here, so the "
+            f"{_f(tokens / 1e6, 1)} M training tokens would have to go through in the {_f(left, 1)} s left, with "
+            f"validation, graph build and checkpoints free: {_f(rate / 1e6, 2)} M tokens/s, "
+            f"{_f(rate / row['train_tokens_per_s_steady'], 2)}× this run's steady rate and "
+            f"{_f(100 * rate / rl['max_tokens_per_s_matmul_bound'], 0)} % of the matmul bound above.", ""]
 
 
 def render_time_breakdown(rows: list[dict]) -> list[str]:

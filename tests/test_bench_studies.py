@@ -68,6 +68,26 @@ def test_time_breakdown_table_has_a_row_per_form():
     assert "| fused | 1.5 | 1.5 |" in table and "| 61.0 | 1.52 | 6.20 | 800,000 |" in table
 
 
+def test_what_4x_needs_is_the_training_rate_left_after_the_fixed_costs():
+    """Book 100 s → 25 s for us; 5 s of start, TF, setup and saving leave 20 s for 10 M tokens: 0.5 M tokens/s,
+    twice the steady 0.25 M and half the 1 M matmul bound."""
+    from bench.run_all import what_4x_needs
+
+    row = {"form": "native", "start_s": 1.0, "load_tensorflow_s": 3.0, "setup_s": 0.5, "finish_s": 0.5,
+           "train_tokens_per_s_steady": 2.5e5}
+    r = {"book_config": {"form": "native", "train_tokens_per_s": 1e6, "train_seconds": 10.0},
+         "book_run": {"process_wall_s": 100.0}, "book_reference": {"wall_s": 84},
+         "where_time_goes": [{**row, "form": "stacked", "start_s": 50.0}, row],
+         "roofline": {"max_tokens_per_s_matmul_bound": 1e6}}
+    line = what_4x_needs(r)[0]
+    assert "our whole run in 25.0 s (the book's 100.0 s / 4)" in line and "took 5.0 s here" in line
+    assert "10.0 M training tokens would have to go through in the 20.0 s left" in line
+    assert "0.50 M tokens/s, 2.00× this run's steady rate and 50 % of the matmul bound" in line
+    no_run = what_4x_needs({**r, "book_run": None, "book_reference": {"wall_s": 16}})[0]
+    assert "our whole run in 4.0 s, less than its start" in no_run
+    assert what_4x_needs({**r, "roofline": None}) == []
+
+
 def test_shakespeare_section_shows_the_figure_the_curve_and_the_sample():
     from bench.run_all import render_shakespeare
 
