@@ -213,6 +213,83 @@ def test_lookup_gradient_adds_each_rows_gradient_into_its_ids_row(dtype):
         library.deep_rnn_lookup_grad(tf.constant([0, 1, 2, 9]), tf.zeros([4, 3]), 9)
 
 
+@pytest.mark.parametrize("vocab", [4, 16, 28, 65])
+def test_fused_cross_entropy_equals_the_standard_loss_and_its_gradient(vocab):
+    """DeepRnnSoftmaxCrossEntropy = token_cross_entropy's standard ops, value and gradient, at vocabularies under,
+    at and over one 16-column register; rows 1000 (blocks of 16 and 64 with tails, over the threads)."""
+    from trainer.metrics import token_cross_entropy
+
+    rng = np.random.default_rng(3)
+    logits = tf.constant(rng.normal(size=(10, 100, vocab)) * 4, tf.float32)
+    labels = tf.constant(rng.integers(0, vocab, size=(10, 100)), tf.int32)
+    weights = tf.constant(rng.uniform(size=(10, 100)), tf.float32)  # the upstream gradient differs by token
+    results = {}
+    for fused in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = token_cross_entropy(labels, logits, fused=fused)
+            total = tf.reduce_sum(loss * weights)
+        results[fused] = (loss.numpy(), tape.gradient(total, logits).numpy())
+    assert results[True][0].shape == (10, 100)
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[True][1], results[False][1], rtol=1e-5, atol=1e-6)
+    forward_only = token_cross_entropy(labels, logits, fused=True, gradient=False)
+    np.testing.assert_allclose(forward_only, results[True][0], rtol=0, atol=0)
+
+
+def test_fused_cross_entropy_numbers_and_refusals():
+    """Equal logits: every loss is log V and the gradient 1/V − one_hot; labels outside the vocabulary and
+    differentiating the loss-only op are errors, not silent zeros."""
+    library = native.load()
+    loss, backprop = library.deep_rnn_softmax_cross_entropy(tf.zeros([3, 4]), tf.constant([0, 3, 1]))
+    np.testing.assert_allclose(loss, np.full(3, np.log(4.0)), rtol=1e-6)
+    np.testing.assert_allclose(backprop, np.full((3, 4), 0.25) - np.eye(4)[[0, 3, 1]], atol=1e-7)
+    loss, backprop = library.deep_rnn_softmax_cross_entropy(tf.constant([[1000.0, 0.0]]), tf.constant([1]),
+                                                            gradient=False)
+    np.testing.assert_allclose(loss, [1000.0], rtol=1e-6)  # no overflow: the row's max is taken out first
+    assert backprop.shape == (0, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels\[1\] = 4 is not in \[0, 4\)"):
+        library.deep_rnn_softmax_cross_entropy(tf.zeros([2, 4]), tf.constant([0, 4]))
+    logits = tf.zeros([2, 4])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = native.softmax_cross_entropy(tf.constant([0, 1]), logits, gradient=False)
+    with pytest.raises(ValueError, match="without gradient=True"):
+        tape.gradient(loss, logits)
+
+
+def _train_step_op_types(model, x, y) -> list[str]:
+    """Every op a compiled model's Keras train_step runs (loss, gradients, metrics, optimizer), nested included."""
+    model.train_on_batch(x, y)  # builds the optimizer and metrics first
+    spec = tf.TensorSpec(x.shape, tf.int32)
+    graph = tf.function(model.train_step).get_concrete_function((spec, spec)).graph
+    types = [op.type for op in graph.get_operations()]
+    return types + [op.type for f in graph._functions.values() for op in f.graph.get_operations()]
+
+
+def test_native_form_trains_with_the_fused_loss_and_never_falls_back_silently(monkeypatch):
+    """compile_model gives the native form the kernels' loss op (the loss and both metrics); other forms keep
+    standard ops; without the kernels the loss warns and runs the same maths as standard ops."""
+    from trainer.metrics import token_cross_entropy
+    from trainer.train import compile_model
+
+    cfg = TrainConfig(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 11, (4, 6)).astype("int32"), rng.integers(0, 11, (4, 6)).astype("int32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback warning is a failure here
+        types = _train_step_op_types(compile_model(build_model(ModelConfig(11, num_hiddens=8, form="native")), cfg),
+                                     x, y)
+    assert types.count("DeepRnnSoftmaxCrossEntropy") >= 3 and "OneHot" not in types  # the loss and both metrics
+    stacked = _train_step_op_types(compile_model(build_model(ModelConfig(11, num_hiddens=8, form="stacked")), cfg),
+                                   x, y)
+    assert "DeepRnnSoftmaxCrossEntropy" not in stacked
+    monkeypatch.setattr(native, "available", lambda: (False, "no C++ compiler"))
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        fallback = token_cross_entropy(tf.constant(y), tf.zeros([4, 6, 11]), fused=True)
+    np.testing.assert_allclose(fallback, np.full((4, 6), np.log(11.0)), rtol=1e-6)
+
+
 def test_kernel_rejects_inconsistent_shapes():
     library = native.load()
     with pytest.raises(tf.errors.InvalidArgumentError, match="inconsistent shapes"):

@@ -317,6 +317,8 @@ def model_cells(model: keras.Model) -> list:
 
 
 def model_form(model: keras.Model) -> str:
+    """The form a built model runs (a stateful trainer's CarriedStateModel: its core network's)."""
+    model = getattr(model, "core", model)
     layer = next((l for l in model.layers if l.name == "rnn"), None)
     if isinstance(layer, NativeRNNStack):
         return "native"

@@ -1,7 +1,7 @@
 """The `native` form's kernels: trainer/kernels/rnn_sequence.cc built for this CPU and TensorFlow, and their gradients.
 
 One op runs a whole GRU or LSTM layer over the sequence (forward, and backward in its gradient op), so a
-training step has a few dozen TF ops instead of thousands. Built by `make` (`python -m trainer.native`) with
+training step has a few dozen TF ops instead of thousands; one more computes the loss and its gradient. Built by `make` (`python -m trainer.native`) with
 the flags `tf.sysconfig` gives; the library is keyed by source, TensorFlow version and CPU, so a checkout
 moved to another machine builds its own. Used for training only: exports keep standard ops.
 
@@ -178,6 +178,12 @@ def _register_gradients(library) -> None:
             h0, c0, kernel, h, c, gates, dh, dc, bf16=op.get_attr("bf16"), T=op.get_attr("T"), kernel_grad=fused)
         return dxp, d_input_bias, dh0, dc0, d_kernel if fused else kernel_gradient(op, h0, h, dxp)
 
+    @tf.RegisterGradient("DeepRnnSoftmaxCrossEntropy")
+    def _cross_entropy_grad(op, dloss, _dbackprop):  # the op computed softmax − one_hot with the loss
+        if not op.get_attr("gradient"):
+            raise ValueError("DeepRnnSoftmaxCrossEntropy ran without gradient=True; its loss has no gradient")
+        return dloss[:, None] * op.outputs[1], None
+
 
 # Widest layer whose recurrent kernel gradient the backward op sums itself, step by step while each step's
 # states and gate gradients are in cache (float32 products); wider layers get one large TensorFlow matmul over
@@ -210,6 +216,18 @@ def lookup_rows(table, ids):
         return tf.gather(table, ids), grad
 
     return lookup(table)
+
+
+def softmax_cross_entropy(labels, logits, gradient: bool = True):
+    """labels [..., ] int, logits [..., V] float32 → per-token cross-entropy [...] in one op
+    (DeepRnnSoftmaxCrossEntropy) that, with gradient, also writes the gradient softmax − one_hot for the
+    backward pass; gradient=False (metrics) skips it, and differentiating that op is an error."""
+    import tensorflow as tf
+
+    vocab = tf.shape(logits)[-1]
+    loss, _ = load().deep_rnn_softmax_cross_entropy(tf.reshape(logits, [-1, vocab]),
+                                                     tf.reshape(tf.cast(labels, tf.int32), [-1]), gradient=gradient)
+    return tf.reshape(loss, tf.shape(labels))
 
 
 def project(x, kernel, bf16: bool = False):

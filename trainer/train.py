@@ -210,6 +210,7 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int | None = None):
     import keras
 
     from trainer.metrics import BitsPerToken, Perplexity, TokenCrossEntropy
+    from trainer.model import model_form
     from trainer.optimizers import learning_rate, make_optimizer
 
     if cfg.lr_schedule != "constant" and not steps_per_epoch:
@@ -219,9 +220,11 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int | None = None):
     optimizer = make_optimizer(cfg.optimizer, lr, cfg.clip_norm, cfg.weight_decay, cfg.ema)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
+    fused = model_form(model) == "native"  # the native kernels' loss op beside their recurrences
     model.compile(optimizer=optimizer,
-                  loss=TokenCrossEntropy(),
-                  metrics=[Perplexity(), BitsPerToken()], steps_per_execution=cfg.steps_per_execution)
+                  loss=TokenCrossEntropy(fused=fused),
+                  metrics=[Perplexity(fused=fused), BitsPerToken(fused=fused)],
+                  steps_per_execution=cfg.steps_per_execution)
     return model
 
 

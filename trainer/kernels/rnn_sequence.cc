@@ -6,7 +6,8 @@
 // per-step graph ops. For narrow layers (kernel_grad, trainer/native.py decides) the backward op also sums U's
 // gradient Σ_t h_{t-1}ᵀ d(h_{t-1} U)_t itself, each step while both factors are in cache: at 32–64 units that
 // beats the large matmul, whose [T·B, H] × [T·B, G·H] shape with a short side runs far below the CPU's peak.
-// DeepRnnLookupGrad is the first layer's row lookup's gradient (see there).
+// DeepRnnLookupGrad is the first layer's row lookup's gradient, DeepRnnSoftmaxCrossEntropy the training loss
+// with its gradient (see there).
 // Batch rows are independent through time, so the batch is split across the intra-op threads and each
 // thread runs its rows through the whole sequence without synchronising.
 //
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -892,6 +894,145 @@ class LookupGradOp : public OpKernel {
     if (!kFloat) StoreAs(sums.data(), vocab * columns, out);
   }
 };
+
+// ---------------------------------------------------------------- the loss
+
+// Per-token softmax cross-entropy from logits, and (attribute gradient) its gradient softmax − one_hot, in one
+// pass over each row while it is in cache. TensorFlow's route for the trainer's loss (trainer/metrics.py
+// token_cross_entropy) is a dozen whole-tensor ops each way (max, exp, sum, log, one-hot, product, …) over
+// [B·T, V] logits, each a pass through memory for a character vocabulary of a few dozen columns; its own fused
+// SparseSoftmaxCrossEntropyWithLogits kernel is no faster at these shapes (bench.train_profile times both).
+// The metrics ask for the loss only (gradient = false).
+REGISTER_OP("DeepRnnSoftmaxCrossEntropy")
+    .Attr("gradient: bool = true")          // also compute backprop (the loss's gradient w.r.t. the logits)
+    .Input("logits: float")                 // [N, V]
+    .Input("labels: int32")                 // [N], each in [0, V)
+    .Output("loss: float")                  // [N]: logsumexp(logits) − logits[label]
+    .Output("backprop: float")              // [N, V]: softmax(logits) − one_hot(label); [0, V] without gradient
+    .SetShapeFn([](InferenceContext* c) {
+      bool backprop = true;
+      TF_RETURN_IF_ERROR(c->GetAttr("gradient", &backprop));
+      ShapeHandle logits;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &logits));
+      TF_RETURN_IF_ERROR(CheckRank(c, 1, 1));
+      c->set_output(0, c->Vector(c->Dim(logits, 0)));
+      c->set_output(1, backprop ? logits : c->Matrix(0, c->Dim(logits, 1)));
+      return absl::OkStatus();
+    });
+
+class SoftmaxCrossEntropyOp : public OpKernel {
+ private:
+  bool backprop_ = true;
+
+ public:
+  explicit SoftmaxCrossEntropyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("gradient", &backprop_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &logits = ctx->input(0), &labels = ctx->input(1);
+    OP_REQUIRES(ctx, logits.dims() == 2 && labels.dims() == 1 && labels.dim_size(0) == logits.dim_size(0),
+                absl::InvalidArgumentError(absl::StrCat("expected logits [N, V] and labels [N]; got logits ",
+                                                        logits.shape().DebugString(), ", labels ",
+                                                        labels.shape().DebugString())));
+    const int64_t n = logits.dim_size(0), vocab = logits.dim_size(1);
+    OP_REQUIRES(ctx, vocab > 0 || n == 0, absl::InvalidArgumentError("logits need at least one column"));
+    const int32_t* label = labels.flat<int32_t>().data();
+    for (int64_t i = 0; i < n; ++i)
+      OP_REQUIRES(ctx, label[i] >= 0 && label[i] < vocab,
+                  absl::InvalidArgumentError(absl::StrCat("labels[", i, "] = ", label[i], " is not in [0, ", vocab,
+                                                          ")")));
+    Tensor *loss = nullptr, *backprop = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n}), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({backprop_ ? n : 0, vocab}), &backprop));
+    const float* x = logits.flat<float>().data();
+    float* loss_data = loss->flat<float>().data();
+    float* grad_data = backprop_ ? backprop->flat<float>().data() : nullptr;
+    constexpr int64_t kBlock = 64;  // rows a shard takes at a time
+    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    auto run = [&](int64_t first_block, int64_t end_block) {
+      const int64_t first = first_block * kBlock, end = std::min(n, end_block * kBlock);
+#if defined(__AVX512F__)
+      SoftmaxCrossEntropyRowsAvx512(x, label, vocab, first, end, loss_data, grad_data);
+#else
+      SoftmaxCrossEntropyRows(x, label, vocab, first, end, loss_data, grad_data);
+#endif
+    };
+    tensorflow::Shard(NumRowRanges(ctx, blocks), ctx->device()->tensorflow_cpu_worker_threads()->workers, blocks,
+                      /*cost_per_unit=*/kBlock * vocab * 20, run);
+  }
+
+ private:
+  // Rows [first, end) through Eigen's vectorised maths, blocks of 64 rows at a time (CPUs without AVX-512).
+  static void SoftmaxCrossEntropyRows(const float* x, const int32_t* label, int64_t vocab, int64_t first, int64_t end,
+                                      float* loss, float* grad) {
+    Matrix exps;
+    for (int64_t start = first; start < end; start += 64) {
+      const int64_t rows = std::min<int64_t>(64, end - start);
+      ConstMatrixMap z(x + start * vocab, rows, vocab);
+      const Eigen::VectorXf max = z.rowwise().maxCoeff();
+      exps = (z.colwise() - max).array().exp().matrix();  // [rows, V]
+      const Eigen::VectorXf sums = exps.rowwise().sum();
+      for (int64_t r = 0; r < rows; ++r) loss[start + r] = std::log(sums(r)) + max(r) - z(r, label[start + r]);
+      if (grad != nullptr) {
+        MatrixMap g(grad + start * vocab, rows, vocab);
+        g = (exps.array().colwise() / sums.array()).matrix();
+        for (int64_t r = 0; r < rows; ++r) g(r, label[start + r]) -= 1.0f;
+      }
+    }
+  }
+
+#if defined(__AVX512F__)
+  // The same, a row at a time in 16-column registers (the last one masked), 16 rows' logs in one register:
+  // Eigen's row-wise reductions over a few dozen columns, and a scalar log per row, cost more than the exps.
+  static void SoftmaxCrossEntropyRowsAvx512(const float* x, const int32_t* label, int64_t vocab, int64_t first,
+                                            int64_t end, float* loss, float* grad) {
+    using Eigen::internal::pexp;
+    using Eigen::internal::plog;
+    const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    alignas(64) float max[16], sum[16];
+    for (int64_t start = first; start < end; start += 16) {
+      const int64_t rows = std::min<int64_t>(16, end - start);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* z = x + (start + r) * vocab;
+        __m512 m = lowest;
+        for (int64_t c = 0; c < vocab; c += 16) {
+          const __mmask16 lanes = ColumnMask(vocab - c);
+          m = _mm512_max_ps(m, _mm512_mask_loadu_ps(lowest, lanes, z + c));
+        }
+        max[r] = _mm512_reduce_max_ps(m);
+        const __m512 shift = _mm512_set1_ps(max[r]);
+        __m512 s = _mm512_setzero_ps();
+        float* g = grad == nullptr ? nullptr : grad + (start + r) * vocab;
+        for (int64_t c = 0; c < vocab; c += 16) {
+          const __mmask16 lanes = ColumnMask(vocab - c);
+          const __m512 e = _mm512_maskz_mov_ps(lanes, pexp(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, z + c), shift)));
+          s = _mm512_add_ps(s, e);
+          if (g != nullptr) _mm512_mask_storeu_ps(g + c, lanes, e);
+        }
+        sum[r] = _mm512_reduce_add_ps(s);
+        if (g != nullptr) {
+          const __m512 inverse = _mm512_set1_ps(1.0f / sum[r]);
+          for (int64_t c = 0; c < vocab; c += 16) {
+            const __mmask16 lanes = ColumnMask(vocab - c);
+            _mm512_mask_storeu_ps(g + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, g + c), inverse));
+          }
+          g[label[start + r]] -= 1.0f;
+        }
+      }
+      for (int64_t r = rows; r < 16; ++r) sum[r] = 1.0f;  // unused lanes: log 1
+      alignas(64) float log_sum[16];
+      _mm512_store_ps(log_sum, plog(_mm512_load_ps(sum)));
+      for (int64_t r = 0; r < rows; ++r) loss[start + r] = log_sum[r] + max[r] - x[(start + r) * vocab + label[start + r]];
+    }
+  }
+
+  // The lanes of a 16-column register that hold columns when `left` columns remain.
+  static __mmask16 ColumnMask(int64_t left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
+#endif
+};
+
+REGISTER_KERNEL_BUILDER(Name("DeepRnnSoftmaxCrossEntropy").Device(tensorflow::DEVICE_CPU), SoftmaxCrossEntropyOp);
 
 #define DEEP_RNN_REGISTER_KERNELS(T)                                                                               \
   REGISTER_KERNEL_BUILDER(Name("DeepRnnGruSequence").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),        \
