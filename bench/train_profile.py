@@ -60,9 +60,11 @@ def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
 
 
 def loss_kernel_ms(batch: int, steps: int, vocab: int, repeats: int = 30) -> dict:
-    """Forward + backward ms of the trainer's token_cross_entropy and of TF's fused sparse kernel."""
+    """Forward + backward ms of the trainer's token_cross_entropy (standard ops, and fused: the native kernels'
+    op, where they load) and of TF's fused sparse kernel."""
     import tensorflow as tf
 
+    from trainer import native
     from trainer.metrics import token_cross_entropy
 
     logits = tf.random.normal((batch, steps, vocab))
@@ -70,6 +72,8 @@ def loss_kernel_ms(batch: int, steps: int, vocab: int, repeats: int = 30) -> dic
     kernels = {"token_cross_entropy": lambda l: token_cross_entropy(labels, l),
                "sparse_softmax_cross_entropy_with_logits":
                    lambda l: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, l)}
+    if native.available()[0]:
+        kernels["token_cross_entropy (fused, native form)"] = lambda l: token_cross_entropy(labels, l, fused=True)
     out = {}
     for name, kernel in kernels.items():
         @tf.function

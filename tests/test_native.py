@@ -594,6 +594,11 @@ for cell, gates in (("gru", 3), ("lstm", 4)):
             out[f"{cell}_kernel_grad{kernel_grad}_{i}"] = grad.numpy()
 ids = rng.integers(0, vocab, size=(steps * batch,)).astype("int32")
 out["lookup_grad"] = library.deep_rnn_lookup_grad(ids, normal(steps * batch, 40), vocab).numpy()
+for columns in (11, 28, 40):  # the loss op: under, between and over whole 16-column registers
+    logits = normal(steps * batch, columns, scale=3.0)
+    labels = rng.integers(0, columns, size=(steps * batch,)).astype("int32")
+    loss, backprop = library.deep_rnn_softmax_cross_entropy(logits, labels)
+    out[f"cross_entropy_{columns}"], out[f"cross_entropy_backprop_{columns}"] = loss.numpy(), backprop.numpy()
 np.savez(sys.argv[2], **out)
 """
 

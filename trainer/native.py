@@ -1,9 +1,9 @@
 """The `native` form's kernels: trainer/kernels/rnn_sequence.cc built for this CPU and TensorFlow, and their gradients.
 
 One op runs a whole GRU or LSTM layer over the sequence (forward, and backward in its gradient op), so a
-training step has a few dozen TF ops instead of thousands; one more computes the loss and its gradient. Built by `make` (`python -m trainer.native`) with
-the flags `tf.sysconfig` gives; the library is keyed by source, TensorFlow version and CPU, so a checkout
-moved to another machine builds its own. Used for training only: exports keep standard ops.
+training step has a few dozen TF ops instead of thousands; one more computes the loss and its gradient.
+Built by `make` (`python -m trainer.native`) with the flags `tf.sysconfig` gives; the library is keyed by
+source, TensorFlow version and CPU, so a checkout moved to another machine builds its own. Used for training only: exports keep standard ops.
 
     python -m trainer.native [--force]   # build (if needed) and print the library's path
 """

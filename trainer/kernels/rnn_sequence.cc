@@ -964,8 +964,8 @@ class SoftmaxCrossEntropyOp : public OpKernel {
 
  private:
   // Rows [first, end) through Eigen's vectorised maths, blocks of 64 rows at a time (CPUs without AVX-512).
-  static void SoftmaxCrossEntropyRows(const float* x, const int32_t* label, int64_t vocab, int64_t first, int64_t end,
-                                      float* loss, float* grad) {
+  static void SoftmaxCrossEntropyRows(const float* x, const int32_t* label, int64_t vocab, int64_t first,
+                                      int64_t end, float* loss, float* grad) {
     Matrix exps;
     for (int64_t start = first; start < end; start += 64) {
       const int64_t rows = std::min<int64_t>(64, end - start);
@@ -1006,7 +1006,8 @@ class SoftmaxCrossEntropyOp : public OpKernel {
         float* g = grad == nullptr ? nullptr : grad + (start + r) * vocab;
         for (int64_t c = 0; c < vocab; c += 16) {
           const __mmask16 lanes = ColumnMask(vocab - c);
-          const __m512 e = _mm512_maskz_mov_ps(lanes, pexp(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, z + c), shift)));
+          const __m512 shifted = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, z + c), shift);
+          const __m512 e = _mm512_maskz_mov_ps(lanes, pexp(shifted));  // lanes past the row: 0
           s = _mm512_add_ps(s, e);
           if (g != nullptr) _mm512_mask_storeu_ps(g + c, lanes, e);
         }
@@ -1023,7 +1024,8 @@ class SoftmaxCrossEntropyOp : public OpKernel {
       for (int64_t r = rows; r < 16; ++r) sum[r] = 1.0f;  // unused lanes: log 1
       alignas(64) float log_sum[16];
       _mm512_store_ps(log_sum, plog(_mm512_load_ps(sum)));
-      for (int64_t r = 0; r < rows; ++r) loss[start + r] = log_sum[r] + max[r] - x[(start + r) * vocab + label[start + r]];
+      for (int64_t r = 0; r < rows; ++r)
+        loss[start + r] = log_sum[r] + max[r] - x[(start + r) * vocab + label[start + r]];
     }
   }
 
