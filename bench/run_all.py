@@ -253,7 +253,7 @@ def render_forms_table(machine: str, rows: list[dict]) -> list[str]:
     groups = {}
     for x in rows:
         groups.setdefault((x["cell"], x["size"], x["batch"], x.get("precision", "float32")), []).append(x)
-    summary = []
+    summary, ceilings_shown = [], False
     for (cell, size, batch, precision), group in groups.items():
         stacked = next((x["train_tokens_per_s"] for x in group if x["form"] == "stacked"), None)
         stacked_f32 = next((x["train_tokens_per_s"] for x in groups.get((cell, size, batch, "float32"), [])
@@ -271,12 +271,14 @@ def render_forms_table(machine: str, rows: list[dict]) -> list[str]:
                          f"{_f(x.get('first_step_s', '–'), 1)} | {ratio} | {ratio_f32} | {x['native_ops']} | "
                          f"{x['cudnn']} |")
             if x["form"] == auto and ratio_f32 != "–":
-                bound = f" (float32 ceiling {_f(ceiling, 2)}×)" if ceiling and precision == "float32" else ""
+                shown = bool(ceiling) and precision == "float32"
+                ceilings_shown |= shown
+                bound = f" (float32 ceiling {_f(ceiling, 2)}×)" if shown else ""
                 summary.append(f"{cell} {size} {precision}: {auto} {ratio_f32}×{bound}")
     if summary:
         lines += ["", "Auto's form against the float32 cell stack (target ≥ 2× at 2 × 256 and 3 × 512): "
                   + "; ".join(summary) + "."]
-    if any("(float32 ceiling" in s for s in summary):
+    if ceilings_shown:
         lines += ["", "Float32 ceiling: the speed, over the float32 cell stack's, at which the matrix products "
                   "alone would fill every step (the size's training FLOPs per token at this CPU's dense float32 "
                   "matmul rate through TensorFlow, 1024 × 1024, measured in the same run), with nothing left for "

@@ -19,7 +19,8 @@ import tensorflow as tf
 from tests.conftest import ROOT
 from trainer import native
 from trainer.config import ModelConfig, TrainConfig
-from trainer.model import build_model, graph_op_types, measured_form, model_form, resolve_form
+from trainer.model import (build_model, function_op_types, graph_op_types, measured_form, model_form,
+                           resolve_form)
 
 
 def test_kernels_build_and_load_here():
@@ -262,9 +263,7 @@ def _train_step_op_types(model, x, y) -> list[str]:
     """Every op a compiled model's Keras train_step runs (loss, gradients, metrics, optimizer), nested included."""
     model.train_on_batch(x, y)  # builds the optimizer and metrics first
     spec = tf.TensorSpec(x.shape, tf.int32)
-    graph = tf.function(model.train_step).get_concrete_function((spec, spec)).graph
-    types = [op.type for op in graph.get_operations()]
-    return types + [op.type for f in graph._functions.values() for op in f.graph.get_operations()]
+    return function_op_types(tf.function(model.train_step).get_concrete_function((spec, spec)))
 
 
 def test_native_form_trains_with_the_fused_loss_and_never_falls_back_silently(monkeypatch):

@@ -127,7 +127,7 @@ def test_streams_are_scored_by_the_native_kernels_with_any_forms_weights(form):
 
     from trainer import native
     from trainer.config import ModelConfig
-    from trainer.model import build_model, model_form
+    from trainer.model import build_model, function_op_types, model_form
     from trainer.stateful import StreamScorer, carried_network
 
     assert native.available()[0], native.available()[1]
@@ -136,9 +136,7 @@ def test_streams_are_scored_by_the_native_kernels_with_any_forms_weights(form):
     trained = build_model(cfg)
     scorer_core = carried_network(cfg, weights_from=trained)
     scorer = StreamScorer(scorer_core, chunk=64)
-    graph = scorer._run.get_concrete_function().graph
-    op_types = {op.type for op in graph.get_operations()}
-    op_types |= {op.type for f in graph._functions.values() for op in f.graph.get_operations()}
+    op_types = set(function_op_types(scorer._run.get_concrete_function()))
     assert model_form(scorer_core) == "native" and native.OP_TYPES["gru"] in op_types
     streams = [np.random.default_rng(2).integers(0, 9, 300)]
     own_form = StreamScorer(build_model(cfg, carry_state=True), chunk=64)

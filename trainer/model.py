@@ -368,7 +368,12 @@ def graph_op_types(model, steps: int = 8) -> set[str]:
     """The op types a training step of the model runs (function bodies included): to check which kernels
     a form really uses (CudnnRNN on a GPU, the native DeepRnn* ops, never a silent fallback)."""
     fn = tf.function(lambda x: model(x, training=True))
-    graph = fn.get_concrete_function(tf.TensorSpec([2, steps], tf.int32)).graph
-    types = {op.type for op in graph.get_operations()}
-    types |= {op.type for f in graph._functions.values() for op in f.graph.get_operations()}
-    return types
+    return set(function_op_types(fn.get_concrete_function(tf.TensorSpec([2, steps], tf.int32))))
+
+
+def function_op_types(concrete_function) -> list[str]:
+    """The type of every op a traced function runs, the bodies of the functions it calls included (one entry
+    per op, so counts show how often an op runs)."""
+    graph = concrete_function.graph
+    return ([op.type for op in graph.get_operations()]
+            + [op.type for f in graph._functions.values() for op in f.graph.get_operations()])
