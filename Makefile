@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 BOOK_VENV := .venv-book
 BOOK_STAMP := $(BOOK_VENV)/.installed-stamp
 
-# Pipeline knobs: unset ones take pipeline.yaml's value, then pipeline.run_all's default.
+# Pipeline knobs: unset ones take pipeline.yaml's value, then deep_rnn.run_all's default.
 RUN_DIR ?= runs/default
 KNOBS := CORPUS=corpus RUN_DIR=run-dir NORMALIZE=normalize TOKENIZER=tokenizer SPLIT=split NUM_STEPS=num-steps \
   ENCODING=encoding STRIP=strip-boilerplate \
@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED := 1
 export DEEP_RNN_SEED_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv book-venv kernels pipeline test test-fast test-reliability bench study serve clean clean-venv
+.PHONY: help venv book-venv kernels lint pipeline test test-fast test-reliability bench study serve clean clean-venv
 
 help:
 	@echo "Targets (each creates .venv and installs pinned dependencies when needed):"
@@ -40,6 +40,7 @@ help:
 	@echo "  make serve           serve RUN_DIR's export: tensorflow_model_server if installed, else serving.server"
 	@echo "  make book-venv       the book's own PyTorch environment (.venv-book, ~6 GB) for bench.train_vs_d2l's book side"
 	@echo "  make kernels         build the native form's C++ kernels for this CPU (done by the targets above)"
+	@echo "  make lint            ruff and the import contracts (part of make test)"
 	@echo "  make clean           remove RUN_DIR;  make clean-venv: remove .venv and .venv-book"
 	@echo ""
 	@echo "Knobs (Make variables; unset ones take pipeline.yaml's value, then the default):"
@@ -49,14 +50,14 @@ help:
 	@echo "  TUNE=0  TUNER=hyperband  MAX_TRIALS=10  TIME_BUDGET=20 (minutes)  TUNE_EPOCHS=10  TUNE_OPTS=..."
 	@echo "  RUNNER=FnApiRunner  BEAM_OPTS=...  MODEL_NAME=$(MODEL_NAME)  GRPC_PORT=$(GRPC_PORT)  REST_PORT=$(REST_PORT)"
 	@echo "  e.g. make pipeline CELL=lstm LAYERS=3 HIDDENS=256 EPOCHS=20 RUN_DIR=runs/lstm"
-	@echo "Every knob, its meaning and default: .venv/bin/python -m pipeline.run_all --help"
+	@echo "Every knob, its meaning and default: .venv/bin/python -m deep_rnn.run_all --help"
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt setup.py
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -68,12 +69,17 @@ $(BOOK_STAMP): bench/book/requirements.txt
 	$(BOOK_VENV)/bin/python -m pip install -q -r bench/book/requirements.txt
 	@touch $@
 
-# The native form's C++ kernels, built for this CPU and TensorFlow (a moved checkout builds its own).
+# The native form's C++ kernels, built for this CPU and TensorFlow into ~/.cache/deep_rnn/native (else on first use).
 kernels: $(STAMP)
 	@mkdir -p build && $(PY) -m trainer.native > build/kernels.log 2>&1 || { cat build/kernels.log; exit 1; }
 
 pipeline: $(STAMP) kernels
-	$(PY) -m pipeline.run_all $(KNOB_FLAGS)
+	$(PY) -m deep_rnn.run_all $(KNOB_FLAGS)
+
+# The linter and the layout's import contracts (pyproject.toml); `make test` runs both as tests too.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) kernels
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -4,7 +4,7 @@
 Trains the same model with the same budget (epochs × steps of batch × window tokens) on The Time Machine
 alone, on Wells (The Time Machine and The War of the Worlds) and on all six books (../shared/data/books,
 Gutenberg licence text stripped), characters as they are (no normalisation), holdout split. Then every
-model is evaluated by trainer.evaluate on every book's validation part (the last 10 % of each book, which
+model is evaluated by deep_rnn.evaluate on every book's validation part (the last 10 % of each book, which
 no model trained on). Writes bench/results/authors.json and authors.png (a heatmap of perplexity).
 """
 from __future__ import annotations
@@ -15,9 +15,10 @@ import tempfile
 from collections import Counter
 
 from bench.common import ROOT, SHARED_DATA, emit, train_process
-from pipeline import cli, transform
+from common import cli
+from common.vocab import read_vocab
+from pipeline import transform
 from pipeline.preprocess import preprocess
-from pipeline.vocab import read_vocab
 
 VALID_FRACTION = 0.1
 BOOKS = {  # short name → (author, file); The Time Machine is the named corpus the book uses
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    from trainer.evaluate import evaluate
+    from deep_rnn.evaluate import evaluate
 
     args = build_parser().parse_args()
     work = tempfile.mkdtemp(prefix="bench-authors-")
@@ -138,8 +139,10 @@ def main() -> None:
     emit("authors", {"model": f"{args.cell.upper()} {args.num_layers} × {args.num_hiddens}, dropout {args.dropout}, "
                               f"Adam lr 0.003, batch {args.batch_size} × {args.num_steps} characters",
                      "budget": f"{args.epochs} epochs × {args.steps_per_epoch} steps = "
-                               f"{args.epochs * args.steps_per_epoch} steps, {budget_tokens:,} training tokens per model",
-                     "budget_tokens": budget_tokens, "epochs": args.epochs, "data": "characters as they are (no normalisation), Gutenberg "
+                               f"{args.epochs * args.steps_per_epoch} steps, "
+                               f"{budget_tokens:,} training tokens per model",
+                     "budget_tokens": budget_tokens, "epochs": args.epochs,
+                     "data": "characters as they are (no normalisation), Gutenberg "
                      "header and footer stripped, holdout split (each book's last 10 % validates)",
                      "perplexity": table, "models": models, "plot": "results/authors.png"})
 

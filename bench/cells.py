@@ -13,8 +13,9 @@ import os
 import tempfile
 
 from bench.common import ROOT, emit, train_process
-from pipeline import cli, transform
-from pipeline.book import BOOK_REFERENCE
+from common import cli
+from common.book import BOOK_REFERENCE
+from pipeline import transform
 from pipeline.preprocess import preprocess
 
 BOOK_WIDTH, LAYERS = 32, 2
@@ -54,7 +55,8 @@ def plot(runs: list[dict], path: str) -> None:
         values += ppl
         ax.plot(epochs, ppl, label=f"{run['cell']} {LAYERS} × {run['width']} ({run['num_params']:,} params)",
                 linestyle="-" if run["width"] == BOOK_WIDTH else "--")
-    ax.axhline(BOOK_REFERENCE["val_ppl"], color="grey", linestyle=":", label=f"book's GRU ({BOOK_REFERENCE['val_ppl']})")
+    ax.axhline(BOOK_REFERENCE["val_ppl"], color="grey", linestyle=":",
+               label=f"book's GRU ({BOOK_REFERENCE['val_ppl']})")
     ax.set_yscale("log")
     ticks = plain_log_ticks(values + [BOOK_REFERENCE["val_ppl"]])
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])

@@ -31,12 +31,22 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
+def result_path(name: str) -> Path:
+    """Where a benchmark's JSON lives: bench/results/<name>.json, except bench.forms' table, which is package
+    data of the trainer (trainer/forms_table.json), since `--backend-form auto` reads it at run time."""
+    if name == "forms":
+        from trainer.forms import FORMS_RESULTS
+
+        return Path(FORMS_RESULTS)
+    return ROOT / "bench" / "results" / f"{name}.json"
+
+
 def emit(name: str, result: dict) -> None:
-    """Prints the result as one JSON object and stores it in bench/results/<name>.json."""
+    """Prints the result as one JSON object and stores it where result_path says."""
     result = {"benchmark": name, "machine": machine(), **result}
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out = result_path(name)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     sys.stdout.flush()
 

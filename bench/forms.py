@@ -3,7 +3,7 @@
     python -m bench.forms [--sizes 2x32@1024x32 2x256 3x512] [--cells gru lstm] [--mixed-precision]
 Each (size, cell, form) runs in a process of its own, with the thread set-up the trainer gives that form
 (trainer.train.configure_cpu_threads), so every row is what `trainer.train --backend-form FORM` would get.
-`--backend-form auto` chooses from the rows this writes to bench/results/forms.json (trainer.model.resolve_form),
+`--backend-form auto` chooses from the rows this writes to trainer/forms_table.json (trainer.model.resolve_form),
 this CPU's rows where there are any: a run replaces the rows it measures again and keeps the others, so the file
 holds every CPU it has run on (trainer.forms.cpu_signature);
 on a GPU the `layers` form is the cuDNN one (the row records whether CudnnRNN ops ran). Synthetic token ids
@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from pipeline import cli
-from bench.common import ROOT, emit, matmul_gflops, training_flops_per_token
+from bench.common import ROOT, emit, matmul_gflops, result_path, training_flops_per_token
+from common import cli
 
 FORMS = ("stacked", "layers", "fused", "native")
 
@@ -105,9 +105,9 @@ def merge_rows(previous: list[dict], measured: list[dict]) -> list[dict]:
 
 
 def stored_rows() -> list[dict]:
-    """The rows bench/results/forms.json holds now (none if it is missing or unreadable)."""
+    """The rows the forms table holds now (none if it is missing or unreadable)."""
     try:
-        return json.loads((ROOT / "bench" / "results" / "forms.json").read_text()).get("rows", [])
+        return json.loads(result_path("forms").read_text()).get("rows", [])
     except (OSError, ValueError):
         return []
 
@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="LAYERSxHIDDENS[@BATCHxSTEPS] (default: 2x256 3x1024 on a GPU; on a CPU the book's "
                              "2x32@1024x32, 2x256 and 3x512)")
     parser.add_argument("--cells", nargs="+", default=["gru", "lstm"], help="cells to time")
-    parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS, help="forms to time (trainer.model.FORMS)")
+    parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS,
+                        help="forms to time (trainer.model.FORMS)")
     parser.add_argument("--batch", type=int, default=64, help="batch size of rows given without @BATCHxSTEPS")
     parser.add_argument("--num-steps", type=int, default=64, help="sequence length of rows given without @BATCHxSTEPS")
     parser.add_argument("--vocab", type=int, default=65, help="vocabulary size (65: tinyshakespeare's characters)")

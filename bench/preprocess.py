@@ -13,8 +13,8 @@ import shutil
 import tempfile
 import time
 
-from pipeline import cli
 from bench.common import SHARED_DATA, emit
+from common import cli
 from pipeline import transform
 from pipeline.preprocess import preprocess
 from pipeline.reference import preprocess_reference
@@ -63,7 +63,8 @@ def measure(corpus: list[str], cfg, work: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
                                      epilog=cli.examples_from(__doc__))
-    parser.add_argument("--big-mb", type=int, default=100, help="size in MB of the large corpus (the shared texts repeated)")
+    parser.add_argument("--big-mb", type=int, default=100,
+                        help="size in MB of the large corpus (the shared texts repeated)")
     return parser
 
 

@@ -1,6 +1,6 @@
 """`make bench`: runs every benchmark and writes bench/RESULTS.md from their JSON; `make study` runs the studies.
 
-    python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune tune_points tune_ceiling] [--report-only]
+    python -m bench.run_all [--only preprocess train_vs_d2l train_profile forms serve tune] [--report-only]
     python -m bench.run_all --only cells authors
 """
 from __future__ import annotations
@@ -10,14 +10,14 @@ import json
 import subprocess
 import sys
 
-from pipeline import cli
-from bench.common import ROOT, machine
+from bench.common import ROOT, machine, result_path
+from common import cli
 from trainer.forms import pick_form
 
-BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune", "tune_points", "tune_ceiling",
+BENCHES = ["preprocess", "train_vs_d2l", "train_profile", "forms", "serve", "tune",
            "shakespeare"]
 # the flags of the recorded runs: the tuned side with carried state and bfloat16 products (bench/RESULTS.md)
-BENCH_FLAGS = {"tune": ["--stateful", "--mixed-precision"], "tune_points": ["--stateful", "--mixed-precision"]}
+BENCH_FLAGS = {"tune": ["--stateful", "--mixed-precision"]}
 STUDIES = ["cells", "authors"]  # the chapter's exercises (`make study`)
 
 
@@ -28,19 +28,22 @@ def _f(x, digits=2):
 def render(results: dict) -> str:
     m = machine()
     lines = ["# Benchmark results", "",
-             "Written by `make bench` (`python -m bench.run_all`) from `bench/results/*.json`; each section names",
-             "the command that produced it and the machine it ran on.", ""]
+             "Written by `make bench` (`python -m bench.run_all`) from `bench/results/*.json` and "
+             "`trainer/forms_table.json`; each section names the command that produced it and the machine it ran on.",
+             ""]
     if "preprocess" in results:
         r = results["preprocess"]
         lines += ["## Preprocessing (`python -m bench.preprocess`)", f"Machine: {r['machine']['cpu']}, "
                   f"{r['machine']['cores']} cores. Holdout split, char tokens, d2l normaliser.", "",
-                  "| input | bytes | reference s | Beam direct s (ratio) | Beam 2 processes s (ratio) | reference MB/s |",
+                  "| input | bytes | reference s | Beam direct s (ratio) | Beam 2 processes s (ratio) | "
+                  "reference MB/s |",
                   "|---|---|---|---|---|---|"]
         for key, v in r.items():
             if isinstance(v, dict) and "reference_s" in v:
                 lines.append(f"| {key} | {v['bytes']:,} | {_f(v['reference_s'])} | {_f(v['beam_direct_s'])} "
                              f"({_f(v['beam_direct_ratio_to_reference'])}×) | {_f(v['beam_multiprocessing_2_s'])} "
-                             f"({_f(v['beam_multiprocessing_2_ratio_to_reference'])}×) | {_f(v['reference_mb_per_s'])} |")
+                             f"({_f(v['beam_multiprocessing_2_ratio_to_reference'])}×) | "
+                             f"{_f(v['reference_mb_per_s'])} |")
         lines.append("")
     if "train_vs_d2l" in results:
         r = results["train_vs_d2l"]
@@ -88,7 +91,8 @@ def render(results: dict) -> str:
         if "large_model" in r:
             lm = r["large_model"]
             lines += [f"Larger model: {lm['model']}, batch {lm['batch']} × {lm['num_steps']} steps, "
-                      f"{lm['params']:,} parameters, form {lm.get('form', '–')} (auto): {_f(lm['train_tokens_per_s'], 0)} training tokens/s, "
+                      f"{lm['params']:,} parameters, form {lm.get('form', '–')} (auto): "
+                      f"{_f(lm['train_tokens_per_s'], 0)} training tokens/s, "
                       f"{_f(lm['achieved_gflops'], 1)} GFLOP/s against a measured float32 matmul peak of "
                       f"{_f(lm['matmul_peak_gflops'], 1)} GFLOP/s (MFU {_f(100 * lm['mfu'], 0)} %).", ""]
     if "train_profile" in results:
@@ -114,7 +118,8 @@ def render(results: dict) -> str:
                   "form `--backend-form auto` picks from that CPU's rows; × stacked = its speed over the book's cell "
                   "stack at the same size and precision, × stacked f32 over the float32 cell stack (the book's design "
                   "as the book runs it). Mixed precision on a CPU is bfloat16 (the native form: bfloat16 products, "
-                  "float32 accumulation and gate maths, on AMX tiles where the row says AMX, else AVX512_BF16; the other "
+                  "float32 accumulation and gate maths, on AMX tiles where the row says AMX, else AVX512_BF16; the "
+                  "other "
                   "forms: TensorFlow's own bfloat16 ops).",
                   (f"Each row's speed is its fastest of {r['blocks']} blocks of {r['steps']} timed steps (noise here "
                    "only slows steps down). " if r.get("blocks") else "") +
@@ -139,19 +144,22 @@ def render(results: dict) -> str:
         for key in ("in_process", "grpc", "rest"):
             lines.append(f"| {key} | {_f(r[key]['p50_ms'])} | {_f(r[key]['p99_ms'])} |")
         if "grpc_round_trip_no_model" in r:
-            lines.append(f"| gRPC round trip, no model (GetModelStatus) | {_f(r['grpc_round_trip_no_model']['p50_ms'])} "
+            lines.append(f"| gRPC round trip, no model (GetModelStatus) | "
+                         f"{_f(r['grpc_round_trip_no_model']['p50_ms'])} "
                          f"| {_f(r['grpc_round_trip_no_model']['p99_ms'])} |")
         lines += ["", f"gRPC p50 / in-process p50 = {_f(r['grpc_p50_over_in_process_p50'])}."]
         if "ratio_floor_from_round_trip" in r:
             lines.append(f"A server that added only one bare round trip to the in-process call would reach "
-                         f"{_f(r['ratio_floor_from_round_trip'])}: the floor of this Python gRPC stack on this machine.")
+                         f"{_f(r['ratio_floor_from_round_trip'])}: the floor of this Python gRPC stack on this "
+                         "machine.")
         lines += ["",
                   "| concurrent clients | requests/s | errors |", "|---|---|---|"]
         lines += [f"| {t['concurrency']} | {_f(t['requests_per_s'], 1)} | {t['errors']} |" for t in r["throughput"]]
         lines.append("")
     if "tune" in results:
         r = results["tune"]
-        lines += ["## Tuning (`python -m bench.tune`)", f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. "
+        lines += ["## Tuning (`python -m bench.tune`)",
+                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. "
                   f"{r['data']}; budget {r['budget_min']} min; space {r['search_space']}.", ""]
         final = {k: v for k, v in (r["final_training"] or {}).items() if k != "time_breakdown"}
         every = (r.get("final_schedule") or {}).get("validation_freq", 1)
@@ -183,7 +191,8 @@ def render(results: dict) -> str:
                       f"{describe_schedule(trial_lr, 'the trial time limit')}"
                       f", scored by "
                       f"{'stream' if r.get('stateful') else 'window'} perplexity; start = a --start-with point):", "",
-                      "| trial | model | dropout | weight drop | lr | epochs | score | s |", "|---|---|---|---|---|---|---|---|"]
+                      "| trial | model | dropout | weight drop | lr | epochs | score | s |",
+                      "|---|---|---|---|---|---|---|---|"]
             for t in r["trial_rows"]:
                 lines.append(f"| {t['trial_id']}{' (start)' if t.get('start') else ''} | {t['num_layers']} × "
                              f"{t['num_hiddens']} {t['cell'].upper()} | {_f(float(t['dropout']), 1)} | "
@@ -198,34 +207,6 @@ def render(results: dict) -> str:
             lines += [f"| {name} | " + " | ".join(_f(p[k]) for k in keys) + " |"
                       for name, p in profiles.items() if p]
         lines.append("")
-    if "tune_ceiling" in results:
-        r = results["tune_ceiling"]
-        c = r["compute"]
-        lines += ["## The tuned model with more time (`python -m bench.tune_ceiling`)",
-                  f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; {r['hparams']}, batch "
-                  f"{r['batch_size']}, {r['steps_per_epoch']} steps an epoch; {_f(r['epochs_factor'], 1)}× the "
-                  f"{_f(r['epochs_in_budget'], 0)} epochs the budget allowed, no time limit, lr schedule: "
-                  f"{describe_schedule(r.get('schedule'))}"
-                  f"{', carried state (--stateful)' if r.get('stateful') else ''}.", "",
-                  "| dropout | epochs | wall s | best val ppl (epoch) | last val ppl | best stream ppl | train ppl | "
-                  + " | ".join(k.replace("context_", "ctx ").replace("_", "–") for k in r["runs"][0]["val_ppl_by_context"])
-                  + " |", "|---" * (7 + len(r["runs"][0]["val_ppl_by_context"])) + "|"]
-        lines += [f"| {d['dropout']} | {d['epochs']} | {_f(d['wall_s'], 0)} | {_f(d['best_val_ppl'])} ({d['best_epoch']}) | "
-                  f"{_f(d['val_ppl'])} | {_f(d['best_val_stream_ppl'])} | {_f(d['train_ppl'])} | "
-                  + " | ".join(_f(v) for v in d["val_ppl_by_context"].values()) + " |" for d in r["runs"]]
-        lines += ["", f"- best full-context (stream) perplexity, the 25 % target's measure: "
-                  f"{_f(r['best_val_stream_ppl'])} (dropout {r['best_dropout']}); within the budget: "
-                  f"{_f(r['budget_val_stream_ppl'])}; the book's 2 × 32 GRU: {_f(r['baseline_val_stream_ppl'])}; the "
-                  f"target asks for ≤ {_f(r['target_val_stream_ppl'])}: "
-                  f"{'reached' if r['target_reached'] else 'not reached'} with the extra time",
-                  f"- windows (zero state): best {_f(r['best_val_ppl'])}, within the budget {_f(r['budget_val_ppl'])}",
-                  f"- compute: {_f(c['training_gflop_per_token'] * 1e3, 2)} MFLOP of matrix products per trained token × "
-                  f"{_f(c['train_tokens_per_s'], 0)} tokens/s (median of the runs) = {_f(c['training_gflops'], 1)} GFLOP/s, "
-                  f"{_f(100 * c['share_of_matmul_rate'], 0)} % of this CPU's dense float32 matmul rate through "
-                  f"TensorFlow ({_f(c['matmul_gflops_1024'], 1)} GFLOP/s, 1024 × 1024)"]
-        lines += tune_ceiling_staleness(r, results.get("tune")) + [""]
-    if "tune_points" in results:
-        lines += render_tune_points(results["tune_points"], results.get("tune"))
     if "shakespeare" in results:
         lines += render_shakespeare(results["shakespeare"])
     if "cells" in results:
@@ -299,33 +280,12 @@ def float32_ceiling(rows: list[dict]) -> float | None:
 
 
 def describe_schedule(schedule: dict | None, end: str = "the deadline (or the last epoch)") -> str:
-    """bench.tune's final_schedule or trial_schedule (or tune_ceiling's schedule) in words; results from before
+    """bench.tune's final_schedule or trial_schedule in words; results from before
     it: plateaus."""
     schedule = schedule or {}
     if schedule.get("lr_schedule") == "warmup_cosine":
         return f"{schedule.get('warmup_steps', 0)} warm-up steps, then cosine decay to lr / 10 at {end}"
     return f"halved after {schedule.get('reduce_lr_patience', 2)} epochs without improvement"
-
-
-def tune_ceiling_staleness(ceiling: dict, tune: dict | None) -> list[str]:
-    """A line saying so when bench.tune has since chosen another model than the one bench.tune_ceiling trained."""
-    final = (tune or {}).get("final_training")
-    if not final:
-        return []
-    from trainer.tune import SHARED_REGULARISERS
-
-    keys = set(ceiling["hparams"]) | {"weight_drop", *SHARED_REGULARISERS}  # results from before these: 0
-    if all(final.get(k, 0.0) == ceiling["hparams"].get(k, 0.0) for k in keys):
-        return []
-    return [f"- measured on an earlier bench.tune winner: bench.tune now picks {final['num_layers']} × "
-            f"{final['num_hiddens']} {final['cell'].upper()} (dropout {_f(final['dropout'], 1)}, weight drop "
-            f"{_f(final.get('weight_drop', 0.0), 1)}, "
-            + (f"input dropout {_f(final['input_dropout'], 2)}, " if final.get("input_dropout") else "")
-            + (f"AR {_f(final['ar'], 1)}, TAR {_f(final.get('tar', 0.0), 1)}, " if final.get("ar") or final.get("tar")
-               else "")
-            + (f"EMA {final['ema']}, " if final.get("ema") else "")
-            + f"{final['optimizer']} lr {final['lr']:.3g}); "
-            f"`python -m bench.tune_ceiling` measures that one"]
 
 
 def what_4x_needs(r: dict) -> list[str]:
@@ -368,39 +328,6 @@ def render_time_breakdown(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def render_tune_points(r: dict, tune: dict | None = None) -> list[str]:
-    """The bench.tune_points section: each point trained as bench.tune's winner is, for the same time, beside
-    the stream perplexity bench.tune's 25 % target asks for (from its last run's baseline)."""
-    rec = r["recipe"]
-    lines = ["## Points trained as bench.tune's winner is (`python -m bench.tune_points`)",
-             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['data']}; each point trained for "
-             f"{_f(r['minutes'], 1)} minutes, one after the other, {r['steps_per_epoch']} steps an epoch; recipe "
-             f"{rec}; lr: {describe_schedule(rec)}. Stream = best validation perplexity over the whole held-out "
-             f"stream with the state carried (bench.tune's target measure).", "",
-             "| model | dropout | weight drop | lr | parameters | epochs | best epoch | train ppl | window ppl | "
-             "stream ppl |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for run in r["runs"]:
-        p = run["point"]
-        lines.append(f"| {p['num_layers']} × {p['num_hiddens']} {p['cell'].upper()} | {_f(p.get('dropout', 0.0), 1)} | "
-                     f"{_f(p.get('weight_drop', 0.0), 1)} | {p['lr']:.3g} | {run['num_params']:,.0f} | "
-                     f"{run['epochs']:.0f} | {run['best_epoch']:.0f} | {_f(run['train_ppl'])} | "
-                     f"{_f(run['best_val_ppl'])} | {_f(run['best_val_stream_ppl'])} |")
-    baseline = ((tune or {}).get("baseline_2x32_gru") or {}).get("best_val_stream_ppl")
-    if baseline:
-        best = min(r["runs"], key=lambda run: run["best_val_stream_ppl"])
-        lines += ["", f"bench.tune's last run trained the book's 2 × 32 GRU to {_f(baseline)} on the stream: its 25 % "
-                  f"target is {_f(0.75 * baseline)}; the best point here, {best['point']['num_layers']} × "
-                  f"{best['point']['num_hiddens']} {best['point']['cell'].upper()}, is "
-                  f"{_f(100 * (1 - best['best_val_stream_ppl'] / baseline), 1)} % below it."]
-    ensemble = r.get("ensemble")
-    if ensemble:
-        below = f" ({_f(100 * (1 - ensemble['stream_ppl'] / baseline), 1)} % below the book's GRU)" if baseline else ""
-        lines += ["", f"The {ensemble['members']} points as one ensemble (their next-token probabilities averaged; "
-                  f"{_f(ensemble['members'] * r['minutes'], 0)} minutes of training in all): "
-                  f"**{_f(ensemble['stream_ppl'])}** on the stream{below}."]
-    return lines + [""]
-
-
 def render_shakespeare(r: dict) -> list[str]:
     """The bench.shakespeare section: the figure against nanoGPT's, the curve and the sample."""
     lines = ["## Character-level tinyshakespeare in a time budget (`python -m bench.shakespeare`)",
@@ -414,7 +341,8 @@ def render_shakespeare(r: dict) -> list[str]:
              f"zero-state windows of the TBPTT length: {_f(r['val_window_nats'], 4)}",
              f"- {_f(r['minutes'], 1)} minutes in all, {_f(r['tokens_per_s'], 0)} training tokens/s, "
              f"{r['trained_tokens']:,} training tokens ({r['planned_steps']:,} steps were planned from the "
-             f"calibration run's {_f(r['calibration_tokens_per_s'], 0)} tokens/s; training slower than that is stopped by the deadline "
+             f"calibration run's {_f(r['calibration_tokens_per_s'], 0)} tokens/s; training slower than that is stopped "
+             "by the deadline "
              "before the schedule ends)",
              f"- nanoGPT's character transformer: {r['nanogpt']['gpu_val_loss_nats']} nats on an A100 (about 3 "
              f"minutes), about {r['nanogpt']['cpu_val_loss_nats']} with its CPU configuration", "",
@@ -453,7 +381,7 @@ def render_authors(r: dict) -> list[str]:
     lines = ["## Exercise: more books, mixed authors (`python -m bench.authors`)",
              f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores. {r['model']}; budget {r['budget']}; "
              f"{r['data']}. Each cell: validation perplexity of the model (row) on a book's held-out last 10 % "
-             "(column), from `trainer.evaluate`; in brackets the share of characters outside the model's vocabulary.",
+             "(column), from `deep_rnn.evaluate`; in brackets the share of characters outside the model's vocabulary.",
              "", "| trained on | " + " | ".join(books) + " | wall s |", "|---" * (len(books) + 2) + "|"]
     for name, row in table.items():
         ev = models[name]["evaluation"]
@@ -501,13 +429,15 @@ def authors_findings(r: dict) -> list[str]:
         worst = max(drift, key=lambda b: models[alone]["evaluation"][b]["unknown_rate"])
         chars = ", ".join(f"{c!r} ×{n}" for c, n in drift[worst][:5])
         out.append(f"Vocabulary drift: The Time Machine's {models[alone]['vocab_size']} characters miss some the other "
-                   f"books use; the worst is {worst}, with {_f(100 * models[alone]['evaluation'][worst]['unknown_rate'], 2)} % "
+                   f"books use; the worst is {worst}, with "
+                   f"{_f(100 * models[alone]['evaluation'][worst]['unknown_rate'], 2)} % "
                    f"of its characters unknown to the one-book model ({chars}): typographic quotes and dashes of the "
                    "Gutenberg editions, which the d2l normaliser would map to spaces.")
     share = models[mixed]["author_share"]
     top = max(share, key=share.get)
     out.append(f"Shares: in the six-book data {top} has {_f(100 * share[top], 0)} % of the characters and Wells "
-               f"{_f(100 * share.get('Wells', 0), 0)} %; the same budget is {_f(models[alone]['epochs_of_data_in_budget'], 1)} "
+               f"{_f(100 * share.get('Wells', 0), 0)} %; the same budget is "
+               f"{_f(models[alone]['epochs_of_data_in_budget'], 1)} "
                f"passes over The Time Machine but {_f(models[mixed]['epochs_of_data_in_budget'], 1)} over six books; "
                f"best epochs (of {r['epochs']}, the best one restored): " + ", ".join(
                    f"{name} {m['best_epoch']}" for name, m in models.items()) + ".")
@@ -519,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=cli.examples_from(__doc__))
     parser.add_argument("--only", nargs="+", choices=BENCHES + STUDIES, default=BENCHES,
                         help="benchmarks to run (the studies, cells and authors, run only when named: make study)")
-    parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from bench/results/*.json without running anything")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite RESULTS.md from bench/results/*.json without running anything")
     return parser
 
 
@@ -530,7 +461,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", f"bench.{name}", *BENCH_FLAGS.get(name, [])], cwd=ROOT, check=True)
     results = {}
     for name in BENCHES + STUDIES:
-        path = ROOT / "bench" / "results" / f"{name}.json"
+        path = result_path(name)
         if path.exists():
             results[name] = json.loads(path.read_text())
     (ROOT / "bench" / "RESULTS.md").write_text(render(results))

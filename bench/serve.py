@@ -16,8 +16,8 @@ import threading
 import time
 import urllib.request
 
-from pipeline import cli
 from bench.common import ROOT, emit
+from common import cli
 
 
 def timed_calls(fn, n: int) -> list[float]:
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
                                      epilog=cli.examples_from(__doc__))
     parser.add_argument("--run-dir", help="a finished run whose export to serve (default: train a 3-epoch model first)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of each load phase (1, 4 and 16 concurrent clients)")
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="seconds of each load phase (1, 4 and 16 concurrent clients)")
     parser.add_argument("--calls", type=int, default=300, help="sequential calls for the latency percentiles")
     return parser
 
@@ -80,12 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     import tensorflow as tf
-
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
     from serving.client import free_port, latency_summary
-    from serving.grpc_client import Client
     from serving.export import versions
+    from serving.grpc_client import Client
 
     base = ensure_export(args.run_dir)
     path = os.path.join(base, str(versions(base)[-1]))

@@ -21,7 +21,8 @@ import tempfile
 import time
 
 from bench.common import ROOT, SHARED_DATA, emit, train_process
-from pipeline import cli, transform
+from common import cli
+from pipeline import transform
 from pipeline.preprocess import preprocess
 
 NANOGPT = {"gpu_val_loss_nats": 1.4697, "cpu_val_loss_nats": 1.88}

@@ -15,8 +15,7 @@ import os
 import tempfile
 import time
 
-from pipeline import cli
-
+from common import cli
 
 _ONEDNN_LAYOUT_OPS = ("_MklToTf", "_MklInputConversion")  # oneDNN's own layout conversions: no TF op behind them
 
@@ -69,19 +68,19 @@ def loss_kernel_ms(batch: int, steps: int, vocab: int, repeats: int = 30) -> dic
 
     logits = tf.random.normal((batch, steps, vocab))
     labels = tf.random.uniform((batch, steps), 0, vocab, tf.int32)
-    kernels = {"token_cross_entropy": lambda l: token_cross_entropy(labels, l),
+    kernels = {"token_cross_entropy": lambda z: token_cross_entropy(labels, z),
                "sparse_softmax_cross_entropy_with_logits":
-                   lambda l: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, l)}
+                   lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, z)}
     if native.available()[0]:
-        kernels["token_cross_entropy (fused, native form)"] = lambda l: token_cross_entropy(labels, l, fused=True)
+        kernels["token_cross_entropy (fused, native form)"] = lambda z: token_cross_entropy(labels, z, fused=True)
     out = {}
     for name, kernel in kernels.items():
         @tf.function
-        def loss_and_grad(l, kernel=kernel):
+        def loss_and_grad(z, kernel=kernel):
             with tf.GradientTape() as tape:
-                tape.watch(l)
-                loss = tf.reduce_mean(kernel(l))
-            return loss, tape.gradient(loss, l)
+                tape.watch(z)
+                loss = tf.reduce_mean(kernel(z))
+            return loss, tape.gradient(loss, z)
 
         loss_and_grad(logits)
         start = time.perf_counter()

@@ -16,11 +16,11 @@ import sys
 import tempfile
 import time
 
-from pipeline import cli
-from pipeline.cli import UserError
 from bench.common import ROOT, emit, machine, matmul_gflops, train_process, training_flops_per_token
+from common import cli
+from common.book import BOOK_REFERENCE, book_reference
+from common.cli import UserError
 from pipeline import transform
-from pipeline.book import BOOK_REFERENCE, book_reference
 from pipeline.preprocess import preprocess
 from trainer.config import FORMS
 
@@ -135,7 +135,8 @@ def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter,
                                      epilog=cli.examples_from(__doc__))
-    parser.add_argument("--epochs", type=cli.positive_int, default=100, help="epochs of the book's configuration (the book ran 100)")
+    parser.add_argument("--epochs", type=cli.positive_int, default=100,
+                        help="epochs of the book's configuration (the book ran 100)")
     parser.add_argument("--skip-large", action="store_true", help="skip the larger model's throughput and MFU")
     parser.add_argument("--steps-per-execution", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--large-only", action="store_true", help="print only the larger model's JSON line")
@@ -201,7 +202,8 @@ def main(argv=None) -> None:
     result = {"book_config": ours, "book_run": book_run, "book_reference": reference, "where_time_goes": breakdown,
               "wall_ratio_book_over_ours": book_wall_s / process_wall_s,
               "wall_ratio_design_reference_over_ours": reference["wall_s"] / process_wall_s,
-              "speedup_vs_book_tokens_per_s": ours["train_tokens_per_s"] / (book_run or BOOK_REFERENCE)["train_tokens_per_s"],
+              "speedup_vs_book_tokens_per_s":
+                  ours["train_tokens_per_s"] / (book_run or BOOK_REFERENCE)["train_tokens_per_s"],
               "targets": {"val_ppl_le_6.4_exported_best_epoch": ours["best_val_ppl"] <= 6.4,
                           "val_ppl_le_6.4_last_epoch": ours["val_ppl"] <= 6.4,
                           "tokens_per_s_ge_1.4M": ours["train_tokens_per_s"] >= 1.4e6}}

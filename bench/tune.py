@@ -24,15 +24,13 @@ import os
 import tempfile
 import time
 
-from pipeline import cli
-from pipeline.cli import UserError
 from bench.common import ROOT, emit
+from common import cli
+from common.cli import UserError
 from pipeline import transform
 from pipeline.preprocess import preprocess
 
-# the best point earlier runs of the search found (a 3 × 128 LSTM). bench/tune_start_wide.json, a 3 × 256 LSTM, does
-# better when trained for the final 12 minutes (bench.tune_points) but loses a 1.5-minute trial to it, so as a
-# start point it only costs the search a trial: short trials favour the models that learn fastest
+# the best point earlier runs of the search found (a 3 × 128 LSTM)
 START_POINT = ROOT / "bench" / "tune_start.json"
 
 
@@ -70,9 +68,9 @@ def read_trials(path: str, start_points: int) -> list[dict]:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The tuned side's data and training recipe (everything but the search): bench.tune and bench.tune_points
-    share these flags, so a point tried alone trains exactly as bench.tune's winner does."""
-    parser.add_argument("--reduce-lr-patience", type=int, default=2, help="halve a trial's lr after this many epochs without improvement")
+    """The tuned side's data and training recipe (everything but the search)."""
+    parser.add_argument("--reduce-lr-patience", type=int, default=2,
+                        help="halve a trial's lr after this many epochs without improvement")
     parser.add_argument("--stride", type=int, default=4, help="window stride in tokens (num_steps: no overlap)")
     parser.add_argument("--batch-size", type=int, default=128, help="windows per step")
     parser.add_argument("--stateful", action="store_true",
@@ -111,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-hiddens", type=int, default=256,
                         help="bench.tune's 3 × 256 GRU ran 42 epochs in 722 s here; 3 × 512 is 4× the work")
     parser.add_argument("--max-epochs", type=int, default=40, help="epochs of the longest trial")
-    parser.add_argument("--early-stopping", type=int, default=4, help="end a trial after this many epochs without improvement")
+    parser.add_argument("--early-stopping", type=int, default=4,
+                        help="end a trial after this many epochs without improvement")
     parser.add_argument("--optimizers", nargs="+", default=["adam"], help="optimizers searched")
     parser.add_argument("--tuner", default="bayesian", help="KerasTuner oracle: hyperband, random or bayesian")
     parser.add_argument("--trial-minutes", type=float, default=1.5,
@@ -137,7 +136,8 @@ def recipe(args, trial_schedule: str = "cosine") -> tuple:
     cosine = {"lr_schedule": "warmup_cosine", "warmup_steps": args.warmup_steps, "reduce_lr_patience": 0}
     plateau = {"lr_schedule": "constant", "warmup_steps": 0, "reduce_lr_patience": args.reduce_lr_patience}
     trials = cosine if trial_schedule == "cosine" else plateau
-    final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau), "validation_freq": args.validation_freq}
+    final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau),
+                      "validation_freq": args.validation_freq}
     try:
         base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
                            ema=args.ema, input_dropout=args.input_dropout, mixed_precision=args.mixed_precision,

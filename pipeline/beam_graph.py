@@ -15,7 +15,9 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import text, transform, vocab as vocab_lib
+from common import text
+from common import vocab as vocab_lib
+from pipeline import transform
 
 
 def _open(path: str):

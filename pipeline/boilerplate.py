@@ -9,7 +9,7 @@ with bounded memory, and a file without them (the book's *The Time Machine*) pas
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 MODES = ("auto", "gutenberg", "none")
 HEADER_SCAN = 100_000  # characters; Gutenberg headers are 1–20 k
@@ -49,8 +49,8 @@ def strip(pieces: Iterator[str], mode: str, facts: dict) -> Iterator[str]:
         buffer = buffer[:match.start()]
         found.add("footer")
     if mode == "gutenberg" and found != {"header", "footer"}:
-        missing = "a '*** START OF' line in its first {:,} characters".format(HEADER_SCAN) \
-            if "header" not in found else "a '*** END OF' line in its last {:,} characters".format(FOOTER_SCAN)
+        missing = f"a '*** START OF' line in its first {HEADER_SCAN:,} characters" \
+            if "header" not in found else f"a '*** END OF' line in its last {FOOTER_SCAN:,} characters"
         raise BoilerplateError(f"--strip-boilerplate gutenberg: no Project Gutenberg header/footer found ({missing} "
                                "is missing); use --strip-boilerplate auto to accept files without it")
     if found:

@@ -10,10 +10,12 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from pipeline import atomic, boilerplate, cli, sources, text, transform, vocab as vocab_lib
-from pipeline.cli import UserError
+from common import atomic, cli, text
+from common import vocab as vocab_lib
+from common.cli import UserError
+from pipeline import boilerplate, sources, transform
 
 SIDE_FILES = ("vocab", "shards", "sources", "tokens", "errors")
 # Beam's in-process runner, the one the tests run. Beam 2.77's own default, DirectRunner, first tries to

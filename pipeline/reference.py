@@ -10,7 +10,9 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline import text, transform, vocab as vocab_lib
+from common import text
+from common import vocab as vocab_lib
+from pipeline import transform
 
 
 def preprocess_reference(files: list[str], out_dir: str, cfg: transform.PreprocessConfig) -> dict:

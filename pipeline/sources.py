@@ -14,7 +14,8 @@ import shutil
 import stat
 from dataclasses import dataclass
 
-from pipeline.cli import UserError
+from common.cli import UserError
+from common.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,6 @@ NAMED_CORPORA = {
         size=178979,
     ),
 }
-
-
-def cache_dir() -> str:
-    return os.environ.get("DEEP_RNN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "deep_rnn"))
 
 
 def cached_path(name: str) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import codecs
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 
-from pipeline import boilerplate, charsets, records, text
+from common import text
+from pipeline import boilerplate, charsets, records
 
 READ_BYTES = 8 << 20  # read and normalise documents in 8 MiB pieces
 MAX_NUM_STEPS = 1 << 16  # window length; longer windows are no use to an RNN trained by truncated BPTT

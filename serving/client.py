@@ -11,8 +11,8 @@ import socket
 import statistics
 import sys
 
-from pipeline import cli
-from pipeline.cli import UserError
+from common import cli
+from common.cli import UserError
 
 
 def free_port() -> int:

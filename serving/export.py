@@ -12,19 +12,18 @@ import os
 import re
 import shutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline import atomic, cli, locks, vocab as vocab_lib
-from pipeline.cli import UserError
+from common import atomic, cli, locks
+from common import vocab as vocab_lib
+from common.cli import UserError
+from serving.layout import LIMITS_FILE, SOURCE_FINGERPRINT, WARMUP_FILE, read_warmup, versions  # noqa: F401
 from trainer.config import DEFAULT_LIMITS, ServingLimits
 
 SIGNATURES = ("serving_default", "sample", "score")
-LIMITS_FILE = os.path.join("assets.extra", "serving_limits.json")
 FORBIDDEN_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-SOURCE_FINGERPRINT = os.path.join("assets.extra", "source_fingerprint")
 
 
 EXAMPLES = """examples:
@@ -54,13 +53,6 @@ def build_parser() -> cli.ArgumentParser:
 
 def parse_args(argv):
     return build_parser().parse_args(argv)
-
-
-def versions(model_base: str) -> list[int]:
-    if not os.path.isdir(model_base):
-        return []
-    return sorted(int(d) for d in os.listdir(model_base) if d.isdigit()
-                  and os.path.exists(os.path.join(model_base, d, "saved_model.pb")))
 
 
 def load_trained(model_dir: str):
@@ -152,18 +144,6 @@ def write_warmup(saved_model_dir: str, model_name: str) -> None:
                 predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
 
 
-def read_warmup(saved_model_dir: str) -> list:
-    """The PredictRequests in a version's warm-up file (none when it has no file)."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    path = os.path.join(saved_model_dir, WARMUP_FILE)
-    if not os.path.exists(path):
-        return []
-    return [prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
-            for record in tf.data.TFRecordDataset(path)]
-
-
 def write_models_config(export_base: str) -> str:
     """EXPORT_BASE/models.config in TF Serving's text format, listing every model under the base."""
     entries = []
@@ -180,7 +160,8 @@ def write_models_config(export_base: str) -> str:
 def check_model_name(model_name: str) -> None:
     """A model name is one plain path component: it becomes a directory under the export base."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", model_name) or model_name in (".", ".."):
-        raise UserError(f"--model-name {model_name!r}: use letters, digits, '_', '.', '-', not starting with '.' or '-'")
+        raise UserError(f"--model-name {model_name!r}: use letters, digits, '_', '.', '-', "
+                        "not starting with '.' or '-'")
 
 
 def _outputs_equal(a: np.ndarray, b: np.ndarray) -> bool:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import time
 
-from pipeline import cli
-from pipeline.cli import UserError
+from common import cli
+from common.cli import UserError
 
 cli.quiet_tensorflow()
 
@@ -17,7 +17,6 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from serving import tensors  # noqa: E402
-
 
 INPUT_DTYPES = {"num_chars": tf.int32, "top_k": tf.int32, "temperature": tf.float32, "seed": tf.int64}
 
@@ -59,7 +58,8 @@ class Client:
         deadline = time.time() + timeout_s
         while True:
             if process is not None and process.poll() is not None:
-                raise UserError(f"the model server for {self.server} exited with code {process.returncode} (port in use?)")
+                raise UserError(f"the model server for {self.server} exited with code {process.returncode} "
+                                "(port in use?)")
             try:
                 self.generate(["it has"], 1)
                 return

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.util import deprecation
 
-from serving import export, tensors
+from serving import layout, tensors
 
 log = logging.getLogger("serving")
 
@@ -108,7 +108,7 @@ class Servable:
 
     def warm_up(self) -> int:
         """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does at load; raises on the first error."""
-        requests = export.read_warmup(self.path)
+        requests = layout.read_warmup(self.path)
         for request in requests:
             self.predict(request.model_spec.signature_name, dict(request.inputs))
         return len(requests)
@@ -154,7 +154,8 @@ def read_model_config_file(path: str) -> list[ModelConfig]:
         config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
     models = []
     for entry in config.model_config_list.config:
-        base = entry.base_path if os.path.isabs(entry.base_path) else os.path.join(os.path.dirname(path), entry.base_path)
+        base = entry.base_path if os.path.isabs(entry.base_path) else os.path.join(os.path.dirname(path),
+                                                                                   entry.base_path)
         policy = entry.model_version_policy.WhichOneof("policy_choice") or "latest"
         models.append(ModelConfig(
             name=entry.name, base_path=base, policy=policy,
@@ -197,7 +198,7 @@ class Model:
         self.failures: dict[int, _Failure] = {}
 
     def poll_once(self) -> None:
-        on_disk = export.versions(self.config.base_path)
+        on_disk = layout.versions(self.config.base_path)
         aspired = self.config.aspired(on_disk)
         available = dict(self.available)
         for version in aspired:

@@ -12,22 +12,32 @@ import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from pipeline import cli
-from pipeline.cli import UserError
+from common import cli
+from common.cli import UserError
 
 cli.quiet_tensorflow()
 
 import grpc  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
-                                     inference_pb2, predict_pb2, regression_pb2)
+from tensorflow_serving.apis import (  # noqa: E402
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
 from serving import rest, tensors  # noqa: E402
+from serving.defaults import (  # noqa: E402
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REST_IDLE_SECONDS,
+    DEFAULT_REST_MAX_CONNECTIONS,
+    is_idle_time,
+)
 from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
 
 log = logging.getLogger("serving")
-from serving.server import (DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REST_IDLE_SECONDS,  # noqa: E402
-                            DEFAULT_REST_MAX_CONNECTIONS, is_idle_time)
 
 
 def model_spec_choice(spec) -> tuple[int | None, str | None]:
@@ -318,7 +328,8 @@ class Server:
             try:
                 configs = read_model_config_file(model_config_file)
             except (OSError, ValueError, Exception) as err:
-                raise UserError(f"{model_config_file}: cannot read the model config: {' '.join(str(err).split())[:300]}") from None
+                reason = " ".join(str(err).split())[:300]
+                raise UserError(f"{model_config_file}: cannot read the model config: {reason}") from None
             if not configs:
                 raise UserError(f"{model_config_file}: lists no model")
         elif model_base:

@@ -45,7 +45,8 @@ def to_numpy(proto: tensor_pb2.TensorProto, max_elements: int = MAX_ELEMENTS) ->
         raise ValueError(f"tensor shape {list(shape)} has {size} elements, more than the {max_elements} allowed")
     if proto.dtype == types_pb2.DT_STRING:
         if len(proto.string_val) != size:
-            raise ValueError(f"tensor of shape {list(shape)} needs {size} string_val values, got {len(proto.string_val)}")
+            raise ValueError(f"tensor of shape {list(shape)} needs {size} string_val values, "
+                             f"got {len(proto.string_val)}")
         array = np.empty(size, dtype=object)
         array[:] = list(proto.string_val)
         return array.reshape(shape)

@@ -12,6 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEEP_RNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The kernels `make` built stay in use when the session's download cache (seeded_cache) moves DEEP_RNN_CACHE.
+os.environ.setdefault("DEEP_RNN_KERNELS_DIR", os.path.join(
+    os.environ.get("DEEP_RNN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "deep_rnn")), "native"))
 
 
 def pytest_configure(config):

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from tests.conftest import TINY_TRAIN, assert_user_error, run_cli
 from trainer.config import ModelConfig, TrainConfig

@@ -125,26 +125,6 @@ def test_book_comparison_names_where_the_book_figure_comes_from():
             f"**{measured['wall_ratio_design_reference_over_ours']:.2f}**") in section
 
 
-def test_tune_ceiling_says_when_bench_tune_has_since_picked_another_model():
-    from bench.run_all import tune_ceiling_staleness
-
-    hparams = {"cell": "gru", "num_layers": 3, "num_hiddens": 64, "optimizer": "adam", "lr": 0.005}
-    same = {"final_training": {**hparams, "dropout": 0.1, "val_ppl": 4.4}}
-    assert tune_ceiling_staleness({"hparams": hparams}, same) == []
-    assert tune_ceiling_staleness({"hparams": hparams}, None) == []
-    newer = {"final_training": {**hparams, "cell": "lstm", "num_hiddens": 128, "dropout": 0.2, "weight_drop": 0.3}}
-    (line,) = tune_ceiling_staleness({"hparams": hparams}, newer)
-    assert "3 × 128 LSTM (dropout 0.2, weight drop 0.3, adam lr 0.005)" in line
-    # the same architecture with weight drop added is another recipe too
-    (line,) = tune_ceiling_staleness({"hparams": hparams}, {"final_training": {**same["final_training"],
-                                                                                "weight_drop": 0.2}})
-    assert "weight drop 0.2" in line
-    # and so are the activation regularisers
-    (line,) = tune_ceiling_staleness({"hparams": hparams}, {"final_training": {**same["final_training"],
-                                                                                "ar": 2.0, "tar": 1.0}})
-    assert "AR 2.0, TAR 1.0, adam" in line
-
-
 def _form_row(cpu, form, speed, size="2x256", precision="float32"):
     return dict(cell="lstm", size=size, batch=64, num_steps=64, form=form, device="CPU", cpu=cpu, gpu=None,
                 precision=precision, train_tokens_per_s=speed, ms_per_step=1.0, first_step_s=1.0,
@@ -197,16 +177,13 @@ def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
     assert_user_error(run_cli("bench.tune", "--ema", "1"), "ema must be in [0, 1)")
     assert_user_error(run_cli("bench.tune", "--input-dropout", "-0.1"), "input_dropout must be in [0, 1)")
     assert_user_error(run_cli("bench.tune", "--validation-freq", "0"), "validation_freq must be >= 1")
-    # the committed start points (bench.tune's and the wider one bench.tune_points trains) lie inside
-    # bench.tune's default space
+    # the committed start point lies inside bench.tune's default space
     from bench.tune import START_POINT, build_parser
-    from bench.tune_points import WIDE_POINT
     from trainer.tune import SearchSpace, read_start_point
 
     args = build_parser().parse_args([])
-    for path in (START_POINT, WIDE_POINT):
-        read_start_point(str(path), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
-                                                optimizers=tuple(args.optimizers)))
+    read_start_point(str(START_POINT), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
+                                                   optimizers=tuple(args.optimizers)))
 
 
 def test_forms_table_marks_the_rows_whose_bf16_products_ran_on_amx():

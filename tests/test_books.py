@@ -1,4 +1,4 @@
-"""Real books in: encodings, Project Gutenberg boilerplate, per-source metadata, and trainer.evaluate."""
+"""Real books in: encodings, Project Gutenberg boilerplate, per-source metadata, and deep_rnn.evaluate."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from pipeline import boilerplate, text, transform
-from pipeline.cli import UserError
+from common import text
+from common.cli import UserError
+from pipeline import boilerplate, transform
 from pipeline.preprocess import preprocess
 from tests.conftest import SHARED_DATA, assert_user_error, run_cli
 
@@ -162,7 +163,7 @@ def test_metadata_lists_every_source(tmp_path, split):
         assert b["windows"]["valid"] == (round(len(PROSE) // 2 * 0.1) - 17) // 16 + 1
 
 
-# ---- trainer.evaluate ----
+# ---- deep_rnn.evaluate ----
 
 def _validation_text(tiny_data) -> str:
     """The Time Machine's validation part as the tiny run's holdout split cut it (normalised text)."""
@@ -173,7 +174,7 @@ def _validation_text(tiny_data) -> str:
 
 
 def test_evaluate_gives_the_trainers_validation_perplexity(trained, exported, tiny_data, tmp_path):
-    from trainer.evaluate import evaluate
+    from deep_rnn.evaluate import evaluate
 
     model_dir, metrics = trained
     (tmp_path / "valid.txt").write_text(_validation_text(tiny_data))
@@ -189,7 +190,7 @@ def test_evaluate_cli_per_source_json_and_unknown_tokens(trained, tmp_path):
     (tmp_path / "greek.txt").write_text("αβγ δεζ " * 40 + PROSE)  # the d2l normaliser maps Greek to spaces
     (tmp_path / "cp1252.txt").write_bytes(PROSE.encode("cp1252"))
     out = tmp_path / "eval.json"
-    proc = run_cli("trainer.evaluate", "--model-dir", str(model_dir), "--corpus", str(tmp_path / "greek.txt"),
+    proc = run_cli("deep_rnn.evaluate", "--model-dir", str(model_dir), "--corpus", str(tmp_path / "greek.txt"),
                    str(tmp_path / "cp1252.txt"), "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())
@@ -201,13 +202,13 @@ def test_evaluate_cli_per_source_json_and_unknown_tokens(trained, tmp_path):
     assert rows[2]["tokens"] == rows[0]["tokens"] + rows[1]["tokens"]
     assert "overall" in proc.stdout and "perplexity" in proc.stdout
     (tmp_path / "short.txt").write_text("too short")
-    proc = run_cli("trainer.evaluate", "--model-dir", str(model_dir), "--corpus", str(tmp_path / "short.txt"))
+    proc = run_cli("deep_rnn.evaluate", "--model-dir", str(model_dir), "--corpus", str(tmp_path / "short.txt"))
     assert_user_error(proc, "short.txt", "fewer than one window")
 
 
 def test_unknown_rate_counts_characters_outside_the_vocabulary():
     """A char model trained without normalisation sees other characters as <unk>; the share is reported."""
-    from trainer.evaluate import SourceText, evaluate_sources
+    from deep_rnn.evaluate import SourceText, evaluate_sources
 
     ids = text.Encoder(["<unk>", "a", "b"], "char").encode("abxyab")
     rows = evaluate_sources([SourceText("s", {"chars": 6}, list("abxyab"), ids)], lambda src: (6.0, 3))

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from pipeline import console
+from common import console
 from tests.conftest import ROOT
 
 # The stages a user types (README, DESIGN.md's command-line contract); each has an example in its --help.
-STAGES = ("pipeline.run_all", "pipeline.preprocess", "trainer.tune", "trainer.train", "serving.export",
+STAGES = ("deep_rnn.run_all", "pipeline.preprocess", "trainer.tune", "trainer.train", "serving.export",
           "serving.server", "serving.client")
 
 
@@ -144,7 +144,7 @@ def test_stderr_to_sends_file_descriptor_2_to_the_log_and_restores_it(tmp_path):
     log = tmp_path / "serve.log"
     script = f"""
 import os, sys
-from pipeline import console
+from common import console
 with console.stderr_to({str(log)!r}):
     os.write(2, b"I0000 00:00:1.0 1 x.cc:1] from C++\\n")
     print("from python", file=sys.stderr)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import UserError
+from common.cli import UserError
 from serving import export
 from serving.grpc_client import predict_request
 

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from pipeline import locks
+from common import locks
 from serving.client import free_port
 from serving.grpc_client import Client
 from tests.conftest import ROOT, TINY_TRAIN, assert_user_error, run_cli
@@ -224,15 +224,15 @@ def test_export_base_locked_and_bad_dirs(trained, tmp_path):
 
 
 def test_run_all_refuses_a_run_dir_in_use(tmp_path):
-    with locks.exclusive(str(tmp_path / "run"), "pipeline.run_all"):
-        proc = run_cli("pipeline.run_all", "--run-dir", str(tmp_path / "run"), "--epochs", "1")
+    with locks.exclusive(str(tmp_path / "run"), "deep_rnn.run_all"):
+        proc = run_cli("deep_rnn.run_all", "--run-dir", str(tmp_path / "run"), "--epochs", "1")
     assert_user_error(proc, "already running")
 
 
 def test_run_all_dies_with_its_parent(tmp_path):
     """SIGKILL of `make` must not leave run_all and its stage running on as orphans."""
     parent = subprocess.Popen(
-        ["bash", "-c", f"{sys.executable} -m pipeline.run_all --run-dir {tmp_path / 'run'} --epochs 1000 "
+        ["bash", "-c", f"{sys.executable} -m deep_rnn.run_all --run-dir {tmp_path / 'run'} --epochs 1000 "
                        f"--corpus timemachine > /dev/null 2>&1 & echo $!; wait"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     run_all = int(parent.stdout.readline())
@@ -262,8 +262,8 @@ def _alive(pid: int) -> bool:
 
 # ---- 6. the pipeline reports only on the server it started ----
 def test_serve_and_query_refuses_a_port_something_else_listens_on(exported, tmp_path):
-    from pipeline.run_all import serve_and_query
-    from pipeline.cli import UserError
+    from common.cli import UserError
+    from deep_rnn.run_all import serve_and_query
 
     run_dir = tmp_path / "run"
     shutil.copytree(exported, run_dir / "export")
@@ -276,7 +276,8 @@ def test_serve_and_query_refuses_a_port_something_else_listens_on(exported, tmp_
 
 
 # ---- server flags ----
-@pytest.mark.parametrize("flags, needle", [(["--port", "-5"], "not a TCP port"), (["--port", "70000"], "not a TCP port"),
+@pytest.mark.parametrize("flags, needle", [(["--port", "-5"], "not a TCP port"), (["--port", "70000"],
+                                                                                  "not a TCP port"),
                                            (["--rest-port", "70000"], "not a TCP port"),
                                            (["--host", "no.such.host.invalid"], "cannot bind"),
                                            (["--poll-seconds", "0"], "poll-seconds"),
@@ -415,8 +416,8 @@ def test_a_broken_version_is_not_retried_until_its_files_change(server_process):
 
 def test_a_vocabulary_too_large_for_a_model_is_refused(sandbox, monkeypatch):
     """A word vocabulary past MAX_VOCAB (2^21 ids) is a one-line error; shown with the limit lowered to 50."""
+    from common.cli import UserError
     from pipeline import transform
-    from pipeline.cli import UserError
     from pipeline.preprocess import preprocess
 
     monkeypatch.setattr(transform, "MAX_VOCAB", 50)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from tests.conftest import TINY_TRAIN, assert_user_error, run_cli

@@ -1,10 +1,9 @@
 """Cells and model forms, tested the way Keras tests its own layers."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from trainer.cells import ScratchRNNCell
@@ -55,7 +54,8 @@ def test_scratch_stack_equals_simple_rnn_stack():
 
 def test_scratch_cell_trains_one_step():
     model = build_model(ModelConfig(vocab_size=5, cell="scratch", num_layers=2, num_hiddens=4, form="stacked"))
-    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.SGD(1.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     before = [w.copy() for w in model.get_weights()]
     ids = np.random.default_rng(0).integers(0, 5, (8, 6)).astype("int32")
     model.train_on_batch(ids, ids)
@@ -109,7 +109,7 @@ def test_fast_path_is_chosen_and_used():
         form = resolve_form("auto", "gru")
         assert form == "layers" and model_form(build_model(ModelConfig(28, form=form))) == "layers"
     model = build_model(ModelConfig(28, form="fused"))
-    assert any(isinstance(l, FusedRNNStack) for l in model.layers)
+    assert any(isinstance(x, FusedRNNStack) for x in model.layers)
     # the training graph must hold no while loop (the time loop is unrolled)
     ops = graph_op_types(model, steps=32)
     assert "While" not in ops and "StatelessWhile" not in ops

@@ -19,8 +19,7 @@ import tensorflow as tf
 from tests.conftest import ROOT
 from trainer import native
 from trainer.config import ModelConfig, TrainConfig
-from trainer.model import (build_model, function_op_types, graph_op_types, measured_form, model_form,
-                           resolve_form)
+from trainer.model import build_model, function_op_types, graph_op_types, measured_form, model_form, resolve_form
 
 
 def test_kernels_build_and_load_here():
@@ -371,7 +370,8 @@ def test_auto_breaks_a_speed_tie_by_the_shorter_graph_build(tmp_path):
     pays once); beyond that, speed decides whatever the build costs."""
     def rows(native_speed):
         return [dict(cell="gru", size="2x32", batch=1024, device="CPU", form=form, train_tokens_per_s=speed,
-                     first_step_s=build) for form, speed, build in [("fused", 100.0, 9.0), ("native", native_speed, 1.0),
+                     first_step_s=build) for form, speed, build in [("fused", 100.0, 9.0), ("native", native_speed,
+                                                                                            1.0),
                                                                     ("stacked", 97.0, 2.0)]]
     assert measured_form("gru", 32, "CPU", path=_forms_file(tmp_path, rows(96.0))) == "native"
     assert measured_form("gru", 32, "CPU", path=_forms_file(tmp_path, rows(94.0))) == "stacked"
@@ -403,7 +403,8 @@ def test_a_native_trained_model_exports_standard_ops_only(tiny_data, tmp_path):
     """Trained with the native kernels, exported with standard ops: generation equals the Keras model's."""
     import keras
 
-    from serving.export import export_model, graph_op_types as saved_op_types
+    from serving.export import export_model
+    from serving.export import graph_op_types as saved_op_types
     from tests.conftest import TINY_TRAIN
     from trainer.train import train_and_evaluate
 
@@ -416,7 +417,7 @@ def test_a_native_trained_model_exports_standard_ops_only(tiny_data, tmp_path):
     assert not any(t.startswith("DeepRnn") for t in saved_op_types(version_dir))
     served = tf.saved_model.load(version_dir).signatures["serving_default"]
     text = served(prefix=tf.constant(["it has"]), num_chars=tf.constant(12))["text"].numpy()[0].decode()
-    from pipeline import vocab as vocab_lib
+    from common import vocab as vocab_lib
 
     vocab = vocab_lib.read_vocab(str(model_dir / "vocab.txt"))
     index = {t: i for i, t in enumerate(vocab)}

@@ -1,4 +1,4 @@
-"""`make pipeline` end to end (through pipeline.run_all), faults during every stage, engines, packaging."""
+"""`make pipeline` end to end (through deep_rnn.run_all), faults during every stage, engines, packaging."""
 from __future__ import annotations
 
 import json
@@ -22,14 +22,14 @@ TINY = ["--corpus", "timemachine", "--split", "holdout", "--num-steps", "16", "-
 def run_all(run_dir: Path, *extra: str, timeout: float = 900):
     # TensorFlow's C++ logging as a user's shell has it (the suite's conftest quiets it for other tests).
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-m", "pipeline.run_all", "--run-dir", str(run_dir), *TINY, *extra],
+    return subprocess.run([sys.executable, "-m", "deep_rnn.run_all", "--run-dir", str(run_dir), *TINY, *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def check_console_and_logs(proc, run_dir: Path) -> None:
     """No TensorFlow C++ start-up line on the console; every stage's full log under RUN_DIR/logs/, with those
     lines in it; a one-line header per stage and the closing summary."""
-    from pipeline.console import is_noise
+    from common.console import is_noise
 
     console_lines = (proc.stdout + proc.stderr).splitlines()
     assert not [line for line in console_lines if is_noise(line.strip())], "TF start-up lines on the console"
@@ -113,7 +113,7 @@ def test_pipeline_with_tuning_and_a_yaml_config(tmp_path):
 def test_sigkill_in_every_stage_then_rerun_completes(tmp_path):
     """Kill the whole job at points inside preprocess, train and export; each re-run picks up and finishes."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipeline.run_all", "--run-dir", str(run_dir), *TINY, "--epochs", "4"]
+    cmd = [sys.executable, "-m", "deep_rnn.run_all", "--run-dir", str(run_dir), *TINY, "--epochs", "4"]
     for stage, delay in (("preprocess", 1.5), ("train", 6.0), ("train", 12.0), ("export", 3.0), ("export", 6.0)):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 start_new_session=True)
@@ -179,14 +179,14 @@ def test_sdist_ships_what_beam_workers_need(tmp_path):
     (sdist,) = tmp_path.glob("*.tar.gz")
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
     for needed in ("setup.py", "requirements.txt", "pipeline/beam_graph.py", "pipeline/transform.py",
-                   "pipeline/text.py", "pipeline/records.py", "pipeline/vocab.py", "trainer/model.py",
-                   "serving/export.py"):
+                   "common/text.py", "pipeline/records.py", "common/vocab.py", "trainer/model.py",
+                   "serving/export.py", "trainer/kernels/rnn_sequence.cc", "trainer/forms_table.json"):
         assert needed in names, needed
 
 
 @pytest.mark.reliability
 def test_no_unsafe_deserialisation_anywhere():
-    sources = [p for d in ("pipeline", "trainer", "serving") for p in (ROOT / d).glob("*.py")]
+    sources = [p for d in ("common", "pipeline", "trainer", "serving", "deep_rnn") for p in (ROOT / d).glob("*.py")]
     for path in sources:
         text = path.read_text()
         for bad in ("import pickle", "pickle.load", "safe_mode=False", "eval(", "yaml.load(", "allow_pickle=True"):

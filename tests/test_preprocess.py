@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.atomic import MARKER
-
-from pipeline import records, sources, text, transform, vocab as vocab_lib
+from common import text
+from common import vocab as vocab_lib
+from common.atomic import MARKER
+from pipeline import records, sources, transform
 from pipeline.preprocess import preprocess
 from pipeline.reference import preprocess_reference
 
@@ -210,7 +211,7 @@ def test_python_and_graph_normalisers_agree():
 
 def test_named_corpus_download_is_verified(tmp_path, monkeypatch):
     """The real get_file path, fed from a file:// URL: a good file is cached, a bad one refused."""
-    from pipeline.cli import UserError
+    from common.cli import UserError
 
     good = sources.NAMED_CORPORA["timemachine"]
     src = Path(__file__).resolve().parents[2] / "shared" / "data" / "timemachine.txt"

@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
+from common.cli import UserError
 from pipeline import transform
-from pipeline.cli import UserError
 from pipeline.preprocess import preprocess
 from tests.conftest import assert_user_error, run_cli
 

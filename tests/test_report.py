@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import build_report, write_report
+from deep_rnn.report import build_report, write_report
 
 # What the pipeline's serve stage hands the report (measured there; here a fixed input to render).
 SERVING = {"server": "127.0.0.1:8500", "kind": "serving.server (local stand-in)", "version": 1,
@@ -94,7 +94,7 @@ def test_report_html_has_real_tables_lists_code_and_embedded_images(run_dir):
 
 
 def test_report_puts_the_book_s_figures_beside_ours(run_dir):
-    from pipeline.book import BOOK_REFERENCE
+    from common.book import BOOK_REFERENCE
 
     metrics = json.loads((run_dir / "model" / "metrics.json").read_text())
     report = (run_dir / "report.md").read_text()

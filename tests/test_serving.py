@@ -17,10 +17,14 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
-from pipeline.cli import UserError
+from common.cli import UserError
 from serving import export
 from serving.client import free_port
 from serving.grpc_client import Client
@@ -154,12 +158,15 @@ def _bad_requests(client: Client):
         ("extra input", r("serving_default", prefix=["a"], num_chars=3, text=["x"]), grpc.StatusCode.INVALID_ARGUMENT),
         ("wrong dtype", r("serving_default", prefix=["a"], num_chars=3), grpc.StatusCode.INVALID_ARGUMENT),
         ("wrong shape prefix", r("serving_default", prefix="a", num_chars=3), grpc.StatusCode.INVALID_ARGUMENT),
-        ("wrong shape num_chars", r("serving_default", prefix=["a"], num_chars=[3, 4]), grpc.StatusCode.INVALID_ARGUMENT),
+        ("wrong shape num_chars", r("serving_default", prefix=["a"], num_chars=[3, 4]),
+         grpc.StatusCode.INVALID_ARGUMENT),
         ("2-d num_chars", r("serving_default", prefix=["a"], num_chars=[[3]]), grpc.StatusCode.INVALID_ARGUMENT),
-        ("int32 max num_chars", r("serving_default", prefix=["a"], num_chars=2**31 - 1), grpc.StatusCode.INVALID_ARGUMENT),
+        ("int32 max num_chars", r("serving_default", prefix=["a"], num_chars=2**31 - 1),
+         grpc.StatusCode.INVALID_ARGUMENT),
         ("int32 max num_chars, sampled", r("sample", prefix=["a"], num_chars=2**31 - 1, temperature=1.0, top_k=0,
                                            seed=0), grpc.StatusCode.INVALID_ARGUMENT),
-        ("batch over the limit", r("serving_default", prefix=["a"] * 65, num_chars=1), grpc.StatusCode.INVALID_ARGUMENT),
+        ("batch over the limit", r("serving_default", prefix=["a"] * 65, num_chars=1),
+         grpc.StatusCode.INVALID_ARGUMENT),
         ("negative num_chars", r("serving_default", prefix=["a"], num_chars=-1), grpc.StatusCode.INVALID_ARGUMENT),
         ("huge num_chars", r("serving_default", prefix=["a"], num_chars=10**6), grpc.StatusCode.INVALID_ARGUMENT),
         ("empty prefix", r("serving_default", prefix=[""], num_chars=3), grpc.StatusCode.INVALID_ARGUMENT),

@@ -29,7 +29,7 @@ def test_lanes_are_contiguous_and_cover_the_stream_once():
 
 
 def test_too_short_a_source_for_the_lanes_is_one_line():
-    from pipeline.cli import UserError
+    from common.cli import UserError
     from trainer.data import stateful_batches
 
     with pytest.raises(UserError, match="need 1601 tokens"):
@@ -274,8 +274,8 @@ def test_bad_optimizer_combinations_exit_2(tiny_data, tmp_path):
 
 def test_evaluate_full_context_equals_the_stream_metric_from_model_dir_and_export(trained, exported, tiny_data,
                                                                                    tmp_path):
+    from deep_rnn.evaluate import evaluate
     from trainer.data import load_data_info, split_streams
-    from trainer.evaluate import evaluate
 
     info = load_data_info(str(tiny_data))
     text = tmp_path / "valid.txt"

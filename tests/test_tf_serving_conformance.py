@@ -27,9 +27,16 @@ import grpc
 import numpy as np
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, inference_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
-                                     regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 from serving.client import free_port
 from serving.service import Server
@@ -314,7 +321,8 @@ def test_grpc_version_labels_and_output_filter(served):
     assert stable.model_spec.version.value == 1 and set(stable.outputs) == {"perplexity"}
     with pytest.raises(grpc.RpcError) as err:
         predict(channel, "score", {"text": string_tensor(["it has"])}, output_filter=["nope"])
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "output tensor alias not found" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output tensor alias not found" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         predict(channel, "score", {"text": string_tensor(["it has"])}, label="nope")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -338,8 +346,10 @@ def test_grpc_classify_regress_and_multi_inference(served):
     multi = inference_pb2.MultiInferenceRequest()
     task = multi.tasks.add(method_name="tensorflow/serving/predict")
     task.model_spec.name = "deep_rnn"
-    for call, req, code, reason in ((stub.Classify, classify, grpc.StatusCode.INVALID_ARGUMENT, "Expected one input Tensor."),
-                                    (stub.Regress, regress, grpc.StatusCode.INVALID_ARGUMENT, "Expected one output Tensor."),
+    for call, req, code, reason in ((stub.Classify, classify, grpc.StatusCode.INVALID_ARGUMENT,
+                                     "Expected one input Tensor."),
+                                    (stub.Regress, regress, grpc.StatusCode.INVALID_ARGUMENT,
+                                     "Expected one output Tensor."),
                                     (stub.MultiInference, multi, grpc.StatusCode.UNIMPLEMENTED,
                                      "Unsupported signature method_name: tensorflow/serving/predict")):
         with pytest.raises(grpc.RpcError) as err:

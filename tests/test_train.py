@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.cli import UserError
+from common.cli import UserError
 from tests.conftest import ROOT, TINY_TRAIN, assert_user_error, run_cli
 from trainer.config import TrainConfig
 from trainer.train import train_and_evaluate
@@ -100,7 +100,7 @@ def test_greedy_text_equals_the_keras_model(trained):
     import keras
     import tensorflow as tf
 
-    from pipeline import vocab as vocab_lib
+    from common import vocab as vocab_lib
     from trainer.generate import TextModel
 
     model_dir, _ = trained

@@ -85,7 +85,8 @@ def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_p
     (["--early-stopping", "-1"], "--early-stopping"), (["--steps-per-epoch", "0"], "--steps-per-epoch"),
     (["--reduce-lr-patience", "-1"], "reduce_lr_patience"), (["--max-dropout", "1"], "--max-dropout"),
     (["--max-weight-drop", "-0.1"], "--max-weight-drop"), (["--trial-minutes", "0"], "--trial-minutes"),
-    (["--ar", "-2"], "ar must be"), (["--ema", "1"], "ema must be"), (["--input-dropout", "1"], "input_dropout must be"),
+    (["--ar", "-2"], "ar must be"), (["--ema", "1"], "ema must be"), (["--input-dropout", "1"],
+                                                                      "input_dropout must be"),
     (["--lr-schedule", "warmup_cosine", "--reduce-lr-patience", "2"], "reduce_lr_patience")])
 def test_bad_ranges_exit_2(tiny_data, tmp_path, flags, needle):
     assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path), *flags),
@@ -314,7 +315,7 @@ def test_each_trial_warms_up_and_anneals_its_own_rate_over_its_own_time():
 
 def test_trial_cosine_needs_trial_minutes_and_runs_with_them(tiny_data, tmp_path):
     """Annealing over a trial needs the trial's time limit; with it, a search completes its trials."""
-    from pipeline.cli import UserError
+    from common.cli import UserError
 
     space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8, optimizers=("adam",))
     base = TrainConfig(batch_size=512, verbose=0, lr_schedule="warmup_cosine", warmup_steps=2)

@@ -1,10 +1,9 @@
 """Weight drop (DropConnect on the recurrent kernels, AWD-LSTM): what it masks, when, and where it runs."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from tests.conftest import TINY_TRAIN, assert_user_error, run_cli

@@ -9,8 +9,8 @@ import time
 
 import keras
 
-from pipeline import atomic
-from pipeline.cli import UserError
+from common import atomic
+from common.cli import UserError
 
 
 def save_weights_atomically(model, path: str) -> None:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from pipeline import vocab as vocab_lib
-from pipeline.cli import UserError
+from common import vocab as vocab_lib
+from common.cli import UserError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Which model form `--backend-form auto` takes, from bench.forms' measurements (bench/results/forms.json).
+"""Which model form `--backend-form auto` takes, from bench.forms' measurements (forms_table.json, package data).
 
 The file keeps each CPU's rows apart (a row's `cpu`: model name and the instruction sets that change which
 form wins), since the fastest form on one CPU need not be the fastest on another; auto reads this CPU's rows
@@ -12,8 +12,7 @@ import json
 import math
 import os
 
-FORMS_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "bench", "results", "forms.json")
+FORMS_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forms_table.json")
 # instruction sets that decide between the CPU forms: AVX-512 kernels, bfloat16 dot products, AMX tiles
 DECIDING_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")
 SPEED_TIE = 0.05  # steady speeds this close are a tie: about the spread of one row between two bench.forms runs
@@ -32,7 +31,7 @@ def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
     return f"{first('model name')} [{' '.join(f for f in DECIDING_FLAGS if f in flags)}]"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _this_cpu() -> str:
     return cpu_signature()  # read once a process: the CPU does not change
 

@@ -2,7 +2,7 @@
 
 `TextModel` is what serving.export saves (its tf.functions are the SavedModel signatures) and what
 the trainer calls for its sample, so the served text and the trained model's text are one code path.
-The normaliser and tokenizer are pipeline.text's graph forms; the vocabulary is a constant in the graph.
+The normaliser and tokenizer are common.text's graph forms; the vocabulary is a constant in the graph.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import types
 
 import tensorflow as tf
 
-from pipeline import text as text_lib
+from common import text as text_lib
 from trainer import cells as cells_lib
 from trainer.config import DEFAULT_LIMITS, ServingLimits
 from trainer.model import model_cells

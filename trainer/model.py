@@ -308,18 +308,18 @@ def build_model(cfg: ModelConfig, carry_state: bool = False) -> keras.Model:
 
 def model_cells(model: keras.Model) -> list:
     """The model's recurrent cells, bottom to top, whatever its form."""
-    layer = next((l for l in model.layers if l.name == "rnn"), None)
+    layer = next((x for x in model.layers if x.name == "rnn"), None)
     if isinstance(layer, FusedRNNStack):
         return list(layer.cells)
     if isinstance(layer, keras.layers.RNN):
         return list(layer.cell.cells)
-    return [l.cell for l in model.layers if l.name.startswith("rnn_")]
+    return [x.cell for x in model.layers if x.name.startswith("rnn_")]
 
 
 def model_form(model: keras.Model) -> str:
     """The form a built model runs (a stateful trainer's CarriedStateModel: its core network's)."""
     model = getattr(model, "core", model)
-    layer = next((l for l in model.layers if l.name == "rnn"), None)
+    layer = next((x for x in model.layers if x.name == "rnn"), None)
     if isinstance(layer, NativeRNNStack):
         return "native"
     return "fused" if isinstance(layer, FusedRNNStack) else "stacked" if layer is not None else "layers"
@@ -327,7 +327,7 @@ def model_form(model: keras.Model) -> str:
 
 def resolve_form(requested: str, cell: str, num_hiddens: int = 32, mixed_precision: bool = False,
                  weight_drop: float = 0.0) -> str:
-    """'auto' → the form bench.forms measured fastest for this cell, width and device (bench/results/forms.json).
+    """'auto' → the form bench.forms measured fastest for this cell, width and device (trainer/forms_table.json).
 
     With weight drop, only the forms that run the recurrence themselves are correct (WEIGHT_DROP_FORMS):
     where the stacked cells or the cuDNN layers measured fastest, the fused stack runs instead.

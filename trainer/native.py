@@ -2,8 +2,9 @@
 
 One op runs a whole GRU or LSTM layer over the sequence (forward, and backward in its gradient op), so a
 training step has a few dozen TF ops instead of thousands; one more computes the loss and its gradient.
-Built by `make` (`python -m trainer.native`) with the flags `tf.sysconfig` gives; the library is keyed by
-source, TensorFlow version and CPU, so a checkout moved to another machine builds its own. Used for training only: exports keep standard ops.
+Built on first use (or by `make`: `python -m trainer.native`) into the user's cache directory with the flags
+`tf.sysconfig` gives; the library is keyed by source, TensorFlow version and CPU, so each machine builds its own.
+Used for training only: exports keep standard ops.
 
     python -m trainer.native [--force]   # build (if needed) and print the library's path
 """
@@ -18,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = os.path.join(ROOT, "trainer", "kernels", "rnn_sequence.cc")
-BUILD_DIR = os.path.join(ROOT, "build", "native")
+from common import paths
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "rnn_sequence.cc")  # package data
 OP_TYPES = {"gru": "DeepRnnGruSequence", "lstm": "DeepRnnLstmSequence"}
 
 
@@ -70,10 +71,14 @@ def compile_command(output: str, march: str = "native", cpu_flags: str | None = 
 
 def library_path() -> str:
     compile_flags, link_flags, version = _compile_flags()
-    with open(SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read() + "\0".join([version, cpu_fingerprint(), *compile_flags, *link_flags])
-                             .encode()).hexdigest()[:16]
-    return os.path.join(BUILD_DIR, key, "rnn_sequence.so")
+    try:
+        with open(SOURCE, "rb") as f:
+            source = f.read()
+    except OSError as err:
+        raise NativeUnavailable(f"the kernels' source is missing from the installed package ({err})") from None
+    key = hashlib.sha256(source + "\0".join([version, cpu_fingerprint(), *compile_flags, *link_flags])
+                         .encode()).hexdigest()[:16]
+    return os.path.join(paths.kernels_dir(), key, "rnn_sequence.so")
 
 
 def build(force: bool = False) -> str:
@@ -83,8 +88,11 @@ def build(force: bool = False) -> str:
     path = library_path()
     if os.path.exists(path) and not force:
         return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    except OSError as err:
+        raise NativeUnavailable(f"cannot write the built kernels ({err}); set DEEP_RNN_KERNELS_DIR") from None
     os.close(fd)
     try:
         proc = subprocess.run(compile_command(tmp), capture_output=True, text=True)
@@ -99,7 +107,7 @@ def build(force: bool = False) -> str:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load():
     """The loaded op library (built first if needed), with its gradients registered; NativeUnavailable if not."""
     import tensorflow as tf
@@ -113,7 +121,7 @@ def load():
     return library
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_bf16() -> bool:
     """Whether the kernels here can run their recurrent products in bfloat16 (built with AVX512_BF16)."""
     import ctypes
@@ -125,7 +133,7 @@ def has_bf16() -> bool:
     return bool(ctypes.CDLL(build()).deep_rnn_has_bf16())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def uses_amx() -> bool:
     """Whether the kernels' bfloat16 products run on AMX tiles here: built for a CPU with AMX-BF16, Linux granted
     the tile state, and DEEP_RNN_NO_AMX is not set (else they run on AVX512_BF16, same products)."""
@@ -262,7 +270,7 @@ def run_layer(weights, xp, states, bf16: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import cli
+    from common import cli
 
     parser = argparse.ArgumentParser(prog="trainer.native", formatter_class=cli.HelpFormatter,
                                      description="Build the native RNN kernels for this CPU and print their path.",

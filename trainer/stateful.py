@@ -130,8 +130,8 @@ class StreamScorer:
             yield losses.numpy()
 
     def token_losses(self, streams) -> list[np.ndarray]:
-        """Each stream's per-token cross-entropy in nats, [len(stream) - 1] (≥ 2 tokens a stream): what an
-        ensemble averages (bench.tune_points). Holds every token's loss; `losses` keeps only the sums."""
+        """Each stream's per-token cross-entropy in nats, [len(stream) - 1] (≥ 2 tokens a stream): used when
+        averaging several models' predictions. Holds every token's loss; `losses` keeps only the sums."""
         streams = [np.asarray(s, np.int32) for s in streams]
         if not streams:
             return []

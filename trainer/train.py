@@ -12,10 +12,11 @@ import math
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from pipeline import atomic, cli, locks, vocab as vocab_lib
-from pipeline.cli import UserError
+from common import atomic, cli, locks
+from common import vocab as vocab_lib
+from common.cli import UserError
 from trainer.config import CELLS, FORMS, LR_SCHEDULES, OPTIMIZERS, ModelConfig, TrainConfig
 
 RUN_CONFIG = "run_config.json"
@@ -26,7 +27,8 @@ EXAMPLES = """examples:
   python -m trainer.train --data runs/default/data --model-dir runs/default/model          # the book's 2 x 32 GRU
   python -m trainer.train --data runs/default/data --model-dir runs/lstm --cell lstm --num-layers 3 \\
       --num-hiddens 256 --optimizer adam --lr 0.003 --dropout 0.2 --epochs 20
-  python -m trainer.train --data runs/default/data --model-dir runs/tuned --hparams runs/default/tuning/best_hparams.json
+  python -m trainer.train --data runs/default/data --model-dir runs/tuned \\
+      --hparams runs/default/tuning/best_hparams.json
 
 Run it again with the same --model-dir (and more --epochs) to resume; a changed vocabulary or architecture is refused.
 Unset flags take --hparams' value, then the default shown."""
@@ -639,7 +641,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         callbacks.append(cb.EpochLine(cfg.epochs))
     clock["fit"] = time.perf_counter()
     fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, validation_freq=validation.epochs,
-                       **fit_steps(cfg, train_ds, valid_ds), callbacks=callbacks, verbose=int(cfg.verbose == PROGRESS["bar"]),
+                       **fit_steps(cfg, train_ds, valid_ds), callbacks=callbacks,
+                       verbose=int(cfg.verbose == PROGRESS["bar"]),
                        shuffle=False)  # tf.data shuffles
 
     clock["fitted"] = time.perf_counter()
@@ -649,7 +652,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     best_path = os.path.join(checkpoints, "best.weights.h5")
     if os.path.exists(best_path):
         model.load_weights(best_path)
-    model = plain_model(model, model_cfg, cfg, steps_per_epoch)  # from here on: ids → logits, what exports and evaluations read
+    model = plain_model(model, model_cfg, cfg,
+                        steps_per_epoch)  # from here on: ids → logits, what exports and evaluations read
     per_source = per_source_validation(model, info, cfg.batch_size)
     text_model = TextModel(model, info.vocab, info.normalize, info.tokenizer)
     sample = text_model.greedy(tf.constant([cfg.sample_prefix]), cfg.sample_chars)["text"][0].numpy().decode()
@@ -680,7 +684,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         metrics["per_source"] = per_source
     if chief:
         save_model(model, os.path.join(model_dir, "model.keras"))
-        from pipeline.book import BOOK_REFERENCE
+        from common.book import BOOK_REFERENCE
 
         comparable = info.tokenizer == "char" and info.normalize == "d2l"  # the book's units: same-scale numbers
         plot_curves(history, os.path.join(model_dir, "curves.png"), curves_title(model_dir, model_cfg, info),

@@ -13,11 +13,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from pipeline import atomic, cli
-from pipeline.cli import UserError
+from common import atomic, cli
+from common.cli import UserError
 from trainer.config import LR_SCHEDULES, TrainConfig
 
 TUNERS = ("hyperband", "random", "bayesian")
@@ -330,7 +330,8 @@ def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict, objec
     """One line per finished trial (`--quiet`): its point in the space, its best score, its cost."""
     scores = [v for log in logs for v in log.get(objective, []) if math.isfinite(v)]
     point = f"{values.get('num_layers')} × {values.get('num_hiddens')} {str(values.get('cell', '')).upper()}, " \
-            f"{values.get('optimizer')} lr {values.get('lr', math.nan):.3g}, dropout {values.get('dropout', 0.0):.2f}, " \
+            f"{values.get('optimizer')} lr {values.get('lr', math.nan):.3g}, " \
+            f"dropout {values.get('dropout', 0.0):.2f}, " \
             f"weight drop {values.get('weight_drop') or 0.0:.2f}"
     result = f"val perplexity {min(scores):.3f}" if scores else "no finite val perplexity"
     params = f"{extra['num_params']:,} parameters, " if extra.get("num_params") else ""
@@ -363,8 +364,14 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
     from trainer.optimizers import COSINE_FLOOR
-    from trainer.train import (averaged_weights_callbacks, fit_data, fit_steps, lr_schedule_callbacks, monitored,
-                               stream_validation)
+    from trainer.train import (
+        averaged_weights_callbacks,
+        fit_data,
+        fit_steps,
+        lr_schedule_callbacks,
+        monitored,
+        stream_validation,
+    )
 
     info = load_data_info(data_dir)
     check_records(info)
@@ -390,7 +397,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         histories = original_run_trial(trial, *args, **kwargs)  # builds the trial's model via hypermodel
         logs = [h.history for h in (histories if isinstance(histories, list) else [histories])
                 if hasattr(h, "history")]
-        speeds = [l["tokens_per_s"][-1] for l in logs if l.get("tokens_per_s")]
+        speeds = [log["tokens_per_s"][-1] for log in logs if log.get("tokens_per_s")]
         extra = {"num_params": hypermodel.last_num_params, "wall_s": time.perf_counter() - start,
                  "tokens_per_s": sum(speeds) / len(speeds) if speeds else math.nan, "tuner_id": tuner_id,
                  "epochs": len(logs[0].get("loss", [])) if logs else None}
@@ -492,7 +499,8 @@ def build_parser() -> cli.ArgumentParser:
                         "val_stream_perplexity; best_hparams.json then says stateful")
     p.add_argument("--start-with", nargs="+", default=[], metavar="JSON",
                    help="points the first trials try, in order, before the oracle's own: best_hparams.json of an "
-                        "earlier search, or a file with its keys (a resumed search skips points already tried; default: "
+                        "earlier search, or a file with its keys (a resumed search skips points already tried; "
+                        "default: "
                         "none, the oracle picks every point)")
     p.add_argument("--seed", type=int, default=0, help="seed of the oracle and of every trial's model")
     p.add_argument("--quiet", action="store_true", help="one line per trial instead of KerasTuner's display")

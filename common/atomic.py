@@ -40,7 +40,7 @@ MARKER = ".deep_rnn-output"  # in every directory atomic_directory writes: proof
 
 def check_replaceable(final: str) -> None:
     """UserError unless `final` is absent, an empty directory, or a directory this project wrote (marker inside)."""
-    from pipeline.cli import UserError
+    from common.cli import UserError
 
     if not os.path.lexists(final):
         return

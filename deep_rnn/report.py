@@ -11,7 +11,7 @@ import markdown
 from markdown.extensions import Extension
 from markdown.treeprocessors import Treeprocessor
 
-from pipeline import atomic
+from common import atomic
 
 
 def _load(path: str, default=None):
@@ -30,7 +30,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _book_comparison(metrics: dict, data: dict) -> list[str]:
     """Our run beside the book's own (DESIGN.md's reference figures), with what differs said plainly."""
-    from pipeline.book import BOOK_REFERENCE
+    from common.book import BOOK_REFERENCE
 
     h = metrics["hparams"]
     ours = f"{h['num_layers']} × {h['num_hiddens']} {h['cell'].upper()}, {metrics['epochs']} epochs"
@@ -64,8 +64,10 @@ def build_report(run_dir: str, serving: dict) -> str:
                   f"{data.get('total_tokens', 0):,} tokens after normalisation",
               f"- vocabulary: {data.get('vocab_size')} tokens (sha256 `{str(data.get('vocab_sha256', ''))[:16]}…`); "
               f"most frequent: {', '.join(repr(t) for t in vocab[1:11])}",
-              f"- split `{data.get('config', {}).get('split')}`: {data.get('windows', {}).get('train', 0):,} training and "
-              f"{data.get('windows', {}).get('valid', 0):,} validation windows of {data.get('num_steps', 0) + 1} tokens",
+              f"- split `{data.get('config', {}).get('split')}`: "
+              f"{data.get('windows', {}).get('train', 0):,} training and "
+              f"{data.get('windows', {}).get('valid', 0):,} validation windows of "
+              f"{data.get('num_steps', 0) + 1} tokens",
               ""]
     if os.path.exists(os.path.join(run_dir, "tuning", "trials.csv")):
         rows = list(csv.DictReader(open(os.path.join(run_dir, "tuning", "trials.csv"))))
@@ -73,7 +75,8 @@ def build_report(run_dir: str, serving: dict) -> str:
         parts += ["## Tuning", "", _table(["trial", "cell", "layers", "hiddens", "optimizer", "lr", "val ppl", "params",
                                            "tokens/s", "status"],
                                           [[r["trial_id"], r["cell"], r["num_layers"], r["num_hiddens"], r["optimizer"],
-                                            f"{float(r['lr']):.3g}" if r["lr"] else "", f"{float(r['val_perplexity']):.3f}",
+                                            f"{float(r['lr']):.3g}" if r["lr"] else "",
+                                            f"{float(r['val_perplexity']):.3f}",
                                             r["num_params"], f"{float(r['train_tokens_per_s']):,.0f}", r["status"]]
                                            for r in rows[:20]]),
                   "", "![Pareto front: validation perplexity against parameters](tuning/pareto.png)", ""]
@@ -85,10 +88,12 @@ def build_report(run_dir: str, serving: dict) -> str:
                   f"batch {h['batch_size']}, clip {h['clip_norm']}",
                   f"- final train perplexity **{metrics['train_ppl']:.3f}** ({metrics['train_bpc']:.3f} bits/token), "
                   f"validation perplexity **{metrics['val_ppl']:.3f}** ({metrics['val_bpc']:.3f} bits/token); "
-                  f"best validation {metrics['best_val_ppl']:.3f} at epoch {metrics['best_epoch']} (the exported weights)",
+                  f"best validation {metrics['best_val_ppl']:.3f} at epoch {metrics['best_epoch']} "
+                  "(the exported weights)",
                   *([f"- full-context validation perplexity (each source's whole held-out stream, state carried): "
                      f"**{metrics['best_val_stream_ppl']:.3f}** for the exported weights"
-                     f"{' (they were chosen by it: --stateful)' if metrics.get('selected_by') == 'val_stream_perplexity' else ''}"]
+                     + (' (they were chosen by it: --stateful)'
+                        if metrics.get('selected_by') == 'val_stream_perplexity' else '')]
                     if isinstance(metrics.get("best_val_stream_ppl"), float)
                     and metrics["best_val_stream_ppl"] == metrics["best_val_stream_ppl"] else []),
                   f"- throughput {metrics['train_tokens_per_s']:,.0f} training tokens/s on {metrics['device']}; "
@@ -96,7 +101,8 @@ def build_report(run_dir: str, serving: dict) -> str:
                   "![training curves: perplexity per epoch](model/curves.png)", ""]
         parts += _book_comparison(metrics, data)
         if metrics.get("per_source"):
-            parts += ["### Per source", "", "Validation perplexity of the exported model on each source's held-out part:",
+            parts += ["### Per source", "",
+                      "Validation perplexity of the exported model on each source's held-out part:",
                       "", _table(["source", "validation perplexity", "bits/token"],
                                  [[f"`{r['source']}`", f"{r['val_perplexity']:.3f}", f"{r['val_bits_per_token']:.3f}"]
                                   for r in metrics["per_source"]]), ""]

@@ -7,9 +7,9 @@ same corpus always gives the same ids. Tokens may contain a newline (char tokeni
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from collections.abc import Iterable
 
-from pipeline.text import UNK
+from common.text import UNK
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
 _UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 class UserError(Exception):
@@ -42,9 +42,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Runs a stage's main: UserError → one line + exit 2, Ctrl-C → exit 130."""
+    """Runs a stage's main: UserError → one line + exit 2, Ctrl-C → exit 130; TensorFlow's C++ start-up lines
+    are kept off the console (common.console.native_noise_filtered)."""
+    from common import console
+
+    quiet_tensorflow()
     try:
-        main(argv)
+        with console.native_noise_filtered():
+            main(argv)
     except UserError as err:
         message = " ".join(str(err).split())  # guarantee a single line
         print(f"error: {message}", file=sys.stderr)

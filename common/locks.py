@@ -5,7 +5,7 @@ import contextlib
 import fcntl
 import os
 
-from pipeline.cli import UserError
+from common.cli import UserError
 
 LOCK_FILE = ".lock"
 

@@ -12,8 +12,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections import deque
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 # absl's C++ log format: `E0000 00:00:1795456543.683160    4083 cuda_platform.cc:52] failed call to cuInit ...`
 _ABSL_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+[\w.\-/]+:\d+\] ")  # before absl's init the
@@ -26,6 +27,7 @@ _KNOWN_NOISE = (
     "WARNING:root:apitools not found",        # Beam's GCP extras probe
 )
 TAIL_LINES = 12
+RAW_STDERR = "DEEP_RNN_RAW_STDERR"  # set (to 1) for a child whose whole output a log keeps (run_logged)
 
 
 def is_noise(line: str) -> bool:
@@ -42,7 +44,8 @@ def run_logged(command: Sequence[str], log_path: str, echo: Callable[[str], None
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                encoding="utf-8", errors="replace", bufsize=1, preexec_fn=preexec_fn)
+                                encoding="utf-8", errors="replace", bufsize=1, preexec_fn=preexec_fn,
+                                env={**os.environ, RAW_STDERR: "1"})  # the log keeps every line
         with proc.stdout:
             for line in proc.stdout:  # universal newlines: a progress bar's \r ends a line too
                 log.write(line)
@@ -86,3 +89,37 @@ def stderr_to(log_path: str) -> Iterator[None]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+
+@contextlib.contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Passes this process's file descriptor 2 through a filter that drops the lines `is_noise` recognises.
+
+    TensorFlow's C++ libraries log to the descriptor itself (not sys.stderr), some of it at error level
+    (`E0000 ... failed call to cuInit` on a machine without a GPU), so TF_CPP_MIN_LOG_LEVEL alone cannot
+    hide it. Everything else, Python's own stderr included, passes unchanged. Off when RAW_STDERR is set."""
+    if os.environ.get(RAW_STDERR):
+        yield
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump():
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(os.dup(real), "wb", buffering=0) as out:
+            for raw in pipe:
+                if not is_noise(raw.decode("utf-8", "replace").rstrip("\n")):
+                    out.write(raw)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last write end in this process closes: the pump sees its end
+        os.close(real)
+        thread.join(timeout=2.0)  # a child process still holding the pipe must not hold up the exit
