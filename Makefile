@@ -71,7 +71,7 @@ $(BOOK_STAMP): bench/book/requirements.txt
 
 # The native form's C++ kernels, built for this CPU and TensorFlow into ~/.cache/deep_rnn/native (else on first use).
 kernels: $(STAMP)
-	@mkdir -p build && $(PY) -m trainer.native > build/kernels.log 2>&1 || { cat build/kernels.log; exit 1; }
+	@mkdir -p build && $(PY) -m trainer.build_kernels > build/kernels.log 2>&1 || { cat build/kernels.log; exit 1; }
 
 pipeline: $(STAMP) kernels
 	$(PY) -m deep_rnn.run_all $(KNOB_FLAGS)

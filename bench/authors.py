@@ -18,7 +18,7 @@ from bench.common import ROOT, SHARED_DATA, emit, train_process
 from common import cli
 from common.vocab import read_vocab
 from pipeline import transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 
 VALID_FRACTION = 0.1
 BOOKS = {  # short name → (author, file); The Time Machine is the named corpus the book uses
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    from deep_rnn.evaluate import evaluate
+    from deep_rnn.evaluation import evaluate
 
     args = build_parser().parse_args()
     work = tempfile.mkdtemp(prefix="bench-authors-")

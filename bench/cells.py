@@ -16,7 +16,7 @@ from bench.common import ROOT, emit, train_process
 from common import cli
 from common.book import BOOK_REFERENCE
 from pipeline import transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 
 BOOK_WIDTH, LAYERS = 32, 2
 
@@ -24,7 +24,7 @@ BOOK_WIDTH, LAYERS = 32, 2
 def parameter_count(cell: str, width: int, vocab_size: int) -> int:
     from trainer.config import TrainConfig
     from trainer.model import build_model
-    from trainer.train import model_config_for
+    from trainer.training import model_config_for
 
     cfg = TrainConfig(cell=cell, num_layers=LAYERS, num_hiddens=width, backend_form="stacked")
     return int(build_model(model_config_for(cfg, vocab_size)).count_params())
@@ -45,7 +45,7 @@ def plot(runs: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainer.train import plain_log_ticks
+    from trainer.training import plain_log_ticks
 
     fig, ax = plt.subplots(figsize=(8, 5))
     values = []

@@ -2,7 +2,7 @@
 
     python -m bench.forms [--sizes 2x32@1024x32 2x256 3x512] [--cells gru lstm] [--mixed-precision]
 Each (size, cell, form) runs in a process of its own, with the thread set-up the trainer gives that form
-(trainer.train.configure_cpu_threads), so every row is what `trainer.train --backend-form FORM` would get.
+(trainer.training.configure_cpu_threads), so every row is what `trainer.train --backend-form FORM` would get.
 `--backend-form auto` chooses from the rows this writes to trainer/forms_table.json (trainer.model.resolve_form),
 this CPU's rows where there are any: a run replaces the rows it measures again and keeps the others, so the file
 holds every CPU it has run on (trainer.forms.cpu_signature);
@@ -52,7 +52,7 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
     from trainer.config import ModelConfig, TrainConfig
     from trainer.forms import cpu_signature
     from trainer.model import build_model, graph_op_types
-    from trainer.train import compile_model, configure_cpu_threads
+    from trainer.training import compile_model, configure_cpu_threads
 
     cfg = TrainConfig(cell=cell, num_layers=layers, num_hiddens=hiddens, batch_size=batch, optimizer="adam",
                       lr=1e-3, mixed_precision=mixed_precision)

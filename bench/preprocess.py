@@ -16,7 +16,7 @@ import time
 from bench.common import SHARED_DATA, emit
 from common import cli
 from pipeline import transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 from pipeline.reference import preprocess_reference
 from pipeline.sources import resolve_sources
 

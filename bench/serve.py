@@ -35,10 +35,10 @@ def ensure_export(run_dir: str | None) -> str:
     if run_dir and os.path.isdir(os.path.join(run_dir, "export", "deep_rnn")):
         return os.path.join(run_dir, "export", "deep_rnn")
     from pipeline import transform
-    from pipeline.preprocess import preprocess
-    from serving.export import export_model
+    from pipeline.preprocessing import preprocess
+    from serving.savedmodel import export_model
     from trainer.config import TrainConfig
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     work = tempfile.mkdtemp()
     preprocess(["timemachine"], os.path.join(work, "data"), transform.PreprocessConfig(split="d2l"))
@@ -83,9 +83,9 @@ def main() -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-    from serving.client import free_port, latency_summary
-    from serving.export import versions
-    from serving.grpc_client import Client
+    from common.net import free_port
+    from serving.grpc_client import Client, latency_summary
+    from serving.layout import versions
 
     base = ensure_export(args.run_dir)
     path = os.path.join(base, str(versions(base)[-1]))

@@ -23,7 +23,7 @@ import time
 from bench.common import ROOT, SHARED_DATA, emit, train_process
 from common import cli
 from pipeline import transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 
 NANOGPT = {"gpu_val_loss_nats": 1.4697, "cpu_val_loss_nats": 1.88}
 SAMPLE_PROMPT = "ROMEO:\n"
@@ -67,7 +67,7 @@ def sample_text(model_dir: str, prompt: str, num_chars: int) -> str:
     """num_chars characters drawn at temperature 0.8 (seed 0) through the trainer's own TextModel."""
     import tensorflow as tf
 
-    from serving.export import load_trained
+    from serving.savedmodel import load_trained
     from trainer.generate import TextModel
 
     model, vocab, run_config = load_trained(model_dir)

@@ -107,7 +107,7 @@ def main() -> None:
     from bench.common import emit  # here, not at import: bench.common sets benchmark-only environment
     from trainer.config import TrainConfig
     from trainer.model import build_model
-    from trainer.train import compile_model, configure_cpu_threads, model_config_for, resolved_form
+    from trainer.training import compile_model, configure_cpu_threads, model_config_for, resolved_form
 
     # the book's defaults: 2 × 32 GRU, batch 1024, SGD lr 2, clip 1; its vocabulary has 28 tokens
     cfg = TrainConfig(verbose=0, backend_form=args.form)

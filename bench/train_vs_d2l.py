@@ -21,7 +21,7 @@ from common import cli
 from common.book import BOOK_REFERENCE, book_reference
 from common.cli import UserError
 from pipeline import transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 from trainer.config import FORMS
 
 BOOK_PYTHON = ROOT / ".venv-book" / "bin" / "python"
@@ -104,7 +104,7 @@ def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
     from trainer.config import TrainConfig
     from trainer.data import load_data_info, make_dataset
     from trainer.model import build_model
-    from trainer.train import compile_model, model_config_for
+    from trainer.training import compile_model, model_config_for
 
     work = tempfile.mkdtemp()
     preprocess([str(__import__("bench.common").common.SHARED_DATA / "tinyshakespeare.txt")],

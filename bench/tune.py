@@ -28,7 +28,7 @@ from bench.common import ROOT, emit
 from common import cli
 from common.cli import UserError
 from pipeline import transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 
 # the best point earlier runs of the search found (a 3 × 128 LSTM)
 START_POINT = ROOT / "bench" / "tune_start.json"
@@ -39,7 +39,7 @@ def context_profile(model_dir: str, data_dir: str) -> dict:
     from a zero state), for the saved model (its best epoch)."""
     import math
 
-    from serving.export import load_trained
+    from serving.savedmodel import load_trained
     from trainer.data import load_data_info, make_dataset
     from trainer.metrics import perplexity_by_position
 
@@ -167,8 +167,8 @@ def main(argv=None) -> None:
     if not 0 < args.search_fraction <= 1:
         parser.error("--search-fraction must be in (0, 1]")
     from trainer.config import TrainConfig
-    from trainer.train import train_and_evaluate
-    from trainer.tune import HPARAM_KEYS, SHARED_REGULARISERS, SearchSpace, read_start_point, tune
+    from trainer.search import HPARAM_KEYS, SHARED_REGULARISERS, SearchSpace, read_start_point, tune
+    from trainer.training import train_and_evaluate
 
     space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
     start_points = [read_start_point(path, space) for path in args.start_with]  # a bad file: exit 2 before any work

@@ -20,7 +20,7 @@ COMMANDS = {
     "serve": ("serving.server", "serve exports with TF Serving's gRPC and REST APIs (local stand-in)"),
     "client": ("serving.client", "query a served model over gRPC: generate or score text"),
     "evaluate": ("deep_rnn.evaluate", "perplexity of a model or export on any texts, per source"),
-    "kernels": ("trainer.native", "build the native form's C++ kernels for this CPU"),
+    "kernels": ("trainer.build_kernels", "build the native form's C++ kernels for this CPU"),
 }
 
 
@@ -42,7 +42,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     sys.argv = [f"deep-rnn {name}", *rest]
     runpy.run_module(COMMANDS[name][0], run_name="__main__", alter_sys=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,23 +6,15 @@ passes through to Beam; the runner is Beam's in-process FnApiRunner unless --run
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
-from common import atomic, cli, text
-from common import vocab as vocab_lib
+from common import cli, text
 from common.cli import UserError
 from pipeline import boilerplate, sources, transform
-
-SIDE_FILES = ("vocab", "shards", "sources", "tokens", "errors")
-# Beam's in-process runner, the one the tests run. Beam 2.77's own default, DirectRunner, first tries to
-# download a Prism binary from github.com on every run and falls back to this runner when it cannot
-# (leaving an empty temporary directory behind); --runner=DirectRunner still gets that behaviour.
-DEFAULT_RUNNER = "FnApiRunner"
-
+from pipeline.preprocessing import preprocess
 
 EXAMPLES = """examples:
   python -m pipeline.preprocess --corpus timemachine --output runs/default/data --split d2l
@@ -86,142 +78,6 @@ def parse_args(argv: Sequence[str] | None):
     except ValueError as err:
         raise UserError(str(err)) from None
     return args, cfg, beam_args
-
-
-def _beam_options(beam_args: Sequence[str]):
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    bad = [a for a in beam_args if not a.startswith("--")]
-    if bad:
-        raise UserError(f"unexpected argument {bad[0]!r}")
-    options = PipelineOptions(list(beam_args))
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = DEFAULT_RUNNER  # known good: Beam builds it once, when the pipeline runs
-        return options
-    from apache_beam.runners.runner import create_runner
-
-    try:
-        create_runner(standard.runner)
-    except (ValueError, ImportError) as err:
-        raise UserError(f"--runner={standard.runner}: {' '.join(str(err).split())[:300]}") from None
-    return options
-
-
-def run_beam(files: list[str], out_dir: str, cfg: transform.PreprocessConfig, beam_args: Sequence[str]) -> dict:
-    """Runs the Beam graph into out_dir and returns the facts it gathered."""
-    import apache_beam as beam
-
-    from pipeline import beam_graph
-
-    with beam.Pipeline(options=_beam_options(beam_args)) as p:
-        beam_graph.build(p, files, cfg, out_dir)
-    facts = {}
-    for name in SIDE_FILES:
-        path = os.path.join(out_dir, f"_{name}.json")
-        with open(path) as f:
-            facts[name] = json.load(f)
-        os.unlink(path)
-    return facts
-
-
-def check_facts(facts: dict, cfg: transform.PreprocessConfig) -> dict[str, int]:
-    """Raises UserError for failed files or a corpus too short; returns windows per split."""
-    errors = sorted(facts["errors"])
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise UserError(errors[0] + more)
-    total = facts["vocab"]["total_tokens"]
-    size = len(facts["vocab"]["vocab"])
-    if size > transform.MAX_VOCAB:
-        raise UserError(f"the vocabulary has {size} tokens, more than the {transform.MAX_VOCAB} a model can take; "
-                        f"cap it with --max-tokens or --min-freq")
-    if total == 0:
-        raise UserError("the corpus is empty after normalisation: no tokens to learn from")
-    counts = {split: sum(s["records"] for s in facts["shards"] if s["split"] == split) for split in ("train", "valid")}
-    if cfg.split == "d2l":
-        need = cfg.num_train + cfg.num_val + cfg.num_steps
-        if counts["train"] < cfg.num_train or counts["valid"] < cfg.num_val:
-            raise UserError(f"the corpus has {total} tokens but the d2l split needs {need} "
-                            f"(num_train + num_val + num_steps); lower --num-train/--num-val or use --split holdout")
-    else:
-        for split in ("train", "valid"):
-            if counts[split] == 0:
-                raise UserError(f"the corpus ({total} tokens) is too short for one {split} window of "
-                                f"{cfg.num_steps + 1} tokens; lower --num-steps or change --valid-fraction")
-    return counts
-
-
-def source_table(facts: dict, cfg: transform.PreprocessConfig) -> list[dict]:
-    """metadata.json's `sources`: per input, in order, what was read and what it gave."""
-    tokens = [n for _, n in sorted(facts["tokens"])]
-    rows = [dict(info) for _, info in sorted(facts["sources"], key=lambda item: item[0])]
-    for row, n, windows in zip(rows, tokens, transform.source_windows(tokens, cfg)):
-        row.update(tokens=n, windows=windows)
-    return rows
-
-
-def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.PreprocessConfig,
-                   beam_args: Sequence[str]) -> dict:
-    import apache_beam as beam
-
-    vocab = facts["vocab"]["vocab"]
-    atomic.write_text(os.path.join(out_dir, "vocab.txt"), vocab_lib.vocab_to_text(vocab))
-    metadata = {
-        "sources": source_table(facts, cfg),
-        "config": cfg.to_dict(),
-        "normalize": cfg.normalize,
-        "tokenizer": cfg.tokenizer,
-        "num_steps": cfg.num_steps,
-        "vocab_size": len(vocab),
-        "vocab_sha256": vocab_lib.vocab_sha256(vocab),
-        "total_tokens": facts["vocab"]["total_tokens"],
-        "windows": counts,
-        "shards": sorted(facts["shards"], key=lambda s: s["file"]),
-        "beam_version": beam.__version__,
-        "beam_options": list(beam_args),
-    }
-    atomic.write_text(os.path.join(out_dir, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    return metadata
-
-
-def check_output_apart_from_inputs(output: str, files: Sequence[str]) -> None:
-    """UserError when the output directory equals, contains or lies inside an input: replacing it would
-    delete the corpus (or, with --output ., the working directory)."""
-    out = os.path.realpath(output)
-    for path in files:
-        if "://" in path:
-            continue
-        src = os.path.realpath(path)
-        if out == src or src.startswith(out + os.sep) or out.startswith(src + os.sep):
-            raise UserError(f"--output {output}: holds the input {path}; choose an output directory apart from "
-                            f"the corpus")
-
-
-def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConfig,
-               beam_args: Sequence[str] = ()) -> dict:
-    """The whole stage: resolve sources, run Beam, validate, write metadata; atomic on `output`."""
-    if "://" in output:
-        raise UserError(f"{output}: the output must be a local directory")
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise UserError(f"{output}: exists and is not a directory")
-    files = sources.resolve_sources(list(corpus))
-    check_output_apart_from_inputs(output, files)
-    atomic.check_replaceable(os.path.abspath(output))  # before Beam runs, not after minutes of work
-    parent = os.path.dirname(os.path.abspath(output))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--output {output}: cannot create {parent}: {err.strerror or err}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--output {output}: {parent} is not writable")
-    try:
-        with atomic.atomic_directory(output, "pipeline.preprocess") as tmp:
-            facts = run_beam(files, tmp, cfg, beam_args)
-            counts = check_facts(facts, cfg)
-            return write_metadata(tmp, facts, counts, cfg, beam_args)
-    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
-        raise UserError(f"--output {output}: cannot write: {err.strerror or err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

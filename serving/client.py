@@ -7,26 +7,10 @@ The client class is serving.grpc_client.Client; this module imports it only when
 """
 from __future__ import annotations
 
-import socket
-import statistics
 import sys
 
 from common import cli
 from common.cli import UserError
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for starting a server on it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def latency_summary(times_ms: list[float]) -> dict:
-    """n, p50 and p99 of request latencies in milliseconds."""
-    times_ms = sorted(times_ms)
-    return {"n": len(times_ms), "p50_ms": statistics.median(times_ms),
-            "p99_ms": times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]}
 
 
 def build_parser() -> cli.ArgumentParser:

@@ -3,6 +3,7 @@
 Its command line is serving.client; this module imports TensorFlow (the stubs' protos need it)."""
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 
@@ -91,3 +92,10 @@ class Client:
         out = self.call(self.request("score", text=texts))
         return [{"log_likelihood": float(ll), "num_tokens": int(n), "perplexity": float(p)}
                 for ll, n, p in zip(out["log_likelihood"], out["num_tokens"], out["perplexity"])]
+
+
+def latency_summary(times_ms: list[float]) -> dict:
+    """n, p50 and p99 of request latencies in milliseconds."""
+    times_ms = sorted(times_ms)
+    return {"n": len(times_ms), "p50_ms": statistics.median(times_ms),
+            "p99_ms": times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]}

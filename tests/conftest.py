@@ -94,7 +94,7 @@ def assert_user_error(proc, *needles: str):
 def tiny_data(tmp_path_factory, seeded_cache):
     """The Time Machine, holdout split, 16-step windows: ~9.8k train windows, seconds to make."""
     from pipeline import transform
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocessing import preprocess
 
     out = tmp_path_factory.mktemp("tiny") / "data"
     preprocess(["timemachine"], str(out), transform.PreprocessConfig(num_steps=16, stride=16))
@@ -108,7 +108,7 @@ TINY_TRAIN = dict(num_layers=2, num_hiddens=16, batch_size=256, epochs=2, verbos
 def trained(tiny_data, tmp_path_factory):
     """A tiny model trained by the real train_and_evaluate: (model_dir, metrics)."""
     from trainer.config import TrainConfig
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     model_dir = tmp_path_factory.mktemp("trained") / "model"
     metrics = train_and_evaluate(TrainConfig(**TINY_TRAIN), str(tiny_data), str(model_dir))
@@ -118,7 +118,7 @@ def trained(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
     """EXPORT_BASE with version 1 of the tiny model."""
-    from serving.export import export_model
+    from serving.savedmodel import export_model
 
     base = tmp_path_factory.mktemp("export")
     export_model(str(trained[0]), str(base), "deep_rnn")

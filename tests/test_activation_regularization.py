@@ -95,7 +95,7 @@ def test_cli_refuses_a_negative_ar_in_one_line(tiny_data, tmp_path):
 
 
 def test_tuner_hands_the_regularisers_to_trainer_train():
-    from trainer.tune import shared_settings
+    from trainer.search import shared_settings
 
     assert shared_settings(TrainConfig(stateful=True, ar=2.0, tar=1.0)) == {"stateful": True, "ar": 2.0, "tar": 1.0}
     assert shared_settings(TrainConfig()) == {}
@@ -103,7 +103,7 @@ def test_tuner_hands_the_regularisers_to_trainer_train():
 
 @pytest.mark.slow
 def test_stateful_training_with_ar_and_tar_learns_and_exports(tiny_data, tmp_path):
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 2}, optimizer="adam", lr=0.01, stateful=True, ar=2.0, tar=1.0)
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))

@@ -179,7 +179,7 @@ def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
     assert_user_error(run_cli("bench.tune", "--validation-freq", "0"), "validation_freq must be >= 1")
     # the committed start point lies inside bench.tune's default space
     from bench.tune import START_POINT, build_parser
-    from trainer.tune import SearchSpace, read_start_point
+    from trainer.search import SearchSpace, read_start_point
 
     args = build_parser().parse_args([])
     read_start_point(str(START_POINT), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,

@@ -11,7 +11,7 @@ import pytest
 from common import text
 from common.cli import UserError
 from pipeline import boilerplate, transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 from tests.conftest import SHARED_DATA, assert_user_error, run_cli
 
 BOOKS = sorted((SHARED_DATA / "books").glob("*.txt"))
@@ -174,7 +174,7 @@ def _validation_text(tiny_data) -> str:
 
 
 def test_evaluate_gives_the_trainers_validation_perplexity(trained, exported, tiny_data, tmp_path):
-    from deep_rnn.evaluate import evaluate
+    from deep_rnn.evaluation import evaluate
 
     model_dir, metrics = trained
     (tmp_path / "valid.txt").write_text(_validation_text(tiny_data))
@@ -208,7 +208,7 @@ def test_evaluate_cli_per_source_json_and_unknown_tokens(trained, tmp_path):
 
 def test_unknown_rate_counts_characters_outside_the_vocabulary():
     """A char model trained without normalisation sees other characters as <unk>; the share is reported."""
-    from deep_rnn.evaluate import SourceText, evaluate_sources
+    from deep_rnn.evaluation import SourceText, evaluate_sources
 
     ids = text.Encoder(["<unk>", "a", "b"], "char").encode("abxyab")
     rows = evaluate_sources([SourceText("s", {"chars": 6}, list("abxyab"), ids)], lambda src: (6.0, 3))

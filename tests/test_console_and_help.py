@@ -14,14 +14,14 @@ from common import console
 from tests.conftest import ROOT
 
 # The stages a user types (README, DESIGN.md's command-line contract); each has an example in its --help.
-STAGES = ("deep_rnn.run_all", "pipeline.preprocess", "trainer.tune", "trainer.train", "serving.export",
+STAGES = ("deep_rnn.run_all", "deep_rnn.evaluate", "pipeline.preprocess", "trainer.tune", "trainer.train", "serving.export",
           "serving.server", "serving.client")
 
 
 def cli_modules() -> list[str]:
     """Every module of ours that builds an argument parser (found from the source, so a new one is covered)."""
     found = []
-    for package in ("pipeline", "trainer", "serving", "bench"):
+    for package in ("common", "pipeline", "trainer", "serving", "deep_rnn", "bench"):
         for path in sorted((ROOT / package).glob("*.py")):
             if path.name != "cli.py" and "ArgumentParser(" in path.read_text():
                 found.append(f"{package}.{path.stem}")

@@ -14,7 +14,7 @@ import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from trainer.config import TrainConfig
-from trainer.train import train_and_evaluate
+from trainer.training import train_and_evaluate
 m = train_and_evaluate(TrainConfig(epochs=2, num_hiddens=16, batch_size=256, verbose=0, distribute="mirrored",
                                    ema=0.9), sys.argv[1], sys.argv[2])  # the average swapped in and out per replica
 assert tf.distribute.MirroredStrategy().num_replicas_in_sync == 2

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import TINY_TRAIN, assert_user_error, run_cli
 from trainer import callbacks as cb
 from trainer.config import ModelConfig, TrainConfig
-from trainer.train import build_training_model, compile_model, train_and_evaluate
+from trainer.training import build_training_model, compile_model, train_and_evaluate
 
 
 class WeightsAtEpochEnd(keras.callbacks.Callback):
@@ -66,7 +66,7 @@ def test_training_with_ema_validates_checkpoints_and_exports_the_average(tiny_da
     the logged validation is the average's (the saved model, which is the best epoch's average, scores
     exactly the logged best val perplexity), and the latest checkpoint, written as fit() ends, holds the
     trained weights: the same as the run without averaging."""
-    from serving.export import load_trained
+    from serving.savedmodel import load_trained
     from trainer.data import load_data_info, make_dataset
 
     settings = {**TINY_TRAIN, "epochs": 2, "optimizer": "adam", "lr": 0.02, "stateful": stateful}
@@ -99,7 +99,7 @@ def test_training_with_ema_validates_checkpoints_and_exports_the_average(tiny_da
 
 def test_ema_flag_is_checked_and_carried_by_the_tuner(tiny_data, tmp_path):
     """--ema outside [0, 1) exits 2 in one line; trainer.tune --ema writes it to best_hparams.json."""
-    from trainer.tune import shared_settings
+    from trainer.search import shared_settings
 
     assert_user_error(run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
                               "--ema", "1"), "ema must be in [0, 1)")

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from common.cli import UserError
-from serving import export
+from serving import layout, savedmodel
 from serving.grpc_client import predict_request
 
 
@@ -21,16 +21,16 @@ def _requests(export_dir: str) -> list:
             predict_request("sample", "sample", prefix=["it has", "it has"], num_chars=12,
                             temperature=[0.7, 1.3], top_k=[3, 0], seed=[5, 6]),
             predict_request("deep_rnn", "score", text=["the time traveller", "it has been long"])]
-    return export.read_warmup(export_dir) + more
+    return layout.read_warmup(export_dir) + more
 
 
 def test_every_signature_and_warmup_record_runs_in_the_session_loader_as_in_tf2(exported):
     path = str(exported / "deep_rnn" / "1")
     requests = _requests(path)
-    assert {r.model_spec.signature_name for r in requests} == set(export.SIGNATURES)
-    assert len(export.read_warmup(path)) >= 5
-    in_session = export.run_in_session_loader(path, requests)
-    in_tf2 = export.run_in_tf2_loader(path, requests)
+    assert {r.model_spec.signature_name for r in requests} == set(savedmodel.SIGNATURES)
+    assert len(layout.read_warmup(path)) >= 5
+    in_session = savedmodel.run_in_session_loader(path, requests)
+    in_tf2 = savedmodel.run_in_tf2_loader(path, requests)
     for req, a, b in zip(requests, in_session, in_tf2):
         assert set(a) == set(b), req.model_spec.signature_name
         for key in a:
@@ -47,7 +47,7 @@ def test_per_row_inputs_match_single_rows(exported):
                             top_k=[3, 0], seed=[11, 12])
     alone = [predict_request("m", "sample", prefix=["it has"], num_chars=15, temperature=0.8, top_k=3, seed=11),
              predict_request("m", "sample", prefix=["the"], num_chars=4, temperature=1.5, top_k=0, seed=12)]
-    got = export.run_in_session_loader(path, [batch] + alone)
+    got = savedmodel.run_in_session_loader(path, [batch] + alone)
     assert list(got[0]["text"]) == [got[1]["text"][0], got[2]["text"][0]]
     assert len(got[0]["text"][1].decode()) == len("the") + 4
 
@@ -58,7 +58,7 @@ def test_saved_model_cli_runs_every_signature(exported):
     cases = {"serving_default": "prefix=['it has'];num_chars=20",
              "sample": "prefix=['it has'];num_chars=[20];temperature=1.0;top_k=0;seed=[1]",
              "score": "text=['it has been a long time']"}
-    expected = export.run_in_tf2_loader(path, [
+    expected = savedmodel.run_in_tf2_loader(path, [
         predict_request("m", "serving_default", prefix=["it has"], num_chars=20),
         predict_request("m", "sample", prefix=["it has"], num_chars=[20], temperature=1.0, top_k=0, seed=[1]),
         predict_request("m", "score", text=["it has been a long time"])])
@@ -77,17 +77,17 @@ def test_export_refuses_a_version_the_session_loader_cannot_run(trained, tmp_pat
 
     monkeypatch.setattr(trainer.generate, "backend_variable", lambda variable: variable)
     with pytest.raises(UserError, match="session loader"):
-        export.export_model(str(trained[0]), str(tmp_path), "deep_rnn")
+        savedmodel.export_model(str(trained[0]), str(tmp_path), "deep_rnn")
     model_base = tmp_path / "deep_rnn"
     assert not [d for d in os.listdir(model_base) if not d.startswith(".")], "a refused version was published"
-    assert export.versions(str(model_base)) == []
+    assert layout.versions(str(model_base)) == []
 
 
 def test_limits_are_enforced_inside_the_graph(trained, tmp_path):
     """TF Serving runs the graph, so the limits must be in it: batch, prefix length and num_chars."""
     from trainer.config import ServingLimits
 
-    path = export.export_model(str(trained[0]), str(tmp_path), "deep_rnn",
+    path = savedmodel.export_model(str(trained[0]), str(tmp_path), "deep_rnn",
                                limits=ServingLimits(max_batch_size=2, max_input_tokens=50, max_chars=30))
     signatures = tf.saved_model.load(path).signatures
     ok = signatures["serving_default"](prefix=tf.constant(["a", "b"]), num_chars=tf.constant(30))
@@ -98,5 +98,5 @@ def test_limits_are_enforced_inside_the_graph(trained, tmp_path):
             signatures["serving_default"](prefix=tf.constant(prefix), num_chars=tf.constant(num_chars))
     with pytest.raises(tf.errors.InvalidArgumentError, match="batch must be <= 2"):
         signatures["score"](text=tf.constant(["it has", "it has", "it has"]))
-    limits = (tmp_path / "deep_rnn" / "1" / export.LIMITS_FILE).read_text()
+    limits = (tmp_path / "deep_rnn" / "1" / layout.LIMITS_FILE).read_text()
     assert '"max_chars": 30' in limits

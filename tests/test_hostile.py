@@ -19,7 +19,7 @@ import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from common import locks
-from serving.client import free_port
+from common.net import free_port
 from serving.grpc_client import Client
 from tests.conftest import ROOT, TINY_TRAIN, assert_user_error, run_cli
 
@@ -177,7 +177,7 @@ def test_train_model_dir_that_is_a_file_and_damaged_run_config(tiny_data, tmp_pa
 # ---- 5. resume across changed flags, and two runs in one model dir ----
 def test_resume_with_a_changed_flag_keeps_the_model_dir_usable(tiny_data, tmp_path):
     from trainer.config import TrainConfig
-    from trainer.train import read_history, train_and_evaluate
+    from trainer.training import read_history, train_and_evaluate
 
     model = tmp_path / "model"
     base = {**TINY_TRAIN, "num_hiddens": 8}
@@ -263,7 +263,7 @@ def _alive(pid: int) -> bool:
 # ---- 6. the pipeline reports only on the server it started ----
 def test_serve_and_query_refuses_a_port_something_else_listens_on(exported, tmp_path):
     from common.cli import UserError
-    from deep_rnn.run_all import serve_and_query
+    from deep_rnn.orchestrate import serve_and_query
 
     run_dir = tmp_path / "run"
     shutil.copytree(exported, run_dir / "export")
@@ -418,7 +418,7 @@ def test_a_vocabulary_too_large_for_a_model_is_refused(sandbox, monkeypatch):
     """A word vocabulary past MAX_VOCAB (2^21 ids) is a one-line error; shown with the limit lowered to 50."""
     from common.cli import UserError
     from pipeline import transform
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocessing import preprocess
 
     monkeypatch.setattr(transform, "MAX_VOCAB", 50)
     with pytest.raises(UserError, match="more than the 50"):

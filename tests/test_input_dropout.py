@@ -81,7 +81,7 @@ def test_input_dropout_is_checked_kept_out_of_the_architecture_and_serialised(tm
     for make in (lambda: ModelConfig(11, input_dropout=1.0), lambda: TrainConfig(input_dropout=-0.1)):
         with pytest.raises(ValueError, match=r"input_dropout must be in \[0, 1\)"):
             make()
-    from trainer.tune import shared_settings
+    from trainer.search import shared_settings
 
     assert shared_settings(TrainConfig(input_dropout=0.1)) == {"input_dropout": 0.1}  # best_hparams.json keeps it
     # a run may resume with another input dropout: it changes training, not the weights' layout
@@ -98,8 +98,8 @@ def test_input_dropout_is_checked_kept_out_of_the_architecture_and_serialised(tm
 def test_training_with_input_dropout_from_the_cli_and_stateful(tiny_data, tmp_path):
     """The CLI refuses a bad --input-dropout in one line before writing anything; a stateful run with it
     trains, records it and exports with standard ops."""
-    from serving.export import check_portable, export_model
-    from trainer.train import train_and_evaluate
+    from serving.savedmodel import check_portable, export_model
+    from trainer.training import train_and_evaluate
 
     proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "bad"),
                    "--input-dropout", "1.5", "--epochs", "1")

@@ -269,7 +269,7 @@ def test_native_form_trains_with_the_fused_loss_and_never_falls_back_silently(mo
     """compile_model gives the native form the kernels' loss op (the loss and both metrics); other forms keep
     standard ops; without the kernels the loss warns and runs the same maths as standard ops."""
     from trainer.metrics import token_cross_entropy
-    from trainer.train import compile_model
+    from trainer.training import compile_model
 
     cfg = TrainConfig(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
     rng = np.random.default_rng(4)
@@ -301,7 +301,7 @@ def test_native_form_is_gru_and_lstm_only():
 
 
 def test_one_training_step_and_weights_move_between_forms():
-    from trainer.train import compile_model
+    from trainer.training import compile_model
 
     cfg = TrainConfig(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
     model = compile_model(build_model(ModelConfig(11, num_hiddens=8, form="native", dropout=0.2)), cfg)
@@ -403,10 +403,10 @@ def test_a_native_trained_model_exports_standard_ops_only(tiny_data, tmp_path):
     """Trained with the native kernels, exported with standard ops: generation equals the Keras model's."""
     import keras
 
-    from serving.export import export_model
-    from serving.export import graph_op_types as saved_op_types
+    from serving.savedmodel import export_model
+    from serving.savedmodel import graph_op_types as saved_op_types
     from tests.conftest import TINY_TRAIN
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     model_dir = tmp_path / "model"
     train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "epochs": 1, "backend_form": "native"}), str(tiny_data),
@@ -549,9 +549,9 @@ def test_auto_leaves_native_under_mixed_precision_without_avx512_bf16(monkeypatc
 def test_mixed_precision_native_trains_as_well_as_float32_and_exports(tiny_data, tmp_path):
     """The quality check for bfloat16 products: the same seeded run in both precisions reaches nearly the
     same validation perplexity; the mixed-precision model exports with standard ops."""
-    from serving.export import check_portable, export_model
+    from serving.savedmodel import check_portable, export_model
     from tests.conftest import TINY_TRAIN
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     _bf16_or_skip()
     runs = {}

@@ -165,7 +165,7 @@ def test_portable_runner_with_local_job_service(tmp_path, d2l_reference):
 @pytest.fixture(scope="module")
 def d2l_reference(tmp_path_factory):
     from pipeline import transform
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocessing import preprocess
 
     out = tmp_path_factory.mktemp("ref") / "data"
     preprocess(["timemachine"], str(out), transform.PreprocessConfig(split="d2l"))

@@ -13,7 +13,7 @@ from common import text
 from common import vocab as vocab_lib
 from common.atomic import MARKER
 from pipeline import records, sources, transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 from pipeline.reference import preprocess_reference
 
 

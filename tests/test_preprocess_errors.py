@@ -7,7 +7,7 @@ import pytest
 
 from common.cli import UserError
 from pipeline import transform
-from pipeline.preprocess import preprocess
+from pipeline.preprocessing import preprocess
 from tests.conftest import assert_user_error, run_cli
 
 pytestmark = pytest.mark.reliability
@@ -104,7 +104,7 @@ def test_a_50mb_line_without_newline(tmp_path):
 
 
 def test_a_file_that_vanishes_mid_run(tmp_path, monkeypatch):
-    from pipeline import preprocess as stage
+    from pipeline import preprocessing as stage
 
     doomed = tmp_path / "doomed.txt"
     doomed.write_text("some words that will not be read " * 50)

@@ -119,9 +119,9 @@ def test_report_shows_per_source_validation_when_a_run_has_several_sources(run_d
 def test_training_writes_per_source_validation_for_a_multi_source_holdout_run(tmp_path, timemachine_text):
     """Two sources → two validation parts → metrics.json's per_source, one row each, in source order."""
     from pipeline import transform
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocessing import preprocess
     from trainer.config import TrainConfig
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     half = len(timemachine_text) // 2
     for name, text in (("first.txt", timemachine_text[:half]), ("second.txt", timemachine_text[half:])):

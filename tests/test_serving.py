@@ -25,8 +25,8 @@ from tensorflow_serving.apis import (
 )
 
 from common.cli import UserError
-from serving import export
-from serving.client import free_port
+from common.net import free_port
+from serving import layout, savedmodel
 from serving.grpc_client import Client
 from serving.service import Server
 
@@ -43,7 +43,7 @@ def server(request, exported, tmp_path_factory):
     """(grpc address, rest address, export base): the local stand-in, or TF Serving when installed."""
     base = tmp_path_factory.mktemp("serve")
     shutil.copytree(exported / "deep_rnn", base / "deep_rnn")
-    export.write_models_config(str(base))
+    savedmodel.write_models_config(str(base))
     if request.param == "local":
         srv = Server(str(base / "deep_rnn"), port=0, rest_port=0, poll_seconds=0.2, max_request_bytes=1 << 20)
         yield f"127.0.0.1:{srv.port}", f"http://127.0.0.1:{srv.rest_port}", base
@@ -81,10 +81,10 @@ def test_signatures_and_graph_are_servable(exported):
     assert {k: v.dtype for k, v in sigs["sample"][0].items()} == {
         "prefix": tf.string, "num_chars": tf.int32, "temperature": tf.float32, "top_k": tf.int32, "seed": tf.int64}
     assert set(sigs["score"][1]) == {"log_likelihood", "num_tokens", "perplexity"}
-    types = export.graph_op_types(path)
-    assert not types & set(export.FORBIDDEN_OPS) and not any("Cudnn" in t for t in types)
+    types = savedmodel.graph_op_types(path)
+    assert not types & set(savedmodel.FORBIDDEN_OPS) and not any("Cudnn" in t for t in types)
     assert "StaticRegexReplace" in types or "RegexReplace" in types  # the normaliser is in the graph
-    assert (exported / "deep_rnn" / "1" / export.WARMUP_FILE).exists()
+    assert (exported / "deep_rnn" / "1" / layout.WARMUP_FILE).exists()
     assert 'base_path: "' in (exported / "models.config").read_text()
 
 
@@ -348,7 +348,7 @@ def test_new_version_is_picked_up_under_load_with_no_failed_request(server, trai
     for t in threads:
         t.start()
     time.sleep(1.0)
-    new = export.export_model(str(trained[0]), str(base), "deep_rnn")
+    new = savedmodel.export_model(str(trained[0]), str(base), "deep_rnn")
     deadline = time.time() + 60
     while time.time() < deadline and int(new.rsplit("/", 1)[1]) not in versions_seen:
         time.sleep(0.2)
@@ -391,7 +391,7 @@ def test_16_clients_for_30_seconds_with_a_hot_swap(server, trained):
     for t in threads:
         t.start()
     time.sleep(10)
-    export.export_model(str(trained[0]), str(base), "deep_rnn")  # swapped in under load
+    savedmodel.export_model(str(trained[0]), str(base), "deep_rnn")  # swapped in under load
     for t in threads:
         t.join()
     assert not failures and all(c > 0 for c in counts)

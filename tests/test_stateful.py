@@ -38,7 +38,7 @@ def test_too_short_a_source_for_the_lanes_is_one_line():
 
 def test_streams_rebuilt_from_windows_of_any_stride(tiny_data, tmp_path):
     from pipeline import transform
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocessing import preprocess
     from trainer.data import load_data_info, read_windows, split_streams
 
     info = load_data_info(str(tiny_data))
@@ -173,7 +173,7 @@ def test_stateful_resume_continues_the_same_lanes(tiny_data, tmp_path, ema):
     backup written as the first run ends holds the trained weights (not the average Keras leaves in the model
     then), so the resumed run trains on from where the straight run was."""
     from trainer.config import TrainConfig
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, stateful=True, ema=ema)
     straight = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "a"))
@@ -200,7 +200,7 @@ def test_stateful_training_under_mixed_precision_keeps_the_state_in_float32(tiny
     from trainer.config import ModelConfig, TrainConfig
     from trainer.model import build_model
     from trainer.stateful import CarriedStateModel
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     runs = {}
     for mixed in (False, True):
@@ -224,7 +224,7 @@ def test_stateful_training_under_mixed_precision_keeps_the_state_in_float32(tiny
 def test_adamw_with_warmup_cosine_trains_and_logs_the_gradient_norm(tiny_data, tmp_path):
     from trainer.config import TrainConfig
     from trainer.optimizers import COSINE_FLOOR
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3}, optimizer="adamw", lr=0.01, weight_decay=0.01,
                       lr_schedule="warmup_cosine", warmup_steps=20, dropout=0.1, stateful=True)
@@ -253,7 +253,7 @@ def test_warmup_cosine_under_a_time_limit_anneals_by_the_deadline(tiny_data, tmp
     """Epochs to spare, 0.25 minutes: the rate ends near its floor when the clock stops the run, not at lr."""
     from trainer.config import TrainConfig
     from trainer.optimizers import COSINE_FLOOR
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 100000}, optimizer="adam", lr=0.01, lr_schedule="warmup_cosine",
                       warmup_steps=5, time_limit_min=0.25)
@@ -274,7 +274,7 @@ def test_bad_optimizer_combinations_exit_2(tiny_data, tmp_path):
 
 def test_evaluate_full_context_equals_the_stream_metric_from_model_dir_and_export(trained, exported, tiny_data,
                                                                                    tmp_path):
-    from deep_rnn.evaluate import evaluate
+    from deep_rnn.evaluation import evaluate
     from trainer.data import load_data_info, split_streams
 
     info = load_data_info(str(tiny_data))

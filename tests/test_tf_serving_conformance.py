@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving.client import free_port
+from common.net import free_port
 from serving.service import Server
 
 MODELS_CONFIG = """model_config_list {{

@@ -15,7 +15,7 @@ import pytest
 from common.cli import UserError
 from tests.conftest import ROOT, TINY_TRAIN, assert_user_error, run_cli
 from trainer.config import TrainConfig
-from trainer.train import train_and_evaluate
+from trainer.training import train_and_evaluate
 
 
 def test_smoke_run_writes_every_artefact(trained):
@@ -59,7 +59,7 @@ def test_input_pipelines_run_without_tf_data_autotuning(tiny_data, stateful):
     import tensorflow as tf
 
     from trainer.data import load_data_info
-    from trainer.train import fit_data
+    from trainer.training import fit_data
 
     info = load_data_info(str(tiny_data))
     train_ds, valid_ds, _, _ = fit_data(TrainConfig(**{**TINY_TRAIN, "stateful": stateful}), info)
@@ -131,7 +131,7 @@ def test_changed_vocabulary_or_architecture_refuses_to_resume(trained, tiny_data
         train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "num_hiddens": 24}), str(tiny_data), str(model_dir))
     other = tmp_path / "data"
     from pipeline import transform
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocessing import preprocess
     preprocess(["timemachine"], str(other), transform.PreprocessConfig(num_steps=16, normalize="none"))
     with pytest.raises(UserError, match="vocabulary"):
         train_and_evaluate(TrainConfig(**TINY_TRAIN), str(other), str(model_dir))
@@ -159,7 +159,7 @@ def test_fixed_size_epochs_repeat_the_windows_and_lr_halves_on_a_plateau(tiny_da
     import tensorflow as tf
 
     from trainer.data import load_data_info
-    from trainer.train import fit_data
+    from trainer.training import fit_data
 
     cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3, "steps_per_epoch": 2, "optimizer": "adam", "lr": 1e-9,
                          "reduce_lr_patience": 1})
@@ -344,7 +344,7 @@ def test_sigkill_during_training_resumes_to_the_same_epoch_count(tiny_data, tmp_
 
 def test_mixed_precision_and_the_layers_form_export_for_cpu(tiny_data, tmp_path):
     """bfloat16 compute on CPU (float16 on GPUs) trains; a layers-form (cuDNN-eligible) model exports portably."""
-    from serving.export import check_portable, export_model
+    from serving.savedmodel import check_portable, export_model
 
     cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 1, "mixed_precision": True})
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "mp"))
@@ -363,7 +363,7 @@ def test_fit_steps_are_the_datasets_batches_so_keras_makes_one_iterator_per_epoc
     import tensorflow as tf
 
     from trainer.data import load_data_info
-    from trainer.train import fit_data, fit_steps
+    from trainer.training import fit_data, fit_steps
 
     cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 4})
     info = load_data_info(str(tiny_data))

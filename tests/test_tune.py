@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
-from serving.client import free_port
+from common.net import free_port
 from tests.conftest import ROOT, assert_user_error, run_cli
 from trainer.config import TrainConfig
-from trainer.tune import SearchSpace, tune
+from trainer.search import SearchSpace, tune
 
 TINY_SPACE = ["--min-layers", "1", "--max-layers", "2", "--min-hiddens", "8", "--max-hiddens", "16",
               "--batch-size", "512", "--quiet"]
@@ -48,7 +48,7 @@ def test_mixed_precision_trials_build_under_the_mixed_policy_and_best_hparams_ca
                                                                                       monkeypatch):
     import keras
 
-    from trainer import train
+    from trainer import training as train
 
     policies = []
     original = train.build_training_model
@@ -178,7 +178,7 @@ def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, monkeypatch):
     from keras_tuner.src import utils as kt_utils
     from keras_tuner.src.engine import stateful
 
-    from trainer.tune import make_keras_tuner_saves_atomic
+    from trainer.search import make_keras_tuner_saves_atomic
 
     make_keras_tuner_saves_atomic()
     path = str(tmp_path / "oracle.json")
@@ -200,7 +200,7 @@ def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, monkeypatch):
 def test_a_finished_trial_left_listed_as_ongoing_is_not_run_again(tiny_data, tmp_path):
     """KerasTuner saves oracle.json before it pops the ended trial from ongoing_trials; a kill after that save
     used to re-run the finished trial on resume (seen as a flaky SIGKILL test). Reproduced by writing that state."""
-    from trainer.tune import make_hypermodel, make_tuner
+    from trainer.search import make_hypermodel, make_tuner
 
     space = SearchSpace(1, 1, 8, 8, ("gru",), 0.0, ("sgd",))
     base = TrainConfig(batch_size=512, verbose=0)
@@ -251,7 +251,7 @@ def test_start_points_lead_hyperband_too(tiny_data, tmp_path):
 def test_start_values_match_the_declared_space_and_refuse_points_outside_it():
     import keras_tuner as kt
 
-    from trainer.tune import declare_hyperparameters, start_values
+    from trainer.search import declare_hyperparameters, start_values
 
     space = SearchSpace(min_layers=1, max_layers=3, min_hiddens=64, max_hiddens=256, optimizers=("adam",))
     values = start_values({**START_POINT, "num_hiddens": 128}, space)

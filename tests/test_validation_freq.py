@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import TINY_TRAIN
 from trainer.config import TrainConfig
-from trainer.train import train_and_evaluate
+from trainer.training import train_and_evaluate
 
 
 def _validated_epochs(model_dir, key="val_perplexity") -> list[int]:
@@ -84,7 +84,7 @@ def test_lr_patience_counts_validations():
 
 
 def test_curves_join_the_validated_epochs():
-    from trainer.train import logged_series
+    from trainer.training import logged_series
 
     history = [{"epoch": 0.0, "perplexity": 9.0, "val_perplexity": 8.0}, {"epoch": 1.0, "perplexity": 7.0},
                {"epoch": 2.0, "perplexity": 6.0, "val_perplexity": 5.0}]

@@ -96,9 +96,9 @@ def test_weight_drop_serialises_with_the_model(tmp_path):
 def test_training_with_weight_drop_refuses_a_form_that_cannot_and_trains_and_exports(tiny_data, tmp_path):
     """The CLI refuses --weight-drop with the stacked form in one line; auto trains with it (stateful too),
     records it, and the model exports with standard ops."""
-    from serving.export import check_portable, export_model
+    from serving.savedmodel import check_portable, export_model
     from trainer.config import TrainConfig
-    from trainer.train import train_and_evaluate
+    from trainer.training import train_and_evaluate
 
     proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "bad"),
                    "--weight-drop", "0.3", "--backend-form", "stacked", "--epochs", "1")

@@ -178,7 +178,7 @@ class StreamValidation(keras.callbacks.Callback):
 
     Scores with a carry_state copy of the model being trained in the fastest scoring form
     (trainer.stateful.carried_network), its weights copied from the model (the core of a CarriedStateModel)
-    every epoch; the model needs the `model_cfg` attribute trainer.train.build_training_model sets. Must
+    every epoch; the model needs the `model_cfg` attribute trainer.training.build_training_model sets. Must
     come before the loggers and checkpoints that read it."""
 
     def __init__(self, streams):

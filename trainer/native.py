@@ -6,11 +6,10 @@ Built on first use (or by `make`: `python -m trainer.native`) into the user's ca
 `tf.sysconfig` gives; the library is keyed by source, TensorFlow version and CPU, so each machine builds its own.
 Used for training only: exports keep standard ops.
 
-    python -m trainer.native [--force]   # build (if needed) and print the library's path
+    python -m trainer.build_kernels [--force]   # build (if needed) and print the library's path
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import os
@@ -269,24 +268,6 @@ def run_layer(weights, xp, states, bf16: bool = False):
     raise ValueError(f"the native form has no kernel for the {weights.kind!r} cell (gru and lstm have)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from common import cli
-
-    parser = argparse.ArgumentParser(prog="trainer.native", formatter_class=cli.HelpFormatter,
-                                     description="Build the native RNN kernels for this CPU and print their path.",
-                                     epilog=cli.examples_from(__doc__))
-    parser.add_argument("--force", action="store_true", help="rebuild even if a library for this CPU exists")
-    return parser
-
-
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        print(build(force=args.force))
-    except NativeUnavailable as err:
-        print(f"trainer.native: {err}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    main()
+    print("error: the kernels are built by `python -m trainer.build_kernels` (or `deep-rnn kernels`)", file=sys.stderr)
+    sys.exit(2)
