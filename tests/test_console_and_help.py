@@ -14,8 +14,8 @@ from common import console
 from tests.conftest import ROOT
 
 # The stages a user types (README, DESIGN.md's command-line contract); each has an example in its --help.
-STAGES = ("deep_rnn.run_all", "deep_rnn.evaluate", "pipeline.preprocess", "trainer.tune", "trainer.train", "serving.export",
-          "serving.server", "serving.client")
+STAGES = ("deep_rnn.run_all", "deep_rnn.evaluate", "pipeline.preprocess", "trainer.tune", "trainer.train",
+          "serving.export", "serving.server", "serving.client")
 
 
 def cli_modules() -> list[str]:

@@ -178,9 +178,9 @@ def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, monkeypatch):
     from keras_tuner.src import utils as kt_utils
     from keras_tuner.src.engine import stateful
 
-    from trainer.search import make_keras_tuner_saves_atomic
+    from trainer.compat import atomic_tuner_state_files
 
-    make_keras_tuner_saves_atomic()
+    atomic_tuner_state_files()
     path = str(tmp_path / "oracle.json")
     kt_utils.save_json(path, {"trials": 1})
 

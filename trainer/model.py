@@ -374,6 +374,6 @@ def graph_op_types(model, steps: int = 8) -> set[str]:
 def function_op_types(concrete_function) -> list[str]:
     """The type of every op a traced function runs, the bodies of the functions it calls included (one entry
     per op, so counts show how often an op runs)."""
-    graph = concrete_function.graph
-    return ([op.type for op in graph.get_operations()]
-            + [op.type for f in graph._functions.values() for op in f.graph.get_operations()])
+    graph_def = concrete_function.graph.as_graph_def()  # its library holds every function it calls, nested too
+    return ([node.op for node in graph_def.node]
+            + [node.op for function in graph_def.library.function for node in function.node_def])

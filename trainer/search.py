@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from common import atomic, cli
 from common.cli import UserError
+from trainer import compat
 from trainer.config import TrainConfig
 
 TUNERS = ("hyperband", "random", "bayesian")
@@ -122,23 +123,6 @@ def start_values(point: dict, space: SearchSpace) -> dict:
     return values
 
 
-def start_with(oracle, points: list[dict]) -> None:
-    """The oracle's first fresh points are `points`, in order (Optuna's enqueue_trial): each of random search,
-    Bayesian optimisation's initial points and Hyperband's new brackets draws a fresh point from
-    `_random_values`. A point some trial already has (a resumed search) is not queued again. Workers ask
-    the chief's oracle, which does this."""
-    if not hasattr(oracle, "_random_values"):
-        return
-    tried = [t.hyperparameters.values for t in oracle.trials.values()]
-    queue = [p for p in points if not any(all(v.get(k) == x for k, x in p.items()) for v in tried)]
-    draw = oracle._random_values
-
-    def queued_then_drawn():
-        return dict(queue.pop(0)) if queue else draw()
-
-    oracle._random_values = queued_then_drawn
-
-
 def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int, steps_per_epoch: int | None = None):
     import keras_tuner as kt
 
@@ -160,55 +144,38 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int, step
     return DeepRNNHyperModel()
 
 
-def make_keras_tuner_saves_atomic() -> None:
-    """KerasTuner writes oracle.json and trial.json in place, so a SIGKILL mid-write leaves an empty file
-    that makes the next run fail to reload; route its one JSON writer through temp-file-then-rename."""
-    import tensorflow as tf
-    from keras_tuner.src import utils as kt_utils
+def recording(tuner_class):
+    """tuner_class with a run_trial that hands the stock one to `trial_recorder(trial, run)` when set: KerasTuner's
+    documented extension point (subclass a Tuner, override run_trial) for recording what each trial cost."""
 
-    if getattr(kt_utils.save_json, "atomic", False):
-        return
+    class RecordingTuner(tuner_class):
+        trial_recorder = None  # callable(trial, run) → what run() returns
 
-    def save_json_atomically(path, obj):
-        text = json.dumps(obj)
-        tmp = atomic.temp_path(path)
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        return text
+        def run_trial(self, trial, *args, **kwargs):
+            run = lambda: super(RecordingTuner, self).run_trial(trial, *args, **kwargs)  # noqa: E731
+            return self.trial_recorder(trial, run) if self.trial_recorder else run()
 
-    save_json_atomically.atomic = True
-    kt_utils.save_json = save_json_atomically
+    RecordingTuner.__name__ = RecordingTuner.__qualname__ = f"Recording{tuner_class.__name__}"
+    return RecordingTuner
 
 
 def make_tuner(kind: str, hypermodel, directory: str, max_trials: int | None, max_epochs: int,
                executions: int, seed: int, objective_name: str = OBJECTIVE):
     import keras_tuner as kt
 
-    make_keras_tuner_saves_atomic()
+    compat.atomic_tuner_state_files()
 
     objective = kt.Objective(objective_name, direction="min")
     common = dict(objective=objective, directory=directory, project_name="search", overwrite=False, seed=seed,
                   executions_per_trial=executions, max_consecutive_failed_trials=3)
     if kind == "hyperband":
-        tuner = kt.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, **common)
+        tuner = recording(kt.Hyperband)(hypermodel, max_epochs=max_epochs, factor=3, **common)
         tuner.oracle.max_trials = max_trials  # Hyperband itself has no trial limit
     else:
         cls = kt.RandomSearch if kind == "random" else kt.BayesianOptimization
-        tuner = cls(hypermodel, max_trials=max_trials or 10, **common)
-    skip_finished_retries(tuner.oracle)
+        tuner = recording(cls)(hypermodel, max_trials=max_trials or 10, **common)
+    compat.drop_finished_retries(tuner.oracle)
     return tuner
-
-
-def skip_finished_retries(oracle) -> None:
-    """KerasTuner's end_trial saves oracle.json while the ended trial is still listed as ongoing (it is popped
-    after the save), and reload() queues every ongoing trial for a retry: a run killed before the next trial
-    starts would run a finished trial again. trial.json holds the final status: drop COMPLETED and FAILED
-    trials from the retry queue (INVALID ones are KerasTuner's own retries and stay)."""
-    if not hasattr(oracle, "_retry_queue"):  # a worker's OracleClient: the chief's oracle does this
-        return
-    ended = ("COMPLETED", "FAILED")
-    oracle._retry_queue = [t for t in oracle._retry_queue if oracle.trials[t].status not in ended]
 
 
 def limit_by_time(oracle, deadline: float) -> None:
@@ -386,15 +353,14 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
     if max_trials is None and time_budget_min is not None:
         max_trials = 10**6  # the budget is the limit
     tuner = make_tuner(tuner_kind, hypermodel, tuner_dir, max_trials, max_epochs, executions, base.seed, objective)
-    start_with(tuner.oracle, queued)
-    original_run_trial = tuner.run_trial
+    compat.queue_start_points(tuner.oracle, queued)
 
-    def run_trial(trial, *args, **kwargs):
+    def record_trial(trial, run):
         """The stock run_trial (Hyperband's epochs/checkpoint hand-over included), plus a record of cost."""
         with open(os.path.join(tuner_dir, "runs.log"), "a") as log:
             log.write(f"{trial.trial_id} {tuner_id}\n")
         start = time.perf_counter()
-        histories = original_run_trial(trial, *args, **kwargs)  # builds the trial's model via hypermodel
+        histories = run()  # builds the trial's model via hypermodel
         logs = [h.history for h in (histories if isinstance(histories, list) else [histories])
                 if hasattr(h, "history")]
         speeds = [log["tokens_per_s"][-1] for log in logs if log.get("tokens_per_s")]
@@ -406,7 +372,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
             print(trial_line(trial.trial_id, trial.hyperparameters.values, logs, extra, objective), flush=True)
         return histories
 
-    tuner.run_trial = run_trial
+    tuner.trial_recorder = record_trial
     averaged, trained = averaged_weights_callbacks(base)  # --ema: trials are scored on the average
     schedule = ([cb.CosineOverEachFit(COSINE_FLOOR, base.warmup_steps, max_epochs * steps_per_epoch,
                                       60 * trial_minutes)] if base.lr_schedule == "warmup_cosine"

@@ -12,6 +12,7 @@ import time
 from common import atomic, cli, locks
 from common import vocab as vocab_lib
 from common.cli import UserError
+from trainer import compat
 from trainer.config import ModelConfig, TrainConfig
 
 RUN_CONFIG = "run_config.json"
@@ -42,25 +43,6 @@ def configure_cpu_threads(cfg: TrainConfig, form: str) -> None:
         pass
 
 
-def _patch_keras_multi_worker_logs() -> None:
-    """Keras 3.15 reduces scalar epoch logs along axis 0 under MultiWorkerMirroredStrategy, which
-    fails (keras-team/keras#20585); reduce scalars over replicas only. Applied for multi_worker only."""
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if getattr(tf_trainer.reduce_per_replica, "deep_rnn_patched", False):
-        return
-    original = tf_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.deep_rnn_patched = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
-
-
 def make_strategy(name: str):
     import tensorflow as tf
 
@@ -69,7 +51,7 @@ def make_strategy(name: str):
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise UserError("--distribute multi_worker needs TF_CONFIG describing the cluster")
-        _patch_keras_multi_worker_logs()
+        compat.reduce_scalar_logs_over_replicas()
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -470,14 +452,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     with strategy.scope():
         model = build_training_model(cfg, model_cfg, steps_per_epoch, strategy.num_replicas_in_sync)
     if cfg.distribute == "multi_worker":
-        # Keras 3.15 fit() builds the model from an input batch all-reduced across workers, which
-        # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): build from a local batch.
         batch = next(iter(train_ds))
         if cfg.stateful:  # a replica's rows: the carried state holds batch_size / replicas lanes
             batch = tf.nest.map_structure(lambda t: t[:model.rows], batch)
-        with strategy.scope():
-            model._symbolic_build(data_batch=batch)
-        model._maybe_symbolic_build = lambda *args, **kwargs: None
+        compat.build_from_local_batch(model, batch, strategy)
 
     # Each process reads back the history it wrote itself: a worker reading the chief's file could
     # see it one epoch behind. The logs are reduced over all workers, so the files agree.
