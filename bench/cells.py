@@ -26,7 +26,7 @@ def parameter_count(cell: str, width: int, vocab_size: int) -> int:
     from trainer.model import build_model
     from trainer.training import model_config_for
 
-    cfg = TrainConfig(cell=cell, num_layers=LAYERS, num_hiddens=width, backend_form="stacked")
+    cfg = TrainConfig.from_flat(cell=cell, num_layers=LAYERS, num_hiddens=width, form="stacked")
     return int(build_model(model_config_for(cfg, vocab_size)).count_params())
 
 

@@ -54,13 +54,13 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
     from trainer.model import build_model, graph_op_types
     from trainer.training import compile_model, configure_cpu_threads
 
-    cfg = TrainConfig(cell=cell, num_layers=layers, num_hiddens=hiddens, batch_size=batch, optimizer="adam",
+    cfg = TrainConfig.from_flat(cell=cell, num_layers=layers, num_hiddens=hiddens, batch_size=batch, optimizer="adam",
                       lr=1e-3, mixed_precision=mixed_precision)
     configure_cpu_threads(cfg, form)
     gpus = tf.config.list_physical_devices("GPU")
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
-    model = compile_model(build_model(ModelConfig(vocab, cell, layers, hiddens, form=form)), cfg)
+    model = compile_model(build_model(ModelConfig(vocab_size=vocab, cell=cell, num_layers=layers, num_hiddens=hiddens, form=form)), cfg)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, size=(blocks * steps + warmup, batch, num_steps + 1), dtype=np.int32)
     batches = [(tf.constant(b[:, :-1]), tf.constant(b[:, 1:])) for b in ids]

@@ -42,7 +42,8 @@ def ensure_export(run_dir: str | None) -> str:
 
     work = tempfile.mkdtemp()
     preprocess(["timemachine"], os.path.join(work, "data"), transform.PreprocessConfig(split="d2l"))
-    train_and_evaluate(TrainConfig(epochs=3, verbose=0), os.path.join(work, "data"), os.path.join(work, "model"))
+    train_and_evaluate(TrainConfig.from_flat(epochs=3, verbose=0), os.path.join(work, "data"), os.path.join(work,
+                                                                                                            "model"))
     export_model(os.path.join(work, "model"), os.path.join(work, "export"))
     return os.path.join(work, "export", "deep_rnn")
 

@@ -110,13 +110,13 @@ def main() -> None:
     from trainer.training import compile_model, configure_cpu_threads, model_config_for, resolved_form
 
     # the book's defaults: 2 × 32 GRU, batch 1024, SGD lr 2, clip 1; its vocabulary has 28 tokens
-    cfg = TrainConfig(verbose=0, backend_form=args.form)
+    cfg = TrainConfig.from_flat(progress="none", form=args.form)
     configure_cpu_threads(cfg, resolved_form(cfg))
     model_cfg = model_config_for(cfg, 28)
     form = model_cfg.form
     model = compile_model(build_model(model_cfg), cfg)
     rng = np.random.default_rng(0)
-    x, y = (tf.constant(rng.integers(0, 28, (cfg.batch_size, 35)), tf.int32) for _ in range(2))
+    x, y = (tf.constant(rng.integers(0, 28, (cfg.run.batch_size, 35)), tf.int32) for _ in range(2))
     for _ in range(3):
         model.train_on_batch(x, y)
     start = time.perf_counter()
@@ -133,10 +133,11 @@ def main() -> None:
     tf.profiler.experimental.stop()
     millis, counts = op_times(logdir)
     total = sum(millis.values())
-    losses = loss_kernel_ms(cfg.batch_size, 35, 28)
+    losses = loss_kernel_ms(cfg.run.batch_size, 35, 28)
     emit("train_profile", {
-        "model": f"{cfg.cell} {cfg.num_layers} x {cfg.num_hiddens}, form {form}, batch {cfg.batch_size} x 35",
-        "ms_per_step": unprofiled_ms, "tokens_per_s": cfg.batch_size * 35 / unprofiled_ms * 1e3,
+        "model": f"{cfg.model.cell} {cfg.model.num_layers} x {cfg.model.num_hiddens}, form {form}, "
+                 f"batch {cfg.run.batch_size} x 35",
+        "ms_per_step": unprofiled_ms, "tokens_per_s": cfg.run.batch_size * 35 / unprofiled_ms * 1e3,
         "ms_per_step_profiled": profiled_ms,
         "op_ms_per_step": total / args.steps,
         "ops_per_step": sum(counts.values()) / args.steps,

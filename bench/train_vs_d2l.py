@@ -65,7 +65,7 @@ def book_process(epochs: int, plot: bool = False) -> dict:
 def book_config(epochs: int) -> dict:
     from trainer.config import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, verbose=0)  # defaults are the book's deep GRU
+    cfg = TrainConfig.from_flat(epochs=epochs, verbose=0)  # defaults are the book's deep GRU
     data_dir = tempfile.mkdtemp()
     preprocess(["timemachine"], os.path.join(data_dir, "data"), transform.PreprocessConfig(split="d2l"))
     return cfg, os.path.join(data_dir, "data"), os.path.join(data_dir, "model")
@@ -91,8 +91,8 @@ def shaped_matmul_gflops(m: int, k: int, n: int, count: int = 64, repeats: int =
 
 def roofline(cfg, vocab: int) -> dict:
     """How many tokens/s the matmuls alone allow at the measured rate for the model's shapes."""
-    flops = training_flops_per_token("gru", cfg.num_layers, cfg.num_hiddens, vocab)
-    rate = shaped_matmul_gflops(cfg.batch_size, cfg.num_hiddens, 3 * cfg.num_hiddens)
+    flops = training_flops_per_token("gru", cfg.model.num_layers, cfg.model.num_hiddens, vocab)
+    rate = shaped_matmul_gflops(cfg.run.batch_size, cfg.model.num_hiddens, 3 * cfg.model.num_hiddens)
     return {"train_flops_per_token": flops, "matmul_gflops_at_model_shape": rate,
             "max_tokens_per_s_matmul_bound": rate * 1e9 / flops,
             "gflops_needed_for_1.4M_tokens_per_s": 1.4e6 * flops / 1e9}
@@ -110,7 +110,7 @@ def large_model(steps: int = 8, batch: int = 64, num_steps: int = 64) -> dict:
     preprocess([str(__import__("bench.common").common.SHARED_DATA / "tinyshakespeare.txt")],
                os.path.join(work, "data"), transform.PreprocessConfig(normalize="none", num_steps=num_steps))
     info = load_data_info(os.path.join(work, "data"))
-    cfg = TrainConfig(cell="lstm", num_layers=3, num_hiddens=512, batch_size=batch, optimizer="adam", lr=2e-3)
+    cfg = TrainConfig.from_flat(cell="lstm", num_layers=3, num_hiddens=512, batch_size=batch, optimizer="adam", lr=2e-3)
     model_cfg = model_config_for(cfg, info.vocab_size)  # the form auto picks for this CPU
     model = compile_model(build_model(model_cfg), cfg)
     batches = list(make_dataset(info.train_files, info.num_steps, batch, shuffle=False).take(steps + 2))
@@ -180,22 +180,22 @@ def main(argv=None) -> None:
     book_run = book_process(args.epochs, args.book_plot) if args.book == "run" else None
     # A whole `python -m trainer.train` process, timed from spawn to exit: what a user waits for (start-up,
     # graph building, every epoch's evaluation, the sample and the saved artefacts all count).
-    metrics = train_process(data_dir, model_dir, "--epochs", str(cfg.epochs), "--steps-per-execution",
-                            str(cfg.steps_per_execution), "--backend-form", args.backend_form)
+    metrics = train_process(data_dir, model_dir, "--epochs", str(cfg.run.epochs), "--steps-per-execution",
+                            str(cfg.run.steps_per_execution), "--backend-form", args.backend_form)
     process_wall_s = metrics["process_wall_s"]
     ours = {k: metrics[k] for k in ("train_ppl", "val_ppl", "best_val_ppl", "train_tokens_per_s",
                                     "train_tokens_per_s_steady", "train_seconds", "wall_s", "sample", "form",
                                     "epochs", "num_params")}
     ours["process_wall_s"] = process_wall_s
     ours["outside_training_s"] = process_wall_s - ours["train_seconds"]  # start-up, graph build, artefacts
-    ours["steps_per_execution"] = cfg.steps_per_execution
+    ours["steps_per_execution"] = cfg.run.steps_per_execution
     reference = book_reference(machine()["cpu"])  # DESIGN.md: the book's wall time on this kind of CPU
     book_wall_s = book_run["process_wall_s"] if book_run else reference["wall_s"]
     breakdown = [where_time_goes(metrics)]
     for form in args.compare_forms:
         if form != metrics["form"]:
-            other = train_process(data_dir, f"{model_dir}-{form}", "--epochs", str(cfg.epochs),
-                                  "--steps-per-execution", str(cfg.steps_per_execution), "--backend-form", form)
+            other = train_process(data_dir, f"{model_dir}-{form}", "--epochs", str(cfg.run.epochs),
+                                  "--steps-per-execution", str(cfg.run.steps_per_execution), "--backend-form", form)
             breakdown.append(where_time_goes(other))
     for row in breakdown:
         row["wall_ratio_book_over_form"] = book_wall_s / row["process_wall_s"]

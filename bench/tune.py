@@ -139,7 +139,8 @@ def recipe(args, trial_schedule: str = "cosine") -> tuple:
     final_schedule = {**(cosine if args.final_schedule == "cosine" else plateau),
                       "validation_freq": args.validation_freq}
     try:
-        base = TrainConfig(batch_size=args.batch_size, verbose=0, stateful=args.stateful, ar=args.ar, tar=args.tar,
+        base = TrainConfig.from_flat(batch_size=args.batch_size, progress="none", stateful=args.stateful, ar=args.ar,
+                                     tar=args.tar,
                            ema=args.ema, input_dropout=args.input_dropout, mixed_precision=args.mixed_precision,
                            **trials)
         base.replace(**final_schedule)  # the winner's settings too
@@ -167,10 +168,19 @@ def main(argv=None) -> None:
     if not 0 < args.search_fraction <= 1:
         parser.error("--search-fraction must be in (0, 1]")
     from trainer.config import TrainConfig
-    from trainer.search import HPARAM_KEYS, SHARED_REGULARISERS, SearchSpace, read_start_point, tune
+    from trainer.search import (
+        HPARAM_KEYS,
+        SHARED_REGULARISERS,
+        SearchConfig,
+        SearchSpace,
+        TuneConfig,
+        read_start_point,
+        tune,
+    )
     from trainer.training import train_and_evaluate
 
-    space = SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens, optimizers=tuple(args.optimizers))
+    space = SearchSpace(min_layers=1, max_layers=args.max_layers, min_hiddens=args.min_hiddens,
+                        max_hiddens=args.max_hiddens, optimizers=tuple(args.optimizers))
     start_points = [read_start_point(path, space) for path in args.start_with]  # a bad file: exit 2 before any work
     base, trial_schedule, final_schedule = recipe(args, args.trial_schedule)
     work = tempfile.mkdtemp()
@@ -178,9 +188,10 @@ def main(argv=None) -> None:
     base = base.replace(steps_per_epoch=steps_per_epoch)
     start = time.perf_counter()
     deadline = start + 60 * args.budget_min
-    best = tune(data, os.path.join(work, "tuning"), base, space, args.tuner, max_trials=1000,
-                max_epochs=args.max_epochs, time_budget_min=args.budget_min * args.search_fraction,
-                early_stopping=args.early_stopping, trial_minutes=args.trial_minutes, start_points=start_points)
+    settings = SearchConfig(tuner=args.tuner, max_trials=1000, max_epochs=args.max_epochs,
+                            time_budget=args.budget_min * args.search_fraction, early_stopping=args.early_stopping,
+                            trial_minutes=args.trial_minutes)
+    best = tune(data, os.path.join(work, "tuning"), TuneConfig(search=settings, space=space, base=base), start_points)
     search_s = time.perf_counter() - start
     final = None
     if deadline - time.perf_counter() > 30:
@@ -192,7 +203,7 @@ def main(argv=None) -> None:
     tuned_s = time.perf_counter() - start
     trial_rows = read_trials(os.path.join(work, "tuning", "trials.csv"), len(start_points))
     tuned_ppl = final["best_val_ppl"] if final else best["val_perplexity"]
-    baseline = train_and_evaluate(TrainConfig(epochs=100000, verbose=0, time_limit_min=tuned_s / 60),
+    baseline = train_and_evaluate(TrainConfig.from_flat(epochs=100000, progress="none", time_limit_min=tuned_s / 60),
                                   data, os.path.join(work, "baseline"))
     emit("tune", {
         "data": f"timemachine, holdout split (last 10% of the text validates), num_steps {data_cfg.num_steps}, "

@@ -76,3 +76,24 @@ def fraction(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
     return value
+
+
+def read_json(path: str, what: str, limit: int = 1 << 20):
+    """A small JSON file's content; UserError naming the file when it is missing, larger than `limit` bytes
+    (checked before reading, so /dev/zero or a huge file cannot exhaust memory), or not a JSON object."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read {what}: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise UserError(f"{path}: larger than {limit:,} bytes; not a file of {what}")
+    try:
+        loaded = json.loads(data)
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"{path}: cannot read {what}: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: must hold a JSON object of {what}, not {type(loaded).__name__}")
+    return loaded

@@ -108,8 +108,10 @@ def native_noise_filtered() -> Iterator[None]:
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    out_fd = os.dup(real)  # the pump's own copy, taken before `real` can be closed
+
     def pump():
-        with os.fdopen(read_end, "rb") as pipe, os.fdopen(os.dup(real), "wb", buffering=0) as out:
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(out_fd, "wb", buffering=0) as out:
             for raw in pipe:
                 if not is_noise(raw.decode("utf-8", "replace").rstrip("\n")):
                     out.write(raw)

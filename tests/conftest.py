@@ -101,7 +101,7 @@ def tiny_data(tmp_path_factory, seeded_cache):
     return out
 
 
-TINY_TRAIN = dict(num_layers=2, num_hiddens=16, batch_size=256, epochs=2, verbose=0, sample_chars=10)
+TINY_TRAIN = dict(num_layers=2, num_hiddens=16, batch_size=256, epochs=2, progress="none", sample_chars=10)
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +111,7 @@ def trained(tiny_data, tmp_path_factory):
     from trainer.training import train_and_evaluate
 
     model_dir = tmp_path_factory.mktemp("trained") / "model"
-    metrics = train_and_evaluate(TrainConfig(**TINY_TRAIN), str(tiny_data), str(model_dir))
+    metrics = train_and_evaluate(TrainConfig.from_flat(**TINY_TRAIN), str(tiny_data), str(model_dir))
     return model_dir, metrics
 
 

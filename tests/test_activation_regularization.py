@@ -21,7 +21,7 @@ def _model(form: str, ar: float, tar: float, cell: str = "lstm"):
         ok, why = native.available()
         if not ok:
             pytest.skip(f"native kernels unavailable: {why}")
-    return build_model(ModelConfig(11, cell=cell, num_layers=2, num_hiddens=6, form=form, ar=ar, tar=tar))
+    return build_model(ModelConfig(vocab_size=11, cell=cell, num_layers=2, num_hiddens=6, form=form, ar=ar, tar=tar))
 
 
 def test_penalty_numbers_and_identity():
@@ -77,15 +77,15 @@ def test_weights_move_between_models_with_and_without_the_regularisers(tmp_path)
     with_reg.save(tmp_path / "m.keras")
     layer = keras.saving.load_model(tmp_path / "m.keras").get_layer("activation_regularization")
     assert (layer.ar, layer.tar) == (2.0, 1.0)
-    assert ModelConfig(11, ar=2.0).architecture() == ModelConfig(11).architecture()
+    assert ModelConfig(vocab_size=11, ar=2.0).architecture() == ModelConfig(vocab_size=11).architecture()
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
 def test_bad_values_are_refused(bad):
     with pytest.raises(ValueError, match="ar must be a finite number >= 0"):
-        ModelConfig(11, ar=bad)
+        ModelConfig(vocab_size=11, ar=bad)
     with pytest.raises(ValueError, match="tar must be a finite number >= 0"):
-        TrainConfig(tar=bad)
+        TrainConfig.from_flat(tar=bad)
 
 
 def test_cli_refuses_a_negative_ar_in_one_line(tiny_data, tmp_path):
@@ -97,7 +97,8 @@ def test_cli_refuses_a_negative_ar_in_one_line(tiny_data, tmp_path):
 def test_tuner_hands_the_regularisers_to_trainer_train():
     from trainer.search import shared_settings
 
-    assert shared_settings(TrainConfig(stateful=True, ar=2.0, tar=1.0)) == {"stateful": True, "ar": 2.0, "tar": 1.0}
+    assert shared_settings(TrainConfig.from_flat(stateful=True, ar=2.0, tar=1.0)) == {"stateful": True, "ar": 2.0,
+                                                                                      "tar": 1.0}
     assert shared_settings(TrainConfig()) == {}
 
 
@@ -105,7 +106,8 @@ def test_tuner_hands_the_regularisers_to_trainer_train():
 def test_stateful_training_with_ar_and_tar_learns_and_exports(tiny_data, tmp_path):
     from trainer.training import train_and_evaluate
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 2}, optimizer="adam", lr=0.01, stateful=True, ar=2.0, tar=1.0)
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 2}, optimizer="adam", lr=0.01, stateful=True, ar=2.0,
+                                tar=1.0)
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
     assert metrics["best_val_stream_ppl"] < 20
     saved = json.loads((tmp_path / "m" / "run_config.json").read_text())

@@ -182,8 +182,9 @@ def test_bench_tune_refuses_a_bad_start_point_before_any_work(tmp_path):
     from trainer.search import SearchSpace, read_start_point
 
     args = build_parser().parse_args([])
-    read_start_point(str(START_POINT), SearchSpace(1, args.max_layers, args.min_hiddens, args.max_hiddens,
-                                                   optimizers=tuple(args.optimizers)))
+    read_start_point(str(START_POINT), SearchSpace(min_layers=1, max_layers=args.max_layers,
+                                                   min_hiddens=args.min_hiddens,
+                                                   max_hiddens=args.max_hiddens, optimizers=tuple(args.optimizers)))
 
 
 def test_forms_table_marks_the_rows_whose_bf16_products_ran_on_amx():

@@ -15,8 +15,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from trainer.config import TrainConfig
 from trainer.training import train_and_evaluate
-m = train_and_evaluate(TrainConfig(epochs=2, num_hiddens=16, batch_size=256, verbose=0, distribute="mirrored",
-                                   ema=0.9), sys.argv[1], sys.argv[2])  # the average swapped in and out per replica
+m = train_and_evaluate(TrainConfig.from_flat(epochs=2, num_hiddens=16, batch_size=256, progress="none",
+                                             distribute="mirrored", ema=0.9),
+                       sys.argv[1], sys.argv[2])  # the average swapped in and out per replica
 assert tf.distribute.MirroredStrategy().num_replicas_in_sync == 2
 print("REPLICAS_OK", m["epochs"], m["val_ppl"])
 """
@@ -104,7 +105,7 @@ rows = tf.data.Dataset.from_tensor_slices(({"ids": ids.reshape(-1, 5), "reset": 
                                            targets.reshape(-1, 5))).batch(4)
 with strategy.scope():
     keras.utils.set_random_seed(0)
-    model = CarriedStateModel(build_model(ModelConfig(11, num_hiddens=6), carry_state=True), rows=2)
+    model = CarriedStateModel(build_model(ModelConfig(vocab_size=11, num_hiddens=6), carry_state=True), rows=2)
 for x, _ in strategy.experimental_distribute_dataset(rows):
     strategy.run(lambda x: model(x, training=True), args=(x,))
 lanes = np.concatenate(list(ids), axis=1)                                  # [4, 15]: each lane whole

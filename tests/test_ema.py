@@ -70,8 +70,8 @@ def test_training_with_ema_validates_checkpoints_and_exports_the_average(tiny_da
     from trainer.data import load_data_info, make_dataset
 
     settings = {**TINY_TRAIN, "epochs": 2, "optimizer": "adam", "lr": 0.02, "stateful": stateful}
-    plain = train_and_evaluate(TrainConfig(**settings), str(tiny_data), str(tmp_path / "plain"))
-    averaged = train_and_evaluate(TrainConfig(**settings, ema=0.9), str(tiny_data), str(tmp_path / "ema"))
+    plain = train_and_evaluate(TrainConfig.from_flat(**settings), str(tiny_data), str(tmp_path / "plain"))
+    averaged = train_and_evaluate(TrainConfig.from_flat(**settings, ema=0.9), str(tiny_data), str(tmp_path / "ema"))
     assert averaged["hparams"]["ema"] == 0.9
     assert averaged["train_ppl"] == pytest.approx(plain["train_ppl"], rel=1e-5)  # same training
     assert averaged["val_ppl"] != pytest.approx(plain["val_ppl"], rel=1e-4)  # validated on other weights
@@ -84,7 +84,7 @@ def test_training_with_ema_validates_checkpoints_and_exports_the_average(tiny_da
     assert saved_ppl == pytest.approx(averaged["best_val_ppl"], rel=1e-4)
 
     def latest_weights(run):  # the training model's checkpoint (a CarriedStateModel under --stateful)
-        cfg = TrainConfig(**settings, ema=0.9 if run == "ema" else 0.0)
+        cfg = TrainConfig.from_flat(**settings, ema=0.9 if run == "ema" else 0.0)
         training = build_training_model(cfg, ModelConfig(**run_config["model"]), 1)
         training.optimizer.build(training.trainable_variables)  # the checkpoint holds its variables too
         training.load_weights(tmp_path / run / "checkpoints" / "last.weights.h5")
@@ -103,5 +103,5 @@ def test_ema_flag_is_checked_and_carried_by_the_tuner(tiny_data, tmp_path):
 
     assert_user_error(run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
                               "--ema", "1"), "ema must be in [0, 1)")
-    assert shared_settings(TrainConfig(ema=0.99))["ema"] == 0.99
+    assert shared_settings(TrainConfig.from_flat(ema=0.99))["ema"] == 0.99
     assert "ema" not in shared_settings(TrainConfig())

@@ -181,9 +181,10 @@ def test_resume_with_a_changed_flag_keeps_the_model_dir_usable(tiny_data, tmp_pa
 
     model = tmp_path / "model"
     base = {**TINY_TRAIN, "num_hiddens": 8}
-    train_and_evaluate(TrainConfig(**{**base, "epochs": 2}), str(tiny_data), str(model))
-    train_and_evaluate(TrainConfig(**{**base, "epochs": 3, "reduce_lr_patience": 1}), str(tiny_data), str(model))
-    metrics = train_and_evaluate(TrainConfig(**{**base, "epochs": 4}), str(tiny_data), str(model))
+    train_and_evaluate(TrainConfig.from_flat(**{**base, "epochs": 2}), str(tiny_data), str(model))
+    train_and_evaluate(TrainConfig.from_flat(**{**base, "epochs": 3, "reduce_lr_patience": 1}), str(tiny_data),
+                       str(model))
+    metrics = train_and_evaluate(TrainConfig.from_flat(**{**base, "epochs": 4}), str(tiny_data), str(model))
     history = read_history(str(model / "history.csv"))
     assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3] and metrics["epochs"] == 4
     assert all(0 < r["loss"] < 10 and r["learning_rate"] > 0 for r in history)  # no lr in the loss column

@@ -23,7 +23,7 @@ def _model(cell: str, form: str, input_dropout: float, layers: int = 1, vocab: i
         ok, why = native.available()
         if not ok:
             pytest.skip(f"native kernels unavailable: {why}")
-    return build_model(ModelConfig(vocab, cell=cell, num_layers=layers, num_hiddens=5, form=form,
+    return build_model(ModelConfig(vocab_size=vocab, cell=cell, num_layers=layers, num_hiddens=5, form=form,
                                    input_dropout=input_dropout))
 
 
@@ -78,14 +78,16 @@ def test_a_character_type_is_dropped_or_kept_in_a_whole_row(form):
 
 
 def test_input_dropout_is_checked_kept_out_of_the_architecture_and_serialised(tmp_path):
-    for make in (lambda: ModelConfig(11, input_dropout=1.0), lambda: TrainConfig(input_dropout=-0.1)):
+    for make in (lambda: ModelConfig(vocab_size=11, input_dropout=1.0),
+                 lambda: TrainConfig.from_flat(input_dropout=-0.1)):
         with pytest.raises(ValueError, match=r"input_dropout must be in \[0, 1\)"):
             make()
     from trainer.search import shared_settings
 
-    assert shared_settings(TrainConfig(input_dropout=0.1)) == {"input_dropout": 0.1}  # best_hparams.json keeps it
+    # best_hparams.json keeps it
+    assert shared_settings(TrainConfig.from_flat(input_dropout=0.1)) == {"input_dropout": 0.1}
     # a run may resume with another input dropout: it changes training, not the weights' layout
-    assert "input_dropout" not in ModelConfig(11, input_dropout=0.2).architecture()
+    assert "input_dropout" not in ModelConfig(vocab_size=11, input_dropout=0.2).architecture()
     for form in ("fused", "stacked"):
         model = _model("gru", form, input_dropout=0.25)
         model.save(str(tmp_path / f"{form}.keras"))
@@ -105,7 +107,7 @@ def test_training_with_input_dropout_from_the_cli_and_stateful(tiny_data, tmp_pa
                    "--input-dropout", "1.5", "--epochs", "1")
     assert_user_error(proc, "input_dropout must be in [0, 1)")
     assert not (tmp_path / "bad").exists()
-    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, input_dropout=0.2, stateful=True, optimizer="adam",
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "batch_size": 32}, input_dropout=0.2, stateful=True, optimizer="adam",
                       lr=0.01)
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
     assert metrics["hparams"]["input_dropout"] == 0.2

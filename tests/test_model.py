@@ -66,7 +66,7 @@ def test_scratch_cell_trains_one_step():
 def test_all_forms_compute_the_same_function(cell):
     ids = np.random.default_rng(1).integers(0, 11, (3, 9)).astype("int32")
     forms = ["stacked", "fused"] + ([] if cell == "scratch" else ["layers"])
-    models = {f: build_model(ModelConfig(11, cell=cell, num_layers=3, num_hiddens=6, form=f)) for f in forms}
+    models = {f: build_model(ModelConfig(vocab_size=11, cell=cell, num_layers=3, num_hiddens=6, form=f)) for f in forms}
     weights = models["stacked"].get_weights()
     for form, model in models.items():
         model.set_weights(weights)
@@ -85,8 +85,8 @@ def test_dropout_acts_on_the_top_layers_outputs_at_every_depth():
     ids = np.random.default_rng(3).integers(0, 11, (4, 7)).astype("int32")
     for layers in (1, 2):
         for form in ("stacked", "layers", "fused"):
-            model = build_model(ModelConfig(11, num_layers=layers, num_hiddens=8, dropout=0.5, form=form))
-            plain = build_model(ModelConfig(11, num_layers=layers, num_hiddens=8, form=form))
+            model = build_model(ModelConfig(vocab_size=11, num_layers=layers, num_hiddens=8, dropout=0.5, form=form))
+            plain = build_model(ModelConfig(vocab_size=11, num_layers=layers, num_hiddens=8, form=form))
             assert model.count_params() == plain.count_params()
             plain.set_weights(model.get_weights())
             np.testing.assert_allclose(np.asarray(model(ids)), np.asarray(plain(ids)), atol=1e-6)
@@ -96,7 +96,7 @@ def test_dropout_acts_on_the_top_layers_outputs_at_every_depth():
 
 def test_weight_count_matches_the_book():
     # GRU layer: 3 gates × (d·h + h·h + 2h) with Keras's reset_after double bias; output h·V + V
-    model = build_model(ModelConfig(28, cell="gru", num_layers=2, num_hiddens=32, form="fused"))
+    model = build_model(ModelConfig(vocab_size=28, cell="gru", num_layers=2, num_hiddens=32, form="fused"))
     expected = 3 * (28 * 32 + 32 * 32 + 2 * 32) + 3 * (32 * 32 + 32 * 32 + 2 * 32) + 32 * 28 + 28
     assert model.count_params() == expected
 
@@ -107,8 +107,8 @@ def test_fast_path_is_chosen_and_used():
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     if on_gpu:
         form = resolve_form("auto", "gru")
-        assert form == "layers" and model_form(build_model(ModelConfig(28, form=form))) == "layers"
-    model = build_model(ModelConfig(28, form="fused"))
+        assert form == "layers" and model_form(build_model(ModelConfig(vocab_size=28, form=form))) == "layers"
+    model = build_model(ModelConfig(vocab_size=28, form="fused"))
     assert any(isinstance(x, FusedRNNStack) for x in model.layers)
     # the training graph must hold no while loop (the time loop is unrolled)
     ops = graph_op_types(model, steps=32)
@@ -117,7 +117,7 @@ def test_fast_path_is_chosen_and_used():
 
 @pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU: cuDNN dispatch")
 def test_layers_form_reaches_cudnn_on_gpu():
-    model = build_model(ModelConfig(28, form="layers", num_hiddens=64))
+    model = build_model(ModelConfig(vocab_size=28, form="layers", num_hiddens=64))
     types = graph_op_types(model, steps=32)
     assert any("CudnnRNN" in t for t in types), sorted(types)
 
@@ -125,7 +125,7 @@ def test_layers_form_reaches_cudnn_on_gpu():
 def test_invalid_configs_are_refused():
     for bad in (dict(num_layers=0), dict(num_hiddens=0), dict(cell="transformer"), dict(dropout=1.5)):
         with pytest.raises(ValueError):
-            ModelConfig(28, **bad)
+            ModelConfig(vocab_size=28, **bad)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -134,8 +134,8 @@ def test_fused_form_has_the_same_gradients(cell):
     rng = np.random.default_rng(2)
     ids = tf.constant(rng.integers(0, 11, (5, 7)).astype("int32"))
     targets = tf.constant(rng.integers(0, 11, (5, 7)).astype("int32"))
-    stacked = build_model(ModelConfig(11, cell=cell, num_layers=2, num_hiddens=6, form="stacked"))
-    fused = build_model(ModelConfig(11, cell=cell, num_layers=2, num_hiddens=6, form="fused"))
+    stacked = build_model(ModelConfig(vocab_size=11, cell=cell, num_layers=2, num_hiddens=6, form="stacked"))
+    fused = build_model(ModelConfig(vocab_size=11, cell=cell, num_layers=2, num_hiddens=6, form="fused"))
     fused.set_weights(stacked.get_weights())
     grads = []
     for model in (stacked, fused):

@@ -43,8 +43,8 @@ def test_native_equals_keras_cells_forward_and_backward(cell, kernel_gradient, m
     monkeypatch.setattr(native, "FUSED_KERNEL_GRADIENT_MAX_UNITS", 64 if kernel_gradient == "summed in the op" else 0)
 
     keras.utils.set_random_seed(3)
-    reference = build_model(ModelConfig(11, cell=cell, num_layers=3, num_hiddens=8, form="stacked"))
-    fast = build_model(ModelConfig(11, cell=cell, num_layers=3, num_hiddens=8, form="native"))
+    reference = build_model(ModelConfig(vocab_size=11, cell=cell, num_layers=3, num_hiddens=8, form="stacked"))
+    fast = build_model(ModelConfig(vocab_size=11, cell=cell, num_layers=3, num_hiddens=8, form="native"))
     assert len(fast.get_weights()) == len(reference.get_weights())  # one weight layout
     fast.set_weights(reference.get_weights())
     rng = np.random.default_rng(0)
@@ -271,15 +271,17 @@ def test_native_form_trains_with_the_fused_loss_and_never_falls_back_silently(mo
     from trainer.metrics import token_cross_entropy
     from trainer.training import compile_model
 
-    cfg = TrainConfig(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
+    cfg = TrainConfig.from_flat(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
     rng = np.random.default_rng(4)
     x, y = rng.integers(0, 11, (4, 6)).astype("int32"), rng.integers(0, 11, (4, 6)).astype("int32")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback warning is a failure here
-        types = _train_step_op_types(compile_model(build_model(ModelConfig(11, num_hiddens=8, form="native")), cfg),
+        types = _train_step_op_types(compile_model(build_model(ModelConfig(vocab_size=11, num_hiddens=8,
+                                                                           form="native")), cfg),
                                      x, y)
     assert types.count("DeepRnnSoftmaxCrossEntropy") >= 3 and "OneHot" not in types  # the loss and both metrics
-    stacked = _train_step_op_types(compile_model(build_model(ModelConfig(11, num_hiddens=8, form="stacked")), cfg),
+    stacked = _train_step_op_types(compile_model(build_model(ModelConfig(vocab_size=11, num_hiddens=8,
+                                                                         form="stacked")), cfg),
                                    x, y)
     assert "DeepRnnSoftmaxCrossEntropy" not in stacked
     monkeypatch.setattr(native, "available", lambda: (False, "no C++ compiler"))
@@ -297,14 +299,14 @@ def test_kernel_rejects_inconsistent_shapes():
 
 def test_native_form_is_gru_and_lstm_only():
     with pytest.raises(ValueError, match="native form"):
-        build_model(ModelConfig(11, cell="rnn", form="native"))
+        build_model(ModelConfig(vocab_size=11, cell="rnn", form="native"))
 
 
 def test_one_training_step_and_weights_move_between_forms():
     from trainer.training import compile_model
 
-    cfg = TrainConfig(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
-    model = compile_model(build_model(ModelConfig(11, num_hiddens=8, form="native", dropout=0.2)), cfg)
+    cfg = TrainConfig.from_flat(num_hiddens=8, batch_size=4, optimizer="adam", lr=1e-2)
+    model = compile_model(build_model(ModelConfig(vocab_size=11, num_hiddens=8, form="native", dropout=0.2)), cfg)
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 11, (4, 6)).astype("int32"), rng.integers(0, 11, (4, 6)).astype("int32")
     before = [w.copy() for w in model.get_weights()]
@@ -312,7 +314,7 @@ def test_one_training_step_and_weights_move_between_forms():
     assert all(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
     assert np.isfinite(first[0] if isinstance(first, list) else first)
     for form in ("fused", "stacked"):
-        other = build_model(ModelConfig(11, num_hiddens=8, form=form, dropout=0.2))
+        other = build_model(ModelConfig(vocab_size=11, num_hiddens=8, form=form, dropout=0.2))
         other.set_weights(model.get_weights())
         np.testing.assert_allclose(other(x).numpy(), model(x).numpy(), atol=1e-5)
 
@@ -388,7 +390,7 @@ def test_auto_uses_the_native_kernels_where_measured_fastest_and_never_falls_bac
             warnings.simplefilter("error")  # a fallback warning is a failure here
             form = resolve_form("auto", cell, width)
         assert form == (measured or ("layers" if on_gpu else "fused")), (cell, width)
-        model = build_model(ModelConfig(28, cell=cell, num_hiddens=8, form=form))
+        model = build_model(ModelConfig(vocab_size=28, cell=cell, num_hiddens=8, form=form))
         assert model_form(model) == form
         if form == "native":
             assert f"DeepRnn{cell.capitalize()}Sequence" in graph_op_types(model)
@@ -409,7 +411,7 @@ def test_a_native_trained_model_exports_standard_ops_only(tiny_data, tmp_path):
     from trainer.training import train_and_evaluate
 
     model_dir = tmp_path / "model"
-    train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "epochs": 1, "backend_form": "native"}), str(tiny_data),
+    train_and_evaluate(TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 1, "form": "native"}), str(tiny_data),
                        str(model_dir))
     model = keras.models.load_model(model_dir / "model.keras")
     assert model_form(model) == "native"
@@ -511,11 +513,11 @@ def test_mixed_precision_native_runs_bf16_products_and_matches_float32(monkeypat
 
     _bf16_or_skip()
     keras.utils.set_random_seed(4)
-    reference = build_model(ModelConfig(11, cell="lstm", num_layers=2, num_hiddens=24, form="stacked"))
+    reference = build_model(ModelConfig(vocab_size=11, cell="lstm", num_layers=2, num_hiddens=24, form="stacked"))
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        fast = build_model(ModelConfig(11, cell="lstm", num_layers=2, num_hiddens=24, form="native"))
+        fast = build_model(ModelConfig(vocab_size=11, cell="lstm", num_layers=2, num_hiddens=24, form="native"))
         fast.set_weights(reference.get_weights())
         rng = np.random.default_rng(2)
         ids, targets = rng.integers(0, 11, (7, 10)).astype("int32"), rng.integers(0, 11, (7, 10))
@@ -556,7 +558,7 @@ def test_mixed_precision_native_trains_as_well_as_float32_and_exports(tiny_data,
     _bf16_or_skip()
     runs = {}
     for mixed in (False, True):
-        cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3, "backend_form": "native", "mixed_precision": mixed})
+        cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 3, "form": "native", "mixed_precision": mixed})
         runs[mixed] = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / f"mixed{mixed}"))
     assert runs[True]["form"] == runs[False]["form"] == "native"
     assert abs(runs[True]["val_ppl"] / runs[False]["val_ppl"] - 1) < 0.03, (runs[True]["val_ppl"],

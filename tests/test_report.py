@@ -128,7 +128,8 @@ def test_training_writes_per_source_validation_for_a_multi_source_holdout_run(tm
         (tmp_path / name).write_text(text)
     preprocess([str(tmp_path / "first.txt"), str(tmp_path / "second.txt")], str(tmp_path / "data"),
                transform.PreprocessConfig(num_steps=16))
-    metrics = train_and_evaluate(TrainConfig(num_layers=1, num_hiddens=8, batch_size=256, epochs=1, verbose=0,
+    metrics = train_and_evaluate(TrainConfig.from_flat(num_layers=1, num_hiddens=8, batch_size=256, epochs=1,
+                                                       progress="none",
                                              sample_chars=5), str(tmp_path / "data"), str(tmp_path / "model"))
     rows = metrics["per_source"]
     assert [os.path.basename(r["source"]) for r in rows] == ["first.txt", "second.txt"]

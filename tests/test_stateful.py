@@ -175,7 +175,7 @@ def test_stateful_resume_continues_the_same_lanes(tiny_data, tmp_path, ema):
     from trainer.config import TrainConfig
     from trainer.training import train_and_evaluate
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, stateful=True, ema=ema)
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "batch_size": 32}, stateful=True, ema=ema)
     straight = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "a"))
     train_and_evaluate(cfg.replace(epochs=1), str(tiny_data), str(tmp_path / "b"))
     resumed = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "b"))
@@ -204,7 +204,7 @@ def test_stateful_training_under_mixed_precision_keeps_the_state_in_float32(tiny
 
     runs = {}
     for mixed in (False, True):
-        cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, stateful=True, backend_form=form, mixed_precision=mixed)
+        cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "batch_size": 32}, stateful=True, form=form, mixed_precision=mixed)
         runs[mixed] = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / f"mixed{mixed}"))
     assert math.isfinite(runs[True]["best_val_stream_ppl"])
     assert abs(runs[True]["best_val_stream_ppl"] / runs[False]["best_val_stream_ppl"] - 1) < 0.05
@@ -226,7 +226,7 @@ def test_adamw_with_warmup_cosine_trains_and_logs_the_gradient_norm(tiny_data, t
     from trainer.optimizers import COSINE_FLOOR
     from trainer.training import train_and_evaluate
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3}, optimizer="adamw", lr=0.01, weight_decay=0.01,
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 3}, optimizer="adamw", lr=0.01, weight_decay=0.01,
                       lr_schedule="warmup_cosine", warmup_steps=20, dropout=0.1, stateful=True)
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
     history = list(csv.DictReader(open(tmp_path / "m" / "history.csv")))
@@ -255,7 +255,8 @@ def test_warmup_cosine_under_a_time_limit_anneals_by_the_deadline(tiny_data, tmp
     from trainer.optimizers import COSINE_FLOOR
     from trainer.training import train_and_evaluate
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 100000}, optimizer="adam", lr=0.01, lr_schedule="warmup_cosine",
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 100000}, optimizer="adam", lr=0.01,
+                                lr_schedule="warmup_cosine",
                       warmup_steps=5, time_limit_min=0.25)
     train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
     rates = [float(r["learning_rate"]) for r in csv.DictReader(open(tmp_path / "m" / "history.csv"))]

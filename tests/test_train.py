@@ -62,7 +62,7 @@ def test_input_pipelines_run_without_tf_data_autotuning(tiny_data, stateful):
     from trainer.training import fit_data
 
     info = load_data_info(str(tiny_data))
-    train_ds, valid_ds, _, _ = fit_data(TrainConfig(**{**TINY_TRAIN, "stateful": stateful}), info)
+    train_ds, valid_ds, _, _ = fit_data(TrainConfig.from_flat(**{**TINY_TRAIN, "stateful": stateful}), info)
     for ds in (train_ds, valid_ds):
         options = ds.options()
         assert options.autotune.enabled is False
@@ -121,32 +121,32 @@ def test_greedy_text_equals_the_keras_model(trained):
 
 def test_rerun_after_completion_trains_nothing(trained, tiny_data):
     model_dir, first = trained
-    again = train_and_evaluate(TrainConfig(**TINY_TRAIN), str(tiny_data), str(model_dir))
+    again = train_and_evaluate(TrainConfig.from_flat(**TINY_TRAIN), str(tiny_data), str(model_dir))
     assert again["epochs"] == 2 and again["val_ppl"] == first["val_ppl"]
 
 
 def test_changed_vocabulary_or_architecture_refuses_to_resume(trained, tiny_data, tmp_path):
     model_dir, _ = trained
     with pytest.raises(UserError, match="architecture"):
-        train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "num_hiddens": 24}), str(tiny_data), str(model_dir))
+        train_and_evaluate(TrainConfig.from_flat(**{**TINY_TRAIN, "num_hiddens": 24}), str(tiny_data), str(model_dir))
     other = tmp_path / "data"
     from pipeline import transform
     from pipeline.preprocessing import preprocess
     preprocess(["timemachine"], str(other), transform.PreprocessConfig(num_steps=16, normalize="none"))
     with pytest.raises(UserError, match="vocabulary"):
-        train_and_evaluate(TrainConfig(**TINY_TRAIN), str(other), str(model_dir))
+        train_and_evaluate(TrainConfig.from_flat(**TINY_TRAIN), str(other), str(model_dir))
 
 
 def test_divergence_stops_with_a_message(tiny_data, tmp_path):
-    cfg = TrainConfig(**{**TINY_TRAIN, "lr": 1e6, "clip_norm": 0.0, "optimizer": "sgd", "cell": "rnn"})
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "lr": 1e6, "clip_norm": 0.0, "optimizer": "sgd", "cell": "rnn"})
     with pytest.raises(UserError, match="diverged"):
         train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
 
 
 def test_steps_per_execution_trains_the_same_model(tiny_data, tmp_path):
     """Several steps per compiled call is an execution detail: same steps, same numbers."""
-    one = train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "epochs": 1}), str(tiny_data), str(tmp_path / "a"))
-    three = train_and_evaluate(TrainConfig(**{**TINY_TRAIN, "epochs": 1, "steps_per_execution": 3}),
+    one = train_and_evaluate(TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 1}), str(tiny_data), str(tmp_path / "a"))
+    three = train_and_evaluate(TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 1, "steps_per_execution": 3}),
                                str(tiny_data), str(tmp_path / "b"))
     for key in ("train_ppl", "val_ppl"):
         assert three[key] == pytest.approx(one[key], rel=1e-4), key
@@ -161,12 +161,12 @@ def test_fixed_size_epochs_repeat_the_windows_and_lr_halves_on_a_plateau(tiny_da
     from trainer.data import load_data_info
     from trainer.training import fit_data
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 3, "steps_per_epoch": 2, "optimizer": "adam", "lr": 1e-9,
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 3, "steps_per_epoch": 2, "optimizer": "adam", "lr": 1e-9,
                          "reduce_lr_patience": 1})
     info = load_data_info(str(tiny_data))
     train_ds, valid_ds, throughput, batches = fit_data(cfg, info)
     assert train_ds.cardinality() == tf.data.INFINITE_CARDINALITY and valid_ds.cardinality() > 0
-    assert throughput.tokens_per_epoch == 2 * cfg.batch_size * info.num_steps
+    assert throughput.tokens_per_epoch == 2 * cfg.run.batch_size * info.num_steps
     assert fit_data(cfg.replace(steps_per_epoch=None), info)[2].tokens_per_epoch == info.num_train * info.num_steps
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
     assert metrics["epochs"] == 3 and metrics["hparams"]["steps_per_epoch"] == 2
@@ -346,12 +346,12 @@ def test_mixed_precision_and_the_layers_form_export_for_cpu(tiny_data, tmp_path)
     """bfloat16 compute on CPU (float16 on GPUs) trains; a layers-form (cuDNN-eligible) model exports portably."""
     from serving.savedmodel import check_portable, export_model
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 1, "mixed_precision": True})
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 1, "mixed_precision": True})
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "mp"))
     assert np.isfinite(metrics["val_ppl"])
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for the rest of the process
-    layers = TrainConfig(**{**TINY_TRAIN, "epochs": 1, "backend_form": "layers"})
+    layers = TrainConfig.from_flat(**{**TINY_TRAIN, "epochs": 1, "form": "layers"})
     assert train_and_evaluate(layers, str(tiny_data), str(tmp_path / "layers"))["form"] == "layers"
     check_portable(export_model(str(tmp_path / "layers"), str(tmp_path / "export")))
 
@@ -365,7 +365,7 @@ def test_fit_steps_are_the_datasets_batches_so_keras_makes_one_iterator_per_epoc
     from trainer.data import load_data_info
     from trainer.training import fit_data, fit_steps
 
-    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 4})
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "batch_size": 4})
     info = load_data_info(str(tiny_data))
     train_ds, valid_ds, _, batches = fit_data(cfg, info)
     assert fit_steps(cfg, train_ds, valid_ds) == {"steps_per_epoch": batches,

@@ -15,16 +15,24 @@ import pytest
 from common.net import free_port
 from tests.conftest import ROOT, assert_user_error, run_cli
 from trainer.config import TrainConfig
-from trainer.search import SearchSpace, tune
+from trainer.search import SearchConfig, SearchSpace, TuneConfig, tune
 
 TINY_SPACE = ["--min-layers", "1", "--max-layers", "2", "--min-hiddens", "8", "--max-hiddens", "16",
               "--batch-size", "512", "--quiet"]
 
 
+BASE = TrainConfig.from_flat(batch_size=512, progress="none")
+
+
+def search(tiny_data, tuner_dir, space, base=BASE, start_points=(), **settings):
+    """trainer.search.tune on the tiny data with these search settings (SearchConfig's fields)."""
+    return tune(str(tiny_data), str(tuner_dir), TuneConfig(search=SearchConfig(**settings), space=space, base=base),
+                start_points)
+
+
 def test_tiny_search_writes_outputs_and_hparams_reproduce_the_winner(tiny_data, tmp_path):
     space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16)
-    best = tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space,
-                "random", max_trials=3, max_epochs=1)
+    best = search(tiny_data, tmp_path / "t", space, tuner="random", max_trials=3, max_epochs=1)
     for name in ("best_hparams.json", "trials.csv", "pareto.png"):
         assert (tmp_path / "t" / name).exists()
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
@@ -59,8 +67,8 @@ def test_mixed_precision_trials_build_under_the_mixed_policy_and_best_hparams_ca
 
     monkeypatch.setattr(train, "build_training_model", recording_build)
     space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8, optimizers=("adam",))
-    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0, mixed_precision=True), space,
-         "random", max_trials=1, max_epochs=1)
+    search(tiny_data, tmp_path / "t", space, base=BASE.replace(mixed_precision=True), tuner="random", max_trials=1,
+           max_epochs=1)
     assert policies and set(policies) == {"mixed_bfloat16"}
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the search
     assert json.loads((tmp_path / "t" / "best_hparams.json").read_text())["mixed_precision"] is True
@@ -70,8 +78,8 @@ def test_bayesian_search_with_fixed_size_epochs_and_lr_schedule(tiny_data, tmp_p
     """KerasTuner's BayesianOptimization needs scipy (keras-tuner[bayesian]): it must be installed.
     Trials take the trainer's epoch size and lr schedule (fit_data, lr_schedule_callbacks)."""
     space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16, optimizers=("adam",))
-    base = TrainConfig(batch_size=512, verbose=0, steps_per_epoch=3, reduce_lr_patience=1)
-    best = tune(str(tiny_data), str(tmp_path / "t"), base, space, "bayesian", max_trials=2, max_epochs=2)
+    base = TrainConfig.from_flat(batch_size=512, progress="none", steps_per_epoch=3, reduce_lr_patience=1)
+    best = search(tiny_data, tmp_path / "t", space, base=base, tuner="bayesian", max_trials=2, max_epochs=2)
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert len(rows) == 2 and best["optimizer"] == "adam"
     assert all(r["status"] == "COMPLETED" and int(r["epochs"]) == 2 for r in rows)
@@ -155,8 +163,7 @@ def test_chief_and_two_workers_share_the_search(tiny_data, tmp_path):
 def test_time_budget_stops_launching_trials(tiny_data, tmp_path):
     space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8)
     start = time.time()
-    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space, "random",
-         max_trials=50, max_epochs=1, time_budget_min=0.05)
+    search(tiny_data, tmp_path / "t", space, tuner="random", max_trials=50, max_epochs=1, time_budget=0.05)
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert 1 <= len(rows) < 50 and time.time() - start < 120
     assert (tmp_path / "t" / "best_hparams.json").exists()
@@ -165,8 +172,8 @@ def test_time_budget_stops_launching_trials(tiny_data, tmp_path):
 def test_trial_minutes_gives_every_trial_the_same_time(tiny_data, tmp_path):
     """Epochs to spare and no early stopping: each trial ends at its own time limit, not at max_epochs."""
     space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8)
-    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space, "random",
-         max_trials=2, max_epochs=10000, early_stopping=0, trial_minutes=0.05)
+    search(tiny_data, tmp_path / "t", space, tuner="random", max_trials=2, max_epochs=10000, early_stopping=0,
+           trial_minutes=0.05)
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert len(rows) == 2
     for row in rows:
@@ -202,9 +209,10 @@ def test_a_finished_trial_left_listed_as_ongoing_is_not_run_again(tiny_data, tmp
     used to re-run the finished trial on resume (seen as a flaky SIGKILL test). Reproduced by writing that state."""
     from trainer.search import make_hypermodel, make_tuner
 
-    space = SearchSpace(1, 1, 8, 8, ("gru",), 0.0, ("sgd",))
-    base = TrainConfig(batch_size=512, verbose=0)
-    tune(str(tiny_data), str(tmp_path), base, space, "random", max_trials=1, max_epochs=1)
+    space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8, cells=("gru",), max_dropout=0.0,
+                        optimizers=("sgd",))
+    base = TrainConfig.from_flat(batch_size=512, progress="none")
+    search(tiny_data, tmp_path, space, base=base, tuner="random", max_trials=1, max_epochs=1)
     oracle_file = tmp_path / "search" / "oracle.json"
     state = json.loads(oracle_file.read_text())
     finished = sorted(p.name.split("_", 1)[1] for p in (tmp_path / "search").glob("trial_*"))
@@ -221,9 +229,9 @@ START_POINT = {"cell": "lstm", "num_layers": 2, "num_hiddens": 16, "dropout": 0.
 
 def test_start_points_run_first_and_a_resumed_search_does_not_repeat_them(tiny_data, tmp_path):
     space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16, optimizers=("sgd", "adam"))
-    base = TrainConfig(batch_size=512, verbose=0)
-    tune(str(tiny_data), str(tmp_path / "t"), base, space, "random", max_trials=1, max_epochs=1,
-         start_points=[START_POINT])
+    base = TrainConfig.from_flat(batch_size=512, progress="none")
+    search(tiny_data, tmp_path / "t", space, base=base, start_points=[START_POINT], tuner="random", max_trials=1,
+           max_epochs=1)
     first = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert len(first) == 1
     assert {k: first[0][k] for k in ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "optimizer")} \
@@ -231,8 +239,8 @@ def test_start_points_run_first_and_a_resumed_search_does_not_repeat_them(tiny_d
             "optimizer": "adam"}
     assert float(first[0]["lr"]) == pytest.approx(0.005)
     # resumed with the same start point: the oracle's own points follow, the start point is not run twice
-    tune(str(tiny_data), str(tmp_path / "t"), base, space, "random", max_trials=3,
-         max_epochs=1, start_points=[START_POINT])
+    search(tiny_data, tmp_path / "t", space, base=base, start_points=[START_POINT], tuner="random", max_trials=3,
+           max_epochs=1)
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
     again = [r for r in rows if (r["cell"], r["num_hiddens"], r["lr"]) == ("lstm", "16", first[0]["lr"])]
@@ -241,8 +249,7 @@ def test_start_points_run_first_and_a_resumed_search_does_not_repeat_them(tiny_d
 
 def test_start_points_lead_hyperband_too(tiny_data, tmp_path):
     space = SearchSpace(min_layers=1, max_layers=2, min_hiddens=8, max_hiddens=16, optimizers=("adam",))
-    tune(str(tiny_data), str(tmp_path / "t"), TrainConfig(batch_size=512, verbose=0), space, "hyperband",
-         max_trials=1, max_epochs=2, start_points=[START_POINT])
+    search(tiny_data, tmp_path / "t", space, start_points=[START_POINT], tuner="hyperband", max_trials=1, max_epochs=2)
     row = next(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert (row["cell"], row["num_layers"], row["num_hiddens"], row["dropout"]) == ("lstm", "2", "16", "0.1")
     assert float(row["lr"]) == pytest.approx(0.005)  # not a draw from the log-uniform range
@@ -267,7 +274,8 @@ def test_start_values_match_the_declared_space_and_refuse_points_outside_it():
             start_values({**START_POINT, "num_hiddens": 128, **change}, space)
     with pytest.raises(ValueError, match="no lr"):
         start_values({k: v for k, v in START_POINT.items() if k != "lr"}, space)
-    no_drop = SearchSpace(1, 3, 64, 256, ("lstm",), 0.0, ("adam",), 0.0)
+    no_drop = SearchSpace(min_layers=1, max_layers=3, min_hiddens=64, max_hiddens=256, cells=("lstm",),
+                          max_dropout=0.0, optimizers=("adam",), max_weight_drop=0.0)
     assert "dropout" not in start_values({**START_POINT, "num_hiddens": 64, "dropout": 0, "weight_drop": 0}, no_drop)
 
 
@@ -318,9 +326,9 @@ def test_trial_cosine_needs_trial_minutes_and_runs_with_them(tiny_data, tmp_path
     from common.cli import UserError
 
     space = SearchSpace(min_layers=1, max_layers=1, min_hiddens=8, max_hiddens=8, optimizers=("adam",))
-    base = TrainConfig(batch_size=512, verbose=0, lr_schedule="warmup_cosine", warmup_steps=2)
+    base = TrainConfig.from_flat(batch_size=512, progress="none", lr_schedule="warmup_cosine", warmup_steps=2)
     with pytest.raises(UserError, match="--trial-minutes"):
-        tune(str(tiny_data), str(tmp_path / "no"), base, space, "random", max_trials=1, max_epochs=2)
-    tune(str(tiny_data), str(tmp_path / "t"), base, space, "random", max_trials=2, max_epochs=2, trial_minutes=1)
+        search(tiny_data, tmp_path / "no", space, base=base, tuner="random", max_trials=1, max_epochs=2)
+    search(tiny_data, tmp_path / "t", space, base=base, tuner="random", max_trials=2, max_epochs=2, trial_minutes=1)
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)

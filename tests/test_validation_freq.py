@@ -26,7 +26,8 @@ def _epochs(model_dir) -> int:
 def test_validation_freq_validates_every_nth_the_first_and_the_last_epoch_also_on_resume(tiny_data, tmp_path):
     """Every 4th epoch plus each run's first and the last: windows and streams alike; the best checkpoint is a
     validated epoch; epochs that did not validate neither warn nor write a checkpoint."""
-    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32, "epochs": 5}, steps_per_epoch=2, stateful=True, ema=0.99,
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "batch_size": 32, "epochs": 5}, steps_per_epoch=2, stateful=True,
+                                ema=0.99,
                       validation_freq=4)
     model_dir = tmp_path / "m"
     with warnings.catch_warnings(record=True) as caught:
@@ -53,7 +54,7 @@ def test_validation_freq_validates_every_nth_the_first_and_the_last_epoch_also_o
 def test_an_epoch_a_deadline_ends_is_validated(tiny_data, tmp_path):
     """A time limit stops training within an epoch that --validation-freq would skip: it still validates,
     so the run's last row (what metrics.json reports) has its validation figures."""
-    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32, "epochs": 100000}, steps_per_epoch=2,
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "batch_size": 32, "epochs": 100000}, steps_per_epoch=2,
                       validation_freq=100000, time_limit_min=0.05)
     model_dir = tmp_path / "m"
     metrics = train_and_evaluate(cfg, str(tiny_data), str(model_dir))
@@ -110,4 +111,4 @@ def test_schedule_asks_the_model_whether_training_stops():
     schedule.on_epoch_begin(6)
     assert 7 in schedule.epochs and 8 not in schedule.epochs
     with pytest.raises(ValueError, match="validation_freq"):
-        TrainConfig(validation_freq=0)
+        TrainConfig.from_flat(validation_freq=0)

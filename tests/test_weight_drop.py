@@ -20,7 +20,7 @@ def _model(cell: str, form: str, weight_drop: float, layers: int = 2, hiddens: i
         ok, why = native.available()
         if not ok:
             pytest.skip(f"native kernels unavailable: {why}")
-    return build_model(ModelConfig(11, cell=cell, num_layers=layers, num_hiddens=hiddens, form=form,
+    return build_model(ModelConfig(vocab_size=11, cell=cell, num_layers=layers, num_hiddens=hiddens, form=form,
                                    weight_drop=weight_drop))
 
 
@@ -73,9 +73,9 @@ def test_one_mask_per_batch_shared_by_every_row_and_step(cell, form):
 def test_forms_without_their_own_recurrence_refuse_weight_drop_and_auto_avoids_them(monkeypatch):
     for form in ("stacked", "layers"):
         with pytest.raises(ValueError, match="weight drop"):
-            ModelConfig(11, form=form, weight_drop=0.2)
+            ModelConfig(vocab_size=11, form=form, weight_drop=0.2)
     with pytest.raises(ValueError, match="weight_drop"):
-        ModelConfig(11, weight_drop=1.0)
+        ModelConfig(vocab_size=11, weight_drop=1.0)
     # whatever bench.forms measured fastest, auto with weight drop gives a form that applies it
     for measured in ("stacked", "layers"):
         monkeypatch.setattr("trainer.model.measured_form", lambda *a, m=measured, **k: m)
@@ -107,7 +107,7 @@ def test_training_with_weight_drop_refuses_a_form_that_cannot_and_trains_and_exp
                    "--weight-drop", "1.5", "--epochs", "1")
     assert_user_error(proc, "weight_drop must be in [0, 1)")
     assert not (tmp_path / "bad").exists()  # refused before anything is written
-    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 32}, weight_drop=0.3, dropout=0.1, stateful=True,
+    cfg = TrainConfig.from_flat(**{**TINY_TRAIN, "batch_size": 32}, weight_drop=0.3, dropout=0.1, stateful=True,
                       optimizer="adam", lr=0.01)
     metrics = train_and_evaluate(cfg, str(tiny_data), str(tmp_path / "m"))
     assert metrics["form"] in ("fused", "native") and metrics["hparams"]["weight_drop"] == 0.3

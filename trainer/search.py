@@ -8,15 +8,13 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from common import atomic, cli
 from common.cli import UserError
 from trainer import compat
-from trainer.config import TrainConfig
-
-TUNERS = ("hyperband", "random", "bayesian")
-
+from trainer.config import SECTIONS, TrainConfig
 
 OBJECTIVE = "val_perplexity"
 
@@ -30,26 +28,38 @@ HPARAM_KEYS = ("cell", "num_layers", "num_hiddens", "dropout", "weight_drop", "o
 SHARED_REGULARISERS = ("input_dropout", "ar", "tar", "ema")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchSpace:
-    """Ranges of the search, from flags."""
+    """Space: the ranges searched (cell, depth, width, dropout, weight drop, optimizer and its rate)"""
 
     min_layers: int = 1
+    """fewest recurrent layers searched"""
     max_layers: int = 8
+    """most recurrent layers searched"""
     min_hiddens: int = 64
+    """narrowest layer searched"""
     max_hiddens: int = 2048
-    cells: tuple[str, ...] = ("gru", "lstm")
+    """widest layer searched"""
+    cells: tuple[Literal["gru", "lstm", "rnn", "scratch"], ...] = ("gru", "lstm")
+    """cells searched"""
     max_dropout: float = 0.5
-    optimizers: tuple[str, ...] = ("sgd", "adam")
+    """largest dropout searched"""
+    optimizers: tuple[Literal["sgd", "adam"], ...] = ("sgd", "adam")
+    """optimizers searched, each with its own learning-rate range"""
     max_weight_drop: float = 0.5
+    """largest weight drop (DropConnect on the recurrent kernels) searched; 0: none"""
 
     def __post_init__(self):
+        object.__setattr__(self, "cells", tuple(self.cells))  # from YAML or JSON lists too
+        object.__setattr__(self, "optimizers", tuple(self.optimizers))
         if self.min_layers < 1 or self.min_hiddens < 1:
             raise ValueError("depth and width must be >= 1")
         if self.min_layers > self.max_layers:
             raise ValueError(f"--min-layers {self.min_layers} > --max-layers {self.max_layers}")
         if self.min_hiddens > self.max_hiddens:
             raise ValueError(f"--min-hiddens {self.min_hiddens} > --max-hiddens {self.max_hiddens}")
+        if not self.cells or not self.optimizers:
+            raise ValueError("search at least one cell and one optimizer")
         if not 0.0 <= self.max_dropout < 1.0:
             raise ValueError(f"--max-dropout must be in [0, 1), got {self.max_dropout}")
         if not 0.0 <= self.max_weight_drop < 1.0:
@@ -64,6 +74,55 @@ class SearchSpace:
                 widths.add(w)
             w *= 2
         return sorted(widths)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """Search: the oracle and the budget"""
+
+    tuner: Literal["hyperband", "random", "bayesian"] = "hyperband"
+    """KerasTuner oracle"""
+    max_trials: int | None = None
+    """trials to run (random/bayesian; default: 10, or no limit with time_budget)"""
+    max_epochs: int = 10
+    """epochs of the longest trial (Hyperband's top bracket)"""
+    executions_per_trial: int = 1
+    """models trained per point, scores averaged"""
+    time_budget: float | None = None
+    """stop launching trials after this many minutes; a trial in flight ends then too (default: none)"""
+    trial_minutes: float | None = None
+    """end each trial after this many minutes too: trials compared on equal time (default: no limit)"""
+    early_stopping: int = 3
+    """end a trial after this many epochs without a better validation perplexity (0: off)"""
+
+    def __post_init__(self):
+        for name in ("max_epochs", "executions_per_trial"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_trials is not None and self.max_trials < 1:
+            raise ValueError(f"max_trials must be >= 1, got {self.max_trials}")
+        for name in ("time_budget", "trial_minutes"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:  # NaN too: a budget that never ends
+                raise ValueError(f"{name} must be a finite number of minutes > 0, got {value}")
+        if self.early_stopping < 0:
+            raise ValueError(f"early_stopping must be >= 0 epochs, got {self.early_stopping}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneConfig:
+    """A search: the oracle and budget, the space, and the training settings every trial shares (the searched
+    fields of `base` are each trial's point instead)."""
+
+    search: SearchConfig = field(default_factory=SearchConfig)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    base: TrainConfig = field(default_factory=TrainConfig)
+
+
+# trainer.tune's sections: the search's own, then the training sections every trial shares (the model section is
+# the search space's to choose)
+TUNE_SECTIONS = {"search": SearchConfig, "space": SearchSpace,
+                 **{name: section for name, section in SECTIONS.items() if name != "model"}}
 
 
 def declare_hyperparameters(hp, space: SearchSpace) -> dict:
@@ -136,7 +195,7 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, vocab_size: int, step
         def build(self, hp):
             cfg = base.replace(**declare_hyperparameters(hp, space))
             # here, not around the search: KerasTuner clears the Keras session, and so the policy, per trial
-            with precision_policy(cfg.mixed_precision):
+            with precision_policy(cfg.run.mixed_precision):
                 model = build_training_model(cfg, model_config_for(cfg, vocab_size), steps_per_epoch or 1)
             self.last_num_params = int(model.count_params())
             return model
@@ -236,7 +295,8 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 def shared_settings(base: TrainConfig) -> dict:
     """The settings every trial shared that best_hparams.json must carry to trainer.train: stateful, mixed
     precision, input dropout, the activation regularisers and weight averaging, where set."""
-    return {k: getattr(base, k) for k in ("stateful", "mixed_precision", *SHARED_REGULARISERS) if getattr(base, k)}
+    flat = base.flat()
+    return {k: flat[k] for k in ("stateful", "mixed_precision", *SHARED_REGULARISERS) if flat[k]}
 
 
 def write_outputs(tuner_dir: str, rows: list[dict], fixed: dict | None = None) -> dict | None:
@@ -305,22 +365,18 @@ def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict, objec
     return f"trial {trial_id}: {point} → {result} ({extra['epochs']} epochs, {params}{extra['wall_s']:.0f} s)"
 
 
-def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, tuner_kind: str = "hyperband",
-         max_trials: int | None = None, max_epochs: int = 10, executions: int = 1,
-         time_budget_min: float | None = None, early_stopping: int = 3,
-         trial_minutes: float | None = None, start_points: Sequence[dict] = ()) -> dict | None:
-    """Runs (or resumes, or joins as a worker) the search; the chief/single process writes the outputs.
-
-    early_stopping: a trial ends after this many epochs without a better validation perplexity (0: never),
-    so budget goes to new points instead of models that have started to overfit. trial_minutes: a trial
-    ends after this long too (at a batch end), so slow points cannot take the whole budget. start_points:
-    points (best_hparams.json's keys) the first trials try, in order, before the oracle's own.
-    """
+def tune(data_dir: str, tuner_dir: str, cfg: TuneConfig, start_points: Sequence[dict] = ()) -> dict | None:
+    """Runs (or resumes, or joins as a worker) the search; the chief/single process writes the outputs and
+    returns the best point. start_points: points (best_hparams.json's keys) the first trials try, in order,
+    before the oracle's own."""
+    base, space, settings = cfg.base, cfg.space, cfg.search
+    trial_minutes, time_budget_min, max_trials = settings.trial_minutes, settings.time_budget, settings.max_trials
+    max_epochs, early_stopping = settings.max_epochs, settings.early_stopping
     try:
         queued = [start_values(p, space) for p in start_points]
     except ValueError as err:
         raise UserError(f"start point: {err}") from None
-    if base.lr_schedule == "warmup_cosine":
+    if base.optimiser.lr_schedule == "warmup_cosine":
         if trial_minutes is None:
             raise UserError("--lr-schedule warmup_cosine anneals each trial over its --trial-minutes: set them")
         base = base.replace(time_limit_min=trial_minutes)  # compiled with a plain rate that the callback sets
@@ -342,8 +398,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
 
     info = load_data_info(data_dir)
     check_records(info)
-    if base.batch_size > info.num_train:
-        raise UserError(f"--batch-size {base.batch_size} is larger than the {info.num_train} training windows")
+    if base.run.batch_size > info.num_train:
+        raise UserError(f"--batch-size {base.run.batch_size} is larger than the {info.num_train} training windows")
     os.makedirs(tuner_dir, exist_ok=True)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     train_ds, valid_ds, throughput, steps_per_epoch = fit_data(base, info)
@@ -352,7 +408,8 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
 
     if max_trials is None and time_budget_min is not None:
         max_trials = 10**6  # the budget is the limit
-    tuner = make_tuner(tuner_kind, hypermodel, tuner_dir, max_trials, max_epochs, executions, base.seed, objective)
+    tuner = make_tuner(settings.tuner, hypermodel, tuner_dir, max_trials, max_epochs, settings.executions_per_trial,
+                       base.run.seed, objective)
     compat.queue_start_points(tuner.oracle, queued)
 
     def record_trial(trial, run):
@@ -368,17 +425,17 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
                  "tokens_per_s": sum(speeds) / len(speeds) if speeds else math.nan, "tuner_id": tuner_id,
                  "epochs": len(logs[0].get("loss", [])) if logs else None}
         atomic.write_text(os.path.join(tuner.get_trial_dir(trial.trial_id), "extra.json"), json.dumps(extra))
-        if base.verbose == 2:
+        if base.run.progress == "epoch":
             print(trial_line(trial.trial_id, trial.hyperparameters.values, logs, extra, objective), flush=True)
         return histories
 
     tuner.trial_recorder = record_trial
     averaged, trained = averaged_weights_callbacks(base)  # --ema: trials are scored on the average
-    schedule = ([cb.CosineOverEachFit(COSINE_FLOOR, base.warmup_steps, max_epochs * steps_per_epoch,
-                                      60 * trial_minutes)] if base.lr_schedule == "warmup_cosine"
+    schedule = ([cb.CosineOverEachFit(COSINE_FLOOR, base.optimiser.warmup_steps, max_epochs * steps_per_epoch,
+                                      60 * trial_minutes)] if base.optimiser.lr_schedule == "warmup_cosine"
                 else lr_schedule_callbacks(base, steps_per_epoch))
     callbacks = [cb.DivergenceGuard.for_vocabulary(info.vocab_size), throughput, *averaged,
-                 *([stream_validation(info)] if base.stateful else []), *trained, *schedule]
+                 *([stream_validation(info)] if base.run.stateful else []), *trained, *schedule]
     if early_stopping:
         import keras
 
@@ -390,7 +447,7 @@ def tune(data_dir: str, tuner_dir: str, base: TrainConfig, space: SearchSpace, t
         limit_by_time(tuner.oracle, deadline)
         callbacks.append(cb.Deadline(deadline))  # a trial in flight ends at the deadline too
     tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, **fit_steps(base, train_ds, valid_ds),
-                 callbacks=callbacks, verbose=int(base.verbose == 1), shuffle=False)  # 2: trial_line only
+                 callbacks=callbacks, verbose=int(base.run.progress == "bar"), shuffle=False)  # epoch: trial_line only
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
         return None  # workers leave the outputs to the chief
     rows = _trial_rows(tuner, space, base, info.vocab_size)

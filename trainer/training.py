@@ -16,12 +16,12 @@ from trainer import compat
 from trainer.config import ModelConfig, TrainConfig
 
 RUN_CONFIG = "run_config.json"
+RESOLVED_CONFIG = "config.yaml"  # the run's settings by section: `trainer.train --config` repeats it
 
 
 LATEST_STATE_EVERY_S = 10.0  # backup, last and best weights: at most this often (and at the end), not every epoch
 
 
-PROGRESS = {"bar": 1, "epoch": 2, "none": 0}  # --progress → TrainConfig.verbose
 
 
 def configure_cpu_threads(cfg: TrainConfig, form: str) -> None:
@@ -34,7 +34,7 @@ def configure_cpu_threads(cfg: TrainConfig, form: str) -> None:
     """
     import tensorflow as tf
 
-    if form == "native" or cfg.num_hiddens > 256 or tf.config.list_physical_devices("GPU"):
+    if form == "native" or cfg.model.num_hiddens > 256 or tf.config.list_physical_devices("GPU"):
         return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -73,18 +73,20 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int | None = None):
     from trainer.model import model_form
     from trainer.optimizers import learning_rate, make_optimizer
 
-    if cfg.lr_schedule != "constant" and not steps_per_epoch:
+    if cfg.optimiser.lr_schedule != "constant" and not steps_per_epoch:
         raise ValueError("an lr schedule needs the number of steps per epoch")
-    lr = (float(cfg.lr) if cosine_by_callback(cfg)
-          else learning_rate(cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.epochs * (steps_per_epoch or 1)))
-    optimizer = make_optimizer(cfg.optimizer, lr, cfg.clip_norm, cfg.weight_decay, cfg.ema)
+    lr = (float(cfg.optimiser.lr) if cosine_by_callback(cfg)
+          else learning_rate(cfg.optimiser.lr, cfg.optimiser.lr_schedule, cfg.optimiser.warmup_steps,
+                             cfg.run.epochs * (steps_per_epoch or 1)))
+    optimizer = make_optimizer(cfg.optimiser.optimizer, lr, cfg.optimiser.clip_norm, cfg.optimiser.weight_decay,
+                               cfg.optimiser.ema)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients need loss scaling
     fused = model_form(model) == "native"  # the native kernels' loss op beside their recurrences
     model.compile(optimizer=optimizer,
                   loss=TokenCrossEntropy(fused=fused),
                   metrics=[Perplexity(fused=fused), BitsPerToken(fused=fused)],
-                  steps_per_execution=cfg.steps_per_execution)
+                  steps_per_execution=cfg.run.steps_per_execution)
     return model
 
 
@@ -92,28 +94,28 @@ def fit_data(cfg: TrainConfig, info):
     """(training batches, validation batches, Throughput callback, batches per epoch) for fit(), shared with
     the tuner.
 
-    With cfg.steps_per_epoch the training windows repeat, so an epoch is that many batches drawn from a
+    With cfg.run.steps_per_epoch the training windows repeat, so an epoch is that many batches drawn from a
     reshuffled stream: windows made with a small --stride give every epoch fresh window offsets while
-    keeping epochs, and so validation, early stopping and lr patience, at a fixed size. With cfg.stateful
+    keeping epochs, and so validation, early stopping and lr patience, at a fixed size. With cfg.run.stateful
     the batches are the training stream's lanes in order (trainer.data.make_stateful_dataset)."""
     import math
 
     from trainer import callbacks as cb
     from trainer.data import make_dataset, make_stateful_dataset
 
-    if cfg.stateful:
-        train_ds, batches = make_stateful_dataset(info, cfg.batch_size)
+    if cfg.run.stateful:
+        train_ds, batches = make_stateful_dataset(info, cfg.run.batch_size)
     else:
-        train_ds = make_dataset(info.train_files, info.num_steps, cfg.batch_size, shuffle=True, seed=cfg.seed,
+        train_ds = make_dataset(info.train_files, info.num_steps, cfg.run.batch_size, shuffle=True, seed=cfg.run.seed,
                                 num_windows=info.num_train)
-        batches = math.ceil(info.num_train / cfg.batch_size)
-    if cfg.steps_per_epoch:
-        train_ds, batches = train_ds.repeat(), cfg.steps_per_epoch
-    valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.batch_size, shuffle=False,
+        batches = math.ceil(info.num_train / cfg.run.batch_size)
+    if cfg.run.steps_per_epoch:
+        train_ds, batches = train_ds.repeat(), cfg.run.steps_per_epoch
+    valid_ds = make_dataset(info.valid_files, info.num_steps, cfg.run.batch_size, shuffle=False,
                             num_windows=info.num_valid)
-    windows = batches * cfg.batch_size if cfg.steps_per_epoch or cfg.stateful else info.num_train
+    windows = batches * cfg.run.batch_size if cfg.run.steps_per_epoch or cfg.run.stateful else info.num_train
     throughput = cb.Throughput(tokens_per_epoch=windows * info.num_steps,
-                               tokens_per_batch=cfg.batch_size * info.num_steps)
+                               tokens_per_batch=cfg.run.batch_size * info.num_steps)
     return train_ds, valid_ds, throughput, batches
 
 
@@ -126,7 +128,7 @@ def fit_steps(cfg: TrainConfig, train_ds, valid_ds) -> dict:
         count = int(ds.cardinality())
         return count if count > 0 else None
 
-    return {"steps_per_epoch": cfg.steps_per_epoch or batches(train_ds), "validation_steps": batches(valid_ds)}
+    return {"steps_per_epoch": cfg.run.steps_per_epoch or batches(train_ds), "validation_steps": batches(valid_ds)}
 
 
 def build_training_model(cfg: TrainConfig, model_cfg: ModelConfig, steps_per_epoch: int, replicas: int = 1):
@@ -136,13 +138,13 @@ def build_training_model(cfg: TrainConfig, model_cfg: ModelConfig, steps_per_epo
     from trainer.model import build_model
     from trainer.stateful import CarriedStateModel
 
-    if not cfg.stateful:
+    if not cfg.run.stateful:
         model = build_model(model_cfg)
-    elif cfg.batch_size % replicas:
-        raise UserError(f"--stateful: --batch-size {cfg.batch_size} lanes do not split evenly over {replicas} "
+    elif cfg.run.batch_size % replicas:
+        raise UserError(f"--stateful: --batch-size {cfg.run.batch_size} lanes do not split evenly over {replicas} "
                         f"replicas")
     else:
-        model = CarriedStateModel(build_model(model_cfg, carry_state=True), rows=cfg.batch_size // replicas)
+        model = CarriedStateModel(build_model(model_cfg, carry_state=True), rows=cfg.run.batch_size // replicas)
     model.model_cfg = model_cfg
     return compile_model(model, cfg, steps_per_epoch)
 
@@ -173,48 +175,49 @@ def averaged_weights_callbacks(cfg: TrainConfig) -> tuple[list, list]:
     checkpoint): the first list swaps the optimizer's moving average in, the second swaps it back out."""
     from trainer import callbacks as cb
 
-    return ([cb.AveragedWeights()], [cb.TrainedWeights()]) if cfg.ema else ([], [])
+    return ([cb.AveragedWeights()], [cb.TrainedWeights()]) if cfg.optimiser.ema else ([], [])
 
 
 def monitored(cfg: TrainConfig) -> str:
     """The validation figure that picks the best checkpoint: the stream's under --stateful."""
-    return "val_stream_perplexity" if cfg.stateful else "val_perplexity"
+    return "val_stream_perplexity" if cfg.run.stateful else "val_perplexity"
 
 
 def lr_schedule_callbacks(cfg: TrainConfig, steps_per_epoch: int = 1, deadline: float | None = None) -> list:
-    """ReduceLROnPlateau on validation perplexity when cfg.reduce_lr_patience is set (down to lr / 32, patience
-    in validations); for warmup_cosine under a time limit, callbacks.CosineToDeadline annealing by the deadline
-    (time.time(); default: cfg.time_limit_min from now)."""
+    """ReduceLROnPlateau on validation perplexity when cfg.optimiser.reduce_lr_patience is set (down to lr / 32,
+    patience in validations); for warmup_cosine under a time limit, callbacks.CosineToDeadline annealing by the deadline
+    (time.time(); default: cfg.run.time_limit_min from now)."""
     from trainer import callbacks as cb
     from trainer.optimizers import COSINE_FLOOR
 
     if cosine_by_callback(cfg):
         start = time.time()
-        return [cb.CosineToDeadline(cfg.lr, COSINE_FLOOR, cfg.warmup_steps, cfg.epochs * steps_per_epoch, start,
-                                    deadline or start + 60 * cfg.time_limit_min)]
-    if not cfg.reduce_lr_patience:
+        return [cb.CosineToDeadline(cfg.optimiser.lr, COSINE_FLOOR, cfg.optimiser.warmup_steps,
+                                    cfg.run.epochs * steps_per_epoch, start,
+                                    deadline or start + 60 * cfg.run.time_limit_min)]
+    if not cfg.optimiser.reduce_lr_patience:
         return []
     return [cb.ValidatedReduceLROnPlateau(monitor="val_perplexity", mode="min", factor=0.5,
-                                          patience=cfg.reduce_lr_patience, min_lr=cfg.lr / 32, verbose=0)]
+                                          patience=cfg.optimiser.reduce_lr_patience, min_lr=cfg.optimiser.lr / 32,
+                                          verbose=0)]
 
 
 def cosine_by_callback(cfg: TrainConfig) -> bool:
     """warmup_cosine under a time limit runs as callbacks.CosineToDeadline; the optimizer gets a plain rate."""
-    return cfg.lr_schedule == "warmup_cosine" and cfg.time_limit_min is not None
+    return cfg.optimiser.lr_schedule == "warmup_cosine" and cfg.run.time_limit_min is not None
 
 
 def resolved_form(cfg: TrainConfig) -> str:
-    """cfg.backend_form with 'auto' resolved from bench.forms' measurements for this cell, width and device."""
+    """cfg.model.form with 'auto' resolved from bench.forms' measurements for this cell, width and device."""
     from trainer.model import resolve_form
 
-    return resolve_form(cfg.backend_form, cfg.cell, cfg.num_hiddens, cfg.mixed_precision, cfg.weight_drop)
+    return resolve_form(cfg.model.form, cfg.model.cell, cfg.model.num_hiddens, cfg.run.mixed_precision,
+                        cfg.regularisers.weight_drop)
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     try:
-        return ModelConfig(vocab_size=vocab_size, cell=cfg.cell, num_layers=cfg.num_layers,
-                           num_hiddens=cfg.num_hiddens, dropout=cfg.dropout, form=resolved_form(cfg),
-                           weight_drop=cfg.weight_drop, input_dropout=cfg.input_dropout, ar=cfg.ar, tar=cfg.tar)
+        return cfg.model_config(vocab_size, resolved_form(cfg))
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -363,14 +366,14 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
 
     clock["loaded"] = time.perf_counter()
     configure_cpu_threads(cfg, resolved_form(cfg))
-    strategy = make_strategy(cfg.distribute)  # before any other TF work (multi-worker needs that)
+    strategy = make_strategy(cfg.run.distribute)  # before any other TF work (multi-worker needs that)
 
     from trainer.data import check_records, load_data_info
 
     info = load_data_info(data_dir)
     check_records(info)
-    if cfg.batch_size > info.num_train:
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {info.num_train} training windows")
+    if cfg.run.batch_size > info.num_train:
+        raise UserError(f"--batch-size {cfg.run.batch_size} is larger than the {info.num_train} training windows")
     model_cfg = model_config_for(cfg, info.vocab_size)
     run_config = {"architecture": model_cfg.architecture(), "model": model_cfg.to_dict(), "train": cfg.hparams(),
                   "vocab_sha256": info.vocab_sha256, "num_steps": info.num_steps,
@@ -392,10 +395,11 @@ def _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, cl
     _check_resume(model_dir, run_config)
     if chief:
         atomic.write_text(os.path.join(model_dir, RUN_CONFIG), json.dumps(run_config, indent=2) + "\n")
+        atomic.write_text(os.path.join(model_dir, RESOLVED_CONFIG), cfg.to_yaml())  # `--config` reads it back
         atomic.write_text(os.path.join(model_dir, "vocab.txt"), vocab_lib.vocab_to_text(list(info.vocab)))
 
-    keras.utils.set_random_seed(cfg.seed)
-    with precision_policy(cfg.mixed_precision):
+    keras.utils.set_random_seed(cfg.run.seed)
+    with precision_policy(cfg.run.mixed_precision):
         return _train(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock)
 
 
@@ -451,9 +455,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     train_ds, valid_ds, throughput, steps_per_epoch = fit_data(cfg, info)
     with strategy.scope():
         model = build_training_model(cfg, model_cfg, steps_per_epoch, strategy.num_replicas_in_sync)
-    if cfg.distribute == "multi_worker":
+    if cfg.run.distribute == "multi_worker":
         batch = next(iter(train_ds))
-        if cfg.stateful:  # a replica's rows: the carried state holds batch_size / replicas lanes
+        if cfg.run.stateful:  # a replica's rows: the carried state holds batch_size / replicas lanes
             batch = tf.nest.map_structure(lambda t: t[:model.rows], batch)
         compat.build_from_local_batch(model, batch, strategy)
 
@@ -468,9 +472,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     best_so_far = on_disk.get(monitor) if on_disk else None
     if on_disk is None and os.path.exists(os.path.join(checkpoints, "best.weights.h5")):  # written before best.json
         best_so_far = min((r[monitor] for r in read_history(history_path) if monitor in r), default=None)
-    deadline = time.time() + 60 * cfg.time_limit_min if cfg.time_limit_min else None
+    deadline = time.time() + 60 * cfg.run.time_limit_min if cfg.run.time_limit_min else None
     averaged, trained = averaged_weights_callbacks(cfg)
-    validation = cb.ValidationSchedule(cfg.validation_freq, cfg.epochs)
+    validation = cb.ValidationSchedule(cfg.run.validation_freq, cfg.run.epochs)
     callbacks = [
         validation,
         cb.DivergenceGuard.for_vocabulary(info.vocab_size),
@@ -491,12 +495,12 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
     ]
     if deadline:
         callbacks.append(cb.Deadline(deadline))
-    if cfg.verbose == PROGRESS["epoch"]:
-        callbacks.append(cb.EpochLine(cfg.epochs))
+    if cfg.run.progress == "epoch":
+        callbacks.append(cb.EpochLine(cfg.run.epochs))
     clock["fit"] = time.perf_counter()
-    fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs, validation_freq=validation.epochs,
+    fitted = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.run.epochs, validation_freq=validation.epochs,
                        **fit_steps(cfg, train_ds, valid_ds), callbacks=callbacks,
-                       verbose=int(cfg.verbose == PROGRESS["bar"]),
+                       verbose=int(cfg.run.progress == "bar"),
                        shuffle=False)  # tf.data shuffles
 
     clock["fitted"] = time.perf_counter()
@@ -508,9 +512,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         model.load_weights(best_path)
     model = plain_model(model, model_cfg, cfg,
                         steps_per_epoch)  # from here on: ids → logits, what exports and evaluations read
-    per_source = per_source_validation(model, info, cfg.batch_size)
+    per_source = per_source_validation(model, info, cfg.run.batch_size)
     text_model = TextModel(model, info.vocab, info.normalize, info.tokenizer)
-    sample = text_model.greedy(tf.constant([cfg.sample_prefix]), cfg.sample_chars)["text"][0].numpy().decode()
+    sample = text_model.greedy(tf.constant([cfg.run.sample_prefix]), cfg.run.sample_chars)["text"][0].numpy().decode()
     last = history[-1]
     written = cb.BestWeightsCheckpoint.read_record(best_record) or {}
     best = next((r for r in history if int(r["epoch"]) == written.get("epoch")),  # the loaded weights' epoch
@@ -531,7 +535,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         "train_tokens_per_s_steady": sorted(steady)[len(steady) // 2],
         "train_seconds": train_seconds,
         "hparams": cfg.hparams(), "form": model_cfg.form, "num_params": int(model.count_params()),
-        "sample_prefix": cfg.sample_prefix, "sample": sample,
+        "sample_prefix": cfg.run.sample_prefix, "sample": sample,
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
     }
     if per_source:
