@@ -9,14 +9,10 @@ STAMP := $(VENV)/.installed-stamp
 BOOK_VENV := .venv-book
 BOOK_STAMP := $(BOOK_VENV)/.installed-stamp
 
-# Pipeline knobs: unset ones take pipeline.yaml's value, then deep_rnn.run_all's default.
+# Pipeline knobs (make pipeline LAYERS=3 ...): Make hands its command-line variables to the job's environment,
+# and deep_rnn.run_all reads the ones its settings declare (deep_rnn/settings.py KNOBS; `make help` lists them).
+# Unset ones take pipeline.yaml's value, then the default.
 RUN_DIR ?= runs/default
-KNOBS := CORPUS=corpus RUN_DIR=run-dir NORMALIZE=normalize TOKENIZER=tokenizer SPLIT=split NUM_STEPS=num-steps \
-  ENCODING=encoding STRIP=strip-boilerplate \
-  RUNNER=runner BEAM_OPTS=beam-options CELL=cell LAYERS=num-layers HIDDENS=num-hiddens EPOCHS=epochs \
-  BATCH=batch-size LR=lr OPTIMIZER=optimizer TUNE=tune TUNER=tuner MAX_TRIALS=max-trials \
-  TIME_BUDGET=time-budget TUNE_EPOCHS=tune-max-epochs TUNE_OPTS=tune-options MODEL_NAME=model-name GRPC_PORT=grpc-port REST_PORT=rest-port
-KNOB_FLAGS = $(foreach k,$(KNOBS),$(if $($(firstword $(subst =, ,$(k)))),--$(lastword $(subst =, ,$(k)))="$($(firstword $(subst =, ,$(k))))"))
 MODEL_NAME ?= deep_rnn
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
@@ -44,13 +40,9 @@ help:
 	@echo "  make clean           remove RUN_DIR;  make clean-venv: remove .venv and .venv-book"
 	@echo ""
 	@echo "Knobs (Make variables; unset ones take pipeline.yaml's value, then the default):"
-	@echo "  RUN_DIR=$(RUN_DIR)  CORPUS=timemachine  NORMALIZE=d2l  TOKENIZER=char  SPLIT=d2l  NUM_STEPS=32"
-	@echo "  ENCODING=auto  STRIP=auto (Project Gutenberg header/footer: auto, gutenberg or none)"
-	@echo "  CELL=gru  LAYERS=2  HIDDENS=32  EPOCHS=100  BATCH=1024  LR=2.0  OPTIMIZER=sgd"
-	@echo "  TUNE=0  TUNER=hyperband  MAX_TRIALS=10  TIME_BUDGET=20 (minutes)  TUNE_EPOCHS=10  TUNE_OPTS=..."
-	@echo "  RUNNER=FnApiRunner  BEAM_OPTS=...  MODEL_NAME=$(MODEL_NAME)  GRPC_PORT=$(GRPC_PORT)  REST_PORT=$(REST_PORT)"
+	@if [ -x $(PY) ]; then $(PY) -m deep_rnn.run_all --knobs; else echo "  (make venv first to list them)"; fi
 	@echo "  e.g. make pipeline CELL=lstm LAYERS=3 HIDDENS=256 EPOCHS=20 RUN_DIR=runs/lstm"
-	@echo "Every knob, its meaning and default: .venv/bin/python -m deep_rnn.run_all --help"
+	@echo "Every setting, by section: .venv/bin/python -m deep_rnn.run_all --help"
 
 venv: $(STAMP)
 
@@ -74,7 +66,7 @@ kernels: $(STAMP)
 	@mkdir -p build && $(PY) -m trainer.build_kernels > build/kernels.log 2>&1 || { cat build/kernels.log; exit 1; }
 
 pipeline: $(STAMP) kernels
-	$(PY) -m deep_rnn.run_all $(KNOB_FLAGS)
+	$(PY) -m deep_rnn.run_all --knobs-from-env
 
 # The linter and the layout's import contracts (pyproject.toml); `make test` runs both as tests too.
 lint: $(STAMP)

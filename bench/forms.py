@@ -60,7 +60,8 @@ def time_form(cell: str, layers: int, hiddens: int, form: str, batch: int, num_s
     gpus = tf.config.list_physical_devices("GPU")
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
-    model = compile_model(build_model(ModelConfig(vocab_size=vocab, cell=cell, num_layers=layers, num_hiddens=hiddens, form=form)), cfg)
+    model_cfg = ModelConfig(vocab_size=vocab, cell=cell, num_layers=layers, num_hiddens=hiddens, form=form)
+    model = compile_model(build_model(model_cfg), cfg)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, size=(blocks * steps + warmup, batch, num_steps + 1), dtype=np.int32)
     batches = [(tf.constant(b[:, :-1]), tf.constant(b[:, 1:])) for b in ids]

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import re
 import shutil
 import uuid
 
@@ -18,17 +18,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# what temp_path and atomic_directory name their files: FINAL.tmp-<pid>-<8 hex>[.ext] and FINAL.old-<8 hex>
+_TEMP_NAME = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}(\.[A-Za-z0-9]{1,8})?")
+_OLD_NAME = re.compile(r"\.old-[0-9a-f]{8}")
+
+
+def _written_by_us(path: str) -> bool:
+    """A leftover is ours only when its name is exactly one we make and, for a directory, it holds our MARKER
+    (or nothing: a crash between mkdir and the marker); anything else beside an output is the user's."""
+    if os.path.islink(path):
+        return False
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, MARKER)) or not os.listdir(path)
+    return os.path.isfile(path)
+
+
 def clean_stale(final: str) -> None:
-    """Removes temporaries of crashed runs; restores a previous output a crash left set aside."""
-    for tmp in glob.glob(glob.escape(final) + ".tmp-*"):
-        pid = tmp.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if not (pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid()):
-            shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.unlink(tmp)
-    for old in glob.glob(glob.escape(final) + ".old-*"):
-        if os.path.exists(final):
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(old, final)
+    """Removes temporaries of crashed runs and restores a previous output a crash left set aside; touches only
+    what this project wrote (exact names, MARKER inside), never a user's `FINAL.tmp-notes/` or `FINAL.old-backup/`."""
+    prefix = os.path.basename(final)
+    parent = os.path.dirname(final) or "."
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        path, rest = os.path.join(parent, name), name[len(prefix):]
+        temp = _TEMP_NAME.fullmatch(rest)
+        if temp and _written_by_us(path):
+            pid = int(temp.group(1))
+            if _pid_alive(pid) and pid != os.getpid():
+                continue  # another run's work in progress
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+        elif _OLD_NAME.fullmatch(rest) and os.path.isdir(path) and _written_by_us(path):
+            if os.path.exists(final):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, final)
 
 
 def temp_path(final: str) -> str:

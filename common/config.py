@@ -20,7 +20,7 @@ from typing import Any
 
 from common.cli import UserError
 
-TRUE_FALSE = ("true", "false", "1", "0", "yes", "no")
+TRUE_FALSE = ("true", "false", "1", "0", "yes", "no", "on", "off")
 
 
 def _hints(cls) -> dict:
@@ -97,12 +97,14 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
             out.append(token)
             continue
         kind = kinds[key]
-        if eq:
-            out.append(f"--{key}={value}")
-        elif kind == "bool":
-            if i < len(argv) and argv[i].lower() in TRUE_FALSE:
+        if kind == "bool":
+            if not eq and i < len(argv) and argv[i].lower() in TRUE_FALSE:
                 value, i = argv[i], i + 1
-            out.append(f"--{key}={value or 'true'}")
+            value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
+                value.lower(), value) if value else "true"
+            out.append(f"--{key}={value}")
+        elif eq:
+            out.append(f"--{key}={value}")
         elif kind == "list":
             values = []
             while i < len(argv) and not argv[i].startswith("--"):
@@ -112,6 +114,19 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
         else:
             out.append(f"--{key}")
     return out
+
+
+def split_unknown(argv: Sequence[str], sections: dict[str, type], own: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the flags this command knows, the rest): for commands that pass unknown flags on to another program
+    (pipeline.preprocess gives them to Beam). argv must already be translated; a flag's values go with it."""
+    known = {"--config", "--print_config", "-h", "--help", *own} | {f"--{key}" for key in leaves(sections)}
+    known |= {f"--{name}" for name in sections}
+    mine, rest, target = [], [], None
+    for token in argv:
+        if token.startswith("-") and token not in ("-", "--"):
+            target = mine if token.split("=", 1)[0] in known else rest
+        (target if target is not None else rest).append(token)
+    return mine, rest
 
 
 def make_parser(prog: str, description: str, epilog: str, sections: dict[str, type]):

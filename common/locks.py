@@ -30,3 +30,13 @@ def exclusive(directory: str, what: str):
         yield
     finally:
         os.close(fd)
+
+
+def check_free(directory: str, what: str) -> None:
+    """UserError naming the holder when a process holds DIRECTORY/.lock now; nothing when the directory or its
+    lock file does not exist (a check only: the lock is not kept)."""
+    path = os.path.join(directory, LOCK_FILE)
+    if not os.path.isfile(path):
+        return
+    with exclusive(directory, what):
+        pass

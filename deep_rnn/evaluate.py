@@ -19,40 +19,48 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from common import atomic, cli
+from common import atomic, cli, config
 from deep_rnn.evaluation import evaluate, format_table
-from pipeline import boilerplate, sources
+from pipeline import sources
+from pipeline.transform import ReadingConfig
 
 
-def build_parser() -> cli.ArgumentParser:
-    p = cli.ArgumentParser(prog="deep_rnn.evaluate", description=__doc__.split("\n")[0],
-                           epilog=cli.examples_from(__doc__))
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model-dir", metavar="DIR", help="a finished trainer.train model directory (model.keras)")
-    which.add_argument("--export", metavar="DIR", help="an exported version directory, or a model's export base "
-                                                       "(its newest version); scored with the score signature")
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    """Evaluation: how texts are scored"""
+
+    batch_size: int = 256
+    """windows per batch (an export caps it at its max_batch_size)"""
+    full_context: bool = False
+    """score each text as one stream with the state carried across all of it, instead of zero-state windows"""
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+SECTIONS = {"reading": ReadingConfig, "evaluation": EvaluationConfig}
+
+
+def build_parser():
+    p = config.make_parser("deep_rnn.evaluate", __doc__.split("\n")[0], cli.examples_from(__doc__), SECTIONS)
+    p.add_argument("--model-dir", metavar="DIR", help="a finished trainer.train model directory (model.keras)")
+    p.add_argument("--export", metavar="DIR", help="an exported version directory, or a model's export base "
+                                                   "(its newest version); scored with the score signature")
     p.add_argument("--corpus", nargs="+", required=True, metavar="SRC",
                    help="texts to evaluate: paths, globs or a named corpus (" + ", ".join(sources.NAMED_CORPORA) + ")")
     p.add_argument("--json", metavar="FILE", help="also write the rows as a JSON list (keys source, tokens, "
                                                   "unknown_rate, perplexity, bits_per_token, …)")
-    p.add_argument("--encoding", default="auto", metavar="auto|CODEC", help="as pipeline.preprocess --encoding")
-    p.add_argument("--decode-errors", choices=("strict", "replace"), default="strict",
-                   help="as pipeline.preprocess --decode-errors")
-    p.add_argument("--strip-boilerplate", choices=boilerplate.MODES, default="auto",
-                   help="as pipeline.preprocess --strip-boilerplate")
-    p.add_argument("--full-context", action="store_true",
-                   help="score each text as one stream with the state carried across all of it, instead of "
-                        "zero-state windows")
-    p.add_argument("--batch-size", type=cli.positive_int, default=256, metavar="N",
-                   help="windows per batch (an export caps it at its max_batch_size)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    rows = evaluate(args.corpus, args.model_dir, args.export, args.encoding, args.decode_errors,
-                    args.strip_boilerplate, args.batch_size, args.full_context)
+    args, sections = config.parse(build_parser(), argv, SECTIONS)
+    reading, settings = sections["reading"], sections["evaluation"]
+    rows = evaluate(args.corpus, args.model_dir, args.export, reading.encoding, reading.decode_errors,
+                    reading.strip_boilerplate, settings.batch_size, settings.full_context)
     print(format_table(rows))
     if args.json:
         atomic.write_text(args.json, json.dumps(rows, indent=2) + "\n")

@@ -9,41 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 
-from common import cli
+import yaml
+
+from common import cli, config
 from common.cli import UserError
-from deep_rnn.orchestrate import DEFAULTS, die_with_parent, run_pipeline
-from pipeline import sources
-
-KNOB_HELP = {  # one line per knob: what it does (the Make variable in brackets); defaults are added by --help
-    "corpus": "paths, globs or named corpora (" + ", ".join(sources.NAMED_CORPORA) + ") [CORPUS]",
-    "run_dir": "where data/, tuning/, model/, export/, logs/ and report.md go [RUN_DIR]",
-    "normalize": "text normaliser: d2l (the book's letters-only lower case) or none [NORMALIZE]",
-    "tokenizer": "char or word [TOKENIZER]",
-    "split": "d2l (the book's random windows) or holdout (each source's last 10%% validates) [SPLIT]",
-    "num_steps": "tokens of context per training window [NUM_STEPS]",
-    "encoding": "text encoding: auto (UTF-8, else detected per file) or a codec such as cp1252 [ENCODING]",
-    "strip_boilerplate": "Project Gutenberg header/footer: auto (removed where present), gutenberg or none [STRIP]",
-    "runner": "Beam runner for preprocessing [RUNNER]",
-    "beam_options": "extra Beam pipeline options, one string [BEAM_OPTS]",
-    "cell": "gru, lstm, rnn or scratch [CELL]",
-    "num_layers": "stacked recurrent layers [LAYERS]",
-    "num_hiddens": "units per layer [HIDDENS]",
-    "epochs": "training epochs; more epochs later resume the same run [EPOCHS]",
-    "batch_size": "windows per training step [BATCH]",
-    "lr": "learning rate [LR]",
-    "optimizer": "sgd or adam [OPTIMIZER]",
-    "tune": "run trainer.tune first and train its best point (1/0) [TUNE]",
-    "tuner": "hyperband, random or bayesian [TUNER]",
-    "max_trials": "tuning trials (random/bayesian) [MAX_TRIALS]",
-    "time_budget": "tuning minutes [TIME_BUDGET]",
-    "tune_max_epochs": "epochs of the longest tuning trial [TUNE_EPOCHS]",
-    "tune_options": "extra trainer.tune flags, one string [TUNE_OPTS]",
-    "model_name": "the served model's name [MODEL_NAME]",
-    "grpc_port": "gRPC port of the server started for the queries (0: any free port) [GRPC_PORT]",
-    "rest_port": "REST port of that server (0: any free port) [REST_PORT]",
-}
-
+from deep_rnn.orchestrate import die_with_parent, run_pipeline
+from deep_rnn.settings import DEFAULTS, KNOBS, RENAMES, SECTIONS, PipelineConfig, knob_arguments
 
 EXAMPLES = """examples (make pipeline passes Make variables as these flags):
   python -m deep_rnn.run_all                                  # the book's deep GRU on The Time Machine
@@ -54,51 +27,95 @@ EXAMPLES = """examples (make pipeline passes Make variables as these flags):
 Each stage's full output is in RUN_DIR/logs/<stage>.log; the console shows its progress and result."""
 
 
-def build_parser() -> cli.ArgumentParser:
-    p = cli.ArgumentParser(prog="deep_rnn.run_all", description=__doc__.split("\n")[0], epilog=EXAMPLES)
-    p.add_argument("--config", metavar="YAML",
-                   help="file of knobs, keys as the flags below with _ (default: ./pipeline.yaml if present)")
-    p.add_argument("--corpus", nargs="+", metavar="SRC", help=KNOB_HELP["corpus"] + " (default: timemachine)")
-    for name, value in DEFAULTS.items():
-        if name in ("corpus",):
-            continue
-        flag = "--" + name.replace("_", "-")
-        shown = f" (default: {value!r})" if isinstance(value, str) else f" (default: {value})"
-        if isinstance(value, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), metavar="0|1",
-                           help=KNOB_HELP[name] + shown)
+def build_parser():
+    parser = config.make_parser("deep_rnn.run_all", __doc__.split("\n")[0], EXAMPLES, SECTIONS)
+    parser.set_defaults(DEFAULTS)
+    return parser
+
+
+def parse_args(argv) -> PipelineConfig:
+    """defaults < the job's own defaults < pipeline.yaml (or --config FILE) < Make knobs < flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = _pop_value(argv, "--config") or ("pipeline.yaml" if os.path.exists("pipeline.yaml") else None)
+    knobs = knob_arguments() if _pop_flag(argv, "--knobs-from-env") else []
+    from_file = yaml_arguments(path) if path else []
+    _, sections = config.parse(build_parser(), [*from_file, *knobs, *argv], SECTIONS, RENAMES, defaults=DEFAULTS)
+    return PipelineConfig(**sections)
+
+
+def yaml_arguments(path: str) -> list[str]:
+    """A pipeline.yaml as flags: keys nested by section (as config.yaml in a run directory holds them), or the
+    plain names of earlier versions (num_layers: 3)."""
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f.read(1 << 20)) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: cannot read config: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: must hold a mapping of settings, not {type(loaded).__name__}")
+    known = config.leaves(SECTIONS)
+    names = config.aliases(SECTIONS, RENAMES)
+    flags = []
+    for key, value in _flatten(loaded):
+        target = key if key in known else names.get(key.replace("-", "_")) or names.get(key)
+        if target is None:
+            raise UserError(f"{path}: unknown setting {key!r}")
+        flags.append(f"--{target}={json.dumps(value) if isinstance(value, (list, tuple, bool)) else value}")
+    return flags
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    items = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and (prefix or key in SECTIONS):
+            items += _flatten(value, name + ".")
         else:
-            p.add_argument(flag, type=type(value), help=KNOB_HELP[name] + shown)
-    return p
+            items.append((name, value))
+    return items
 
 
-def parse_args(argv):
-    p = build_parser()
-    args = p.parse_args(argv)
-    config = dict(DEFAULTS)
-    path = args.config or ("pipeline.yaml" if os.path.exists("pipeline.yaml") else None)
-    if path:
-        import yaml
+def _pop_value(argv: list[str], flag: str) -> str | None:
+    """Removes `flag VALUE` (or flag=VALUE) from argv and returns VALUE."""
+    for i, token in enumerate(argv):
+        if token == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return value
+        if token.startswith(flag + "="):
+            del argv[i]
+            return token.split("=", 1)[1]
+    return None
 
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{path}: cannot read config: {err}") from None
-        unknown = sorted(set(loaded) - set(DEFAULTS))
-        if unknown:
-            raise UserError(f"{path}: unknown keys {', '.join(unknown)}")
-        config.update(loaded)
-    config.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    corpus = [config["corpus"]] if isinstance(config["corpus"], str) else config["corpus"]
-    config["corpus"] = [src for item in corpus for src in item.split()]  # Make passes one string
-    return config
+
+def _pop_flag(argv: list[str], flag: str) -> bool:
+    if flag in argv:
+        argv.remove(flag)
+        return True
+    return False
+
+
+def knob_table() -> str:
+    """`make help`'s list: each knob, the setting it sets, its default and its help, from the config classes."""
+    parser = build_parser()
+    defaults = parser.get_defaults()
+    helps = {action.dest: action.help for action in parser._actions}  # argparse keeps each flag's help here
+    lines = []
+    for knob, key in KNOBS.items():
+        default = defaults.get(key)
+        shown = " ".join(default) if isinstance(default, (list, tuple)) else default
+        what = textwrap.shorten(helps.get(key) or "", 64, placeholder=" …")
+        lines.append(f"  {knob:<12} --{key:<28} {str(shown):<14} {what}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--knobs"]:
+        print(knob_table())
+        return
     die_with_parent()  # killed with `make` (SIGKILL included): no orphan run racing the rerun
     cfg = parse_args(argv)
-    print("pipeline configuration: " + json.dumps(cfg), flush=True)
     run_pipeline(cfg)
 
 

@@ -9,6 +9,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -24,22 +25,60 @@ class CorpusError(Exception):
     """A corpus file that cannot be used; the message names the file and the reason."""
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    normalize: str = "d2l"
-    tokenizer: str = "char"
+@dataclass(frozen=True, kw_only=True)
+class ReadingConfig:
+    """Reading: how files are decoded and what of them is text (preprocessing and evaluation alike)"""
+
+    encoding: str = "auto"
+    """text encoding: auto reads UTF-8 (a BOM dropped) when the bytes are valid UTF-8 and otherwise detects it per
+    file (Windows-1252 preferred among equals); or a Python codec name such as cp1252, latin-1, utf-16"""
+    decode_errors: Literal["strict", "replace"] = "strict"
+    """bytes that do not decode: strict fails with the file and offset; replace uses U+FFFD"""
+    strip_boilerplate: Literal["auto", "gutenberg", "none"] = "auto"
+    """Project Gutenberg's licence header and footer: auto removes them where present; gutenberg requires them in
+    every file; none keeps every character"""
+
+    def __post_init__(self):
+        """ValueError naming the field (the CLI turns it into one line, exit 2)."""
+        if self.encoding != "auto":
+            try:
+                charsets.codec_name(self.encoding)
+            except LookupError:
+                raise ValueError(f"--encoding {self.encoding}: no such codec (e.g. utf-8, cp1252, latin-1, "
+                                 "utf-16)") from None
+        if self.strip_boilerplate not in boilerplate.MODES:
+            raise ValueError(f"--strip-boilerplate must be one of {', '.join(boilerplate.MODES)}, "
+                             f"got {self.strip_boilerplate!r}")
+        if self.decode_errors not in ("strict", "replace"):
+            raise ValueError(f"--decode-errors must be strict or replace, got {self.decode_errors!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessConfig(ReadingConfig):
+    """Data: how corpora become vocabulary ids and training windows"""
+
+    normalize: Literal["d2l", "none"] = "d2l"
+    """text normaliser: d2l keeps letters as lower case and maps the rest to spaces (the book's)"""
+    tokenizer: Literal["char", "word"] = "char"
+    """token unit"""
     num_steps: int = 32
-    split: str = "holdout"         # holdout | d2l
-    valid_fraction: float = 0.1    # holdout: last fraction of every document
-    stride: int | None = None      # holdout: window stride (default num_steps)
-    num_train: int = 10000         # d2l: first windows for training
-    num_val: int = 5000            # d2l: next windows for validation
+    """tokens of context per training window (each record holds num_steps + 1 tokens)"""
+    split: Literal["holdout", "d2l"] = "holdout"
+    """holdout: each source's last valid_fraction validates; d2l: the book's random windows"""
+    valid_fraction: float = 0.1
+    """share of each source held out for validation (holdout split)"""
+    stride: int | None = None
+    """tokens between window starts in the holdout split (default: num_steps, no overlap)"""
+    num_train: int = 10000
+    """training windows drawn by the d2l split"""
+    num_val: int = 5000
+    """validation windows drawn by the d2l split"""
     min_freq: int = 1
+    """tokens seen fewer times than this map to <unk>"""
     max_tokens: int | None = None
-    decode_errors: str = "strict"  # strict | replace
-    encoding: str = "auto"         # auto (UTF-8, else detected) | a Python codec name
-    strip_boilerplate: str = "auto"  # auto | gutenberg | none (Project Gutenberg's header and footer)
+    """keep at most this many vocabulary entries, most frequent first (default: no limit)"""
     records_per_shard: int = 100_000
+    """windows per TFRecord file"""
 
     def __post_init__(self):
         """ValueError naming the field for values no corpus can use (the CLI turns it into one line, exit 2)."""
@@ -54,15 +93,7 @@ class PreprocessConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value!r}")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"--valid-fraction must be strictly between 0 and 1, got {self.valid_fraction}")
-        if self.encoding != "auto":
-            try:
-                charsets.codec_name(self.encoding)
-            except LookupError:
-                raise ValueError(f"--encoding {self.encoding}: no such codec (e.g. utf-8, cp1252, latin-1, "
-                                 "utf-16)") from None
-        if self.strip_boilerplate not in boilerplate.MODES:
-            raise ValueError(f"--strip-boilerplate must be one of {', '.join(boilerplate.MODES)}, "
-                             f"got {self.strip_boilerplate!r}")
+        super().__post_init__()
 
     @property
     def window_stride(self) -> int:

@@ -29,13 +29,13 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from serving import rest, tensors  # noqa: E402
-from serving.defaults import (  # noqa: E402
+from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
+from serving.settings import (  # noqa: E402
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_REST_IDLE_SECONDS,
     DEFAULT_REST_MAX_CONNECTIONS,
     is_idle_time,
 )
-from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
 
 log = logging.getLogger("serving")
 

@@ -265,6 +265,7 @@ def _alive(pid: int) -> bool:
 def test_serve_and_query_refuses_a_port_something_else_listens_on(exported, tmp_path):
     from common.cli import UserError
     from deep_rnn.orchestrate import serve_and_query
+    from deep_rnn.run_all import parse_args
 
     run_dir = tmp_path / "run"
     shutil.copytree(exported, run_dir / "export")
@@ -273,7 +274,7 @@ def test_serve_and_query_refuses_a_port_something_else_listens_on(exported, tmp_
         squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(UserError, match=f"port {port} is in use"):
-            serve_and_query({"grpc_port": port, "rest_port": 0, "model_name": "deep_rnn"}, str(run_dir))
+            serve_and_query(parse_args(["--grpc-port", str(port), "--rest-port", "0"]), str(run_dir))
 
 
 # ---- server flags ----

@@ -71,7 +71,7 @@ def test_pipeline_runs_end_to_end_and_reruns_in_seconds(tmp_path):
     check_run(run_dir, 2)
     check_console_and_logs(first, run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["num_hiddens"] == 16 and config["epochs"] == 2
+    assert config["train"]["model"]["num_hiddens"] == 16 and config["train"]["run"]["epochs"] == 2
     again = run_all(run_dir, "--epochs", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("preprocess", "train", "export"):

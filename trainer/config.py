@@ -291,15 +291,15 @@ HPARAMS = tuple(k for k in FIELD_SECTION if k not in ("form", "distribute", "mix
 
 @dataclass(frozen=True)
 class ServingLimits:
-    """What one request may ask of an exported model; enforced in the graph, so TF Serving enforces it too.
+    """Limits: what one request may ask of an export, checked in its graph (so TF Serving enforces them too)
+    before anything is allocated from the request's numbers"""
 
-    Checked before anything is allocated from the request's numbers: a request over a limit is an
-    InvalidArgument error, never an allocation of batch × num_chars (issue: one request crashed the server).
-    """
-
-    max_batch_size: int = 64        # rows (prefixes or texts) per request
-    max_input_tokens: int = 20000   # tokens of one prefix or scored text
-    max_chars: int = 1000           # num_chars of one row
+    max_batch_size: int = 64
+    """most rows (prefixes or texts) in one request"""
+    max_input_tokens: int = 20000
+    """longest prefix or scored text, in tokens"""
+    max_chars: int = 1000
+    """largest num_chars a row may ask for"""
 
     def __post_init__(self):
         for name, value in dataclasses.asdict(self).items():
