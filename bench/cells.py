@@ -45,7 +45,7 @@ def plot(runs: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainer.training import plain_log_ticks
+    from trainer.plots import plain_log_ticks
 
     fig, ax = plt.subplots(figsize=(8, 5))
     values = []

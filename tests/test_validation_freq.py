@@ -85,7 +85,7 @@ def test_lr_patience_counts_validations():
 
 
 def test_curves_join_the_validated_epochs():
-    from trainer.training import logged_series
+    from trainer.plots import logged_series
 
     history = [{"epoch": 0.0, "perplexity": 9.0, "val_perplexity": 8.0}, {"epoch": 1.0, "perplexity": 7.0},
                {"epoch": 2.0, "perplexity": 6.0, "val_perplexity": 5.0}]
