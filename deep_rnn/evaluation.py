@@ -164,14 +164,14 @@ def model_dir_spec(model_dir: str):
 
 def export_version_dir(path: str) -> str:
     """A version directory: DIR itself when it holds saved_model.pb, else DIR's newest integer version."""
-    from serving.layout import versions
+    from serving.layout import version_path, versions
 
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
     found = versions(path)
     if not found:
         raise UserError(f"--export {path}: no saved_model.pb there nor in a numbered version below it")
-    return os.path.join(path, str(found[-1]))
+    return version_path(path, found[-1])
 
 
 def export_spec(version_dir: str) -> tuple[ModelSpec, dict]:
@@ -219,10 +219,10 @@ def evaluate(corpus: Sequence[str], model_dir: str | None = None, export: str | 
         scorer = (keras_stream_scorer(model, model_config) if full_context
                   else keras_scorer(model, spec.num_steps, batch_size))
         return evaluate_sources(texts, scorer)
+    from serving.layout import version_number
     from serving.servable import Servable
 
-    name = os.path.basename(os.path.normpath(version_dir))
-    servable = Servable(version_dir, int(name) if name.isdigit() else 0)
+    servable = Servable(version_dir, version_number(os.path.basename(os.path.normpath(version_dir))) or 0)
     try:
         scorer = (export_stream_scorer(servable, spec, limits["max_input_tokens"]) if full_context
                   else export_scorer(servable, spec, min(batch_size, limits["max_batch_size"])))

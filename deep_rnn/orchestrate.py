@@ -148,7 +148,7 @@ def train_stage(cfg: PipelineConfig, run_dir: str, data_fp: str, hparams: str | 
 
 
 def export_stage(cfg: PipelineConfig, run_dir: str) -> str:
-    from serving.layout import SOURCE_FINGERPRINT, versions
+    from serving.layout import SOURCE_FINGERPRINT, version_path, versions
     from serving.settings import ExportConfig
     from trainer.config import ServingLimits
 
@@ -158,15 +158,15 @@ def export_stage(cfg: PipelineConfig, run_dir: str) -> str:
     name = cfg.serve.model_name
     base = os.path.join(run_dir, "export", name)
     existing = versions(base)
-    if existing and _read(os.path.join(base, str(existing[-1]), SOURCE_FINGERPRINT)) == fp:
+    if existing and _read(os.path.join(version_path(base, existing[-1]), SOURCE_FINGERPRINT)) == fp:
         print(f"== stage export: version {existing[-1]} is this model, skipped")
-        return os.path.join(base, str(existing[-1]))
+        return version_path(base, existing[-1])
     config = stage_config(run_dir, "export", {"export": ExportConfig(model_name=name, source_fingerprint=fp),
                                               "limits": ServingLimits()})
     run_stage("export", "serving.export", ["--model-dir", os.path.join(run_dir, "model"), "--export-base",
                                            os.path.join(run_dir, "export"), "--config", config],
               run_dir, f"{model_keras} → {base}/<version> (SavedModel for TF Serving)")
-    return os.path.join(base, str(versions(base)[-1]))
+    return version_path(base, versions(base)[-1])
 
 
 def serve_and_query(cfg: PipelineConfig, run_dir: str) -> dict:

@@ -82,6 +82,26 @@ def _check_local_file(path: str, shown: str) -> None:
         raise UserError(f"{shown}: cannot read: {err.strerror or err}") from None
 
 
+def expand_glob(pattern: str, limit: int = 100_000) -> list[str]:
+    """The files a local glob matches, sorted; `**` spans directories without following symbolic links to them
+    (pathlib's rule), so a link loop cannot make it run for ever; more than `limit` matches is a UserError."""
+    from pathlib import Path
+
+    parts = pattern.split(os.sep)
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root = os.sep.join(parts[:fixed]) or ("." if not pattern.startswith(os.sep) else os.sep)
+    rest = os.sep.join(parts[fixed:])
+    if not os.path.isdir(root) or not rest:
+        return []
+    matched = []
+    for path in Path(root).glob(rest):
+        if not path.is_dir():
+            matched.append(str(path) if root != "." or pattern.startswith("./") else os.path.relpath(path))
+            if len(matched) > limit:
+                raise UserError(f"{pattern}: matches more than {limit:,} files")
+    return sorted(matched)
+
+
 def resolve_sources(sources: list[str]) -> list[str]:
     """Expands each SRC to files (sorted within a glob, order of SRCs kept), checking each one."""
     if not sources:
@@ -100,8 +120,8 @@ def resolve_sources(sources: list[str]) -> list[str]:
             if not matched:
                 raise UserError(f"{src}: matches no file")
             files += sorted(m.path for m in matched)
-        elif glob.has_magic(src):
-            matched = sorted(p for p in glob.glob(src, recursive=True) if not os.path.isdir(p))
+        elif glob.has_magic(src) and not os.path.lexists(src):  # a file named book[1].txt is itself
+            matched = expand_glob(src)
             if not matched:
                 raise UserError(f"{src}: glob matches no file")
             for path in matched:

@@ -112,15 +112,18 @@ def write_warmup(saved_model_dir: str, model_name: str) -> None:
 
 
 def write_models_config(export_base: str) -> str:
-    """EXPORT_BASE/models.config in TF Serving's text format, listing every model under the base."""
-    entries = []
+    """EXPORT_BASE/models.config in TF Serving's text format (written by protobuf's own text_format, so any path
+    is quoted as TF Serving parses it), listing every model under the base."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
     for name in sorted(os.listdir(export_base)):
         base = os.path.join(os.path.abspath(export_base), name)
         if os.path.isdir(base) and versions(base):
-            entries.append(f'  config {{\n    name: "{name}"\n    base_path: "{base}"\n'
-                           f'    model_platform: "tensorflow"\n  }}\n')
+            config.model_config_list.config.add(name=name, base_path=base, model_platform="tensorflow")
     path = os.path.join(export_base, "models.config")
-    atomic.write_text(path, "model_config_list {\n" + "".join(entries) + "}\n")
+    atomic.write_text(path, text_format.MessageToString(config))
     return path
 
 
@@ -192,6 +195,9 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
     for path, flag in ((model_dir, "--model-dir"), (export_base, "--export-base")):
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{flag} {path}: exists and is not a directory")
+    models_config = os.path.join(export_base, "models.config")
+    if os.path.lexists(models_config) and not os.path.isfile(models_config):
+        raise UserError(f"{models_config}: exists and is not a file; it is where the export lists its models")
     model, vocab, run_config = load_trained(model_dir)
     model_base = os.path.join(export_base, model_name)
     os.makedirs(model_base, exist_ok=True)

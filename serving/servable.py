@@ -217,7 +217,7 @@ class Model:
                 del self.failures[version]
 
     def _try_load(self, version: int) -> Servable | None:
-        path = os.path.join(self.config.base_path, str(version))
+        path = layout.version_path(self.config.base_path, version)
         fingerprint = version_fingerprint(path)
         failure = self.failures.get(version)
         if failure and (failure.fingerprint == fingerprint or time.monotonic() < failure.retry_after):

@@ -237,6 +237,23 @@ def test_fused_cross_entropy_equals_the_standard_loss_and_its_gradient(vocab):
     np.testing.assert_allclose(forward_only, results[True][0], rtol=0, atol=0)
 
 
+@pytest.mark.reliability
+def test_fused_cross_entropy_is_exact_at_large_logits():
+    """The loss is log Σ exp(z − max) − (z[label] − max): no two large terms cancel (hostile pass 2, item 14:
+    log Σ + max − z[label] gave 0 instead of log 2 for equal logits of 1e8, and 0.0078 instead of 0.0067)."""
+    library = native.load()
+    biggest = float(np.finfo(np.float32).max)
+    for value in (1e8, -1e8, -1e30, -biggest, biggest):
+        loss, _ = library.deep_rnn_softmax_cross_entropy(tf.fill([3, 2], value), tf.constant([0, 1, 0]))
+        np.testing.assert_allclose(loss, np.full(3, np.log(2.0)), rtol=1e-6, err_msg=str(value))
+    logits, labels = tf.constant([[1e5, 1e5 - 5.0], [1e5 - 5.0, 1e5]]), tf.constant([0, 0])
+    loss, backprop = library.deep_rnn_softmax_cross_entropy(logits, labels)
+    expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(loss, [np.log1p(np.exp(-5.0)), 5.0 + np.log1p(np.exp(-5.0))], rtol=1e-5)
+    np.testing.assert_allclose(backprop, tf.nn.softmax(logits) - tf.one_hot(labels, 2), atol=1e-6)
+
+
 def test_fused_cross_entropy_numbers_and_refusals():
     """Equal logits: every loss is log V and the gradient 1/V − one_hot; labels outside the vocabulary and
     differentiating the loss-only op are errors, not silent zeros."""
@@ -601,6 +618,9 @@ for columns in (11, 28, 40):  # the loss op: under, between and over whole 16-co
     labels = rng.integers(0, columns, size=(steps * batch,)).astype("int32")
     loss, backprop = library.deep_rnn_softmax_cross_entropy(logits, labels)
     out[f"cross_entropy_{columns}"], out[f"cross_entropy_backprop_{columns}"] = loss.numpy(), backprop.numpy()
+big = np.full((19, 40), 1e8, "float32")  # large logits: the loss must not cancel two large terms (either path)
+big[:, ::3] -= 5.0
+out["cross_entropy_large"] = library.deep_rnn_softmax_cross_entropy(big, np.arange(19, dtype="int32") % 40)[0].numpy()
 np.savez(sys.argv[2], **out)
 """
 

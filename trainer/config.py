@@ -16,6 +16,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup_cosine")  # see trainer.optimizers
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 PROGRESS = ("bar", "epoch", "none")
+MAX_LAYERS = 64        # deeper stacks only add graph-building time here; the chapter's go to 4
+MAX_HIDDENS = 1 << 16  # units per layer
 
 
 def _check_types(config) -> None:
@@ -67,9 +69,19 @@ class ArchitectureConfig:
             raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         if self.form not in ("auto",) + FORMS:
             raise ValueError(f"unknown form {self.form!r}; choose one of auto, {', '.join(FORMS)}")
-        for name in ("num_layers", "num_hiddens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, most in (("num_layers", MAX_LAYERS), ("num_hiddens", MAX_HIDDENS)):
+            if not 1 <= getattr(self, name) <= most:
+                raise ValueError(f"{name} must be in [1, {most}], got {getattr(self, name)}")
+
+    def num_params(self, vocab_size: int) -> int:
+        """Weights of the network for this vocabulary: each layer's gates over [input, state] and biases, then
+        the output layer."""
+        gates = {"gru": 3, "lstm": 4}.get(self.cell, 1)
+        h, total, width_in = self.num_hiddens, 0, vocab_size
+        for _ in range(self.num_layers):
+            total += gates * h * (width_in + h + 2)
+            width_in = h
+        return total + h * vocab_size + vocab_size
 
 
 @dataclass(frozen=True, kw_only=True)

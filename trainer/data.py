@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from common import text as text_lib
 from common import vocab as vocab_lib
 from common.cli import UserError
 
@@ -63,6 +64,9 @@ def load_data_info(data_dir: str) -> DataInfo:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{data_dir}: metadata.json or vocab.txt is damaged ({type(err).__name__}: {err}); "
                         f"run pipeline.preprocess again") from None
+    if normalize not in text_lib.NORMALIZERS or tokenizer not in text_lib.TOKENIZERS:
+        raise UserError(f"{data_dir}: metadata.json names normaliser {normalize!r} and tokenizer {tokenizer!r}; "
+                        f"known are {', '.join(text_lib.NORMALIZERS)} and {', '.join(text_lib.TOKENIZERS)}")
     if num_steps < 1 or num_train < 1 or num_valid < 1:
         raise UserError(f"{data_dir}: metadata.json lists no windows (num_steps {num_steps}, "
                         f"train {num_train}, valid {num_valid}); run pipeline.preprocess again")

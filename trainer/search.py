@@ -2,7 +2,9 @@
 trials trained as trainer.training trains, results written as best_hparams.json, trials.csv and pareto.png."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -11,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common import atomic, cli
+from common import atomic, cli, locks
 from common.cli import UserError
 from trainer import compat
-from trainer.config import SECTIONS, TrainConfig
+from trainer.config import SECTIONS, ArchitectureConfig, TrainConfig
 
 OBJECTIVE = "val_perplexity"
 
@@ -370,22 +372,68 @@ def tune(data_dir: str, tuner_dir: str, cfg: TuneConfig, start_points: Sequence[
     returns the best point. start_points: points (best_hparams.json's keys) the first trials try, in order,
     before the oracle's own."""
     base, space, settings = cfg.base, cfg.space, cfg.search
-    trial_minutes, time_budget_min, max_trials = settings.trial_minutes, settings.time_budget, settings.max_trials
-    max_epochs, early_stopping = settings.max_epochs, settings.early_stopping
     try:
         queued = [start_values(p, space) for p in start_points]
     except ValueError as err:
         raise UserError(f"start point: {err}") from None
     if base.optimiser.lr_schedule == "warmup_cosine":
-        if trial_minutes is None:
+        if settings.trial_minutes is None:
             raise UserError("--lr-schedule warmup_cosine anneals each trial over its --trial-minutes: set them")
-        base = base.replace(time_limit_min=trial_minutes)  # compiled with a plain rate that the callback sets
+        base = base.replace(time_limit_min=settings.trial_minutes)  # compiled with a plain rate the callback sets
     cli.quiet_tensorflow()
-    from trainer.training import configure_cpu_threads, resolved_form
+    from trainer.training import check_fits_in_memory, configure_cpu_threads, resolved_form
 
     configure_cpu_threads(base, resolved_form(base))
-    from trainer import callbacks as cb
     from trainer.data import check_records, load_data_info
+
+    info = load_data_info(data_dir)
+    check_records(info)
+    if base.run.batch_size > info.num_train:
+        raise UserError(f"--batch-size {base.run.batch_size} is larger than the {info.num_train} training windows")
+    largest = ArchitectureConfig(cell="lstm" if "lstm" in space.cells else space.cells[0],
+                                 num_layers=space.max_layers, num_hiddens=space.max_hiddens)
+    check_fits_in_memory(largest, info.vocab_size, "the search's largest point")
+    os.makedirs(tuner_dir, exist_ok=True)
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+    with contextlib.ExitStack() as held:
+        if not is_worker():  # a chief or a lone search has the directory to itself; workers join the chief's
+            held.enter_context(locks.exclusive(tuner_dir, "trainer.tune"))
+            check_same_search(tuner_dir, cfg)
+        return _search(tuner_dir, tuner_id, base, space, settings, info, queued)
+
+
+def is_worker() -> bool:
+    """A KerasTuner worker (KERASTUNER_TUNER_ID other than chief, with an oracle to ask)."""
+    return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ
+
+
+SEARCH_RECORD = "search.json"  # in the tuner dir: what the trials there were searched with
+
+
+def check_same_search(tuner_dir: str, cfg: TuneConfig) -> None:
+    """A tuner dir holds one search: resuming it with another oracle, space or objective would mix trials of
+    two searches (and KerasTuner fails on another oracle's state), so it is refused; the first run records it."""
+    from trainer.training import monitored
+
+    path = os.path.join(tuner_dir, SEARCH_RECORD)
+    record = {"tuner": cfg.search.tuner, "space": json.loads(json.dumps(dataclasses.asdict(cfg.space))),
+              "objective": monitored(cfg.base)}
+    if os.path.exists(path):
+        before = cli.read_json(path, "the search's record")
+        if before != record:
+            changed = ", ".join(k for k in record if before.get(k) != record[k])
+            raise UserError(f"{tuner_dir}: holds a search with another {changed}; resume it with the same "
+                            f"settings, or use a new --tuner-dir")
+    elif os.listdir(tuner_dir) and os.path.isdir(os.path.join(tuner_dir, "search")):
+        raise UserError(f"{tuner_dir}: holds trials without a record of their search ({SEARCH_RECORD}); use a new "
+                        f"--tuner-dir")
+    else:
+        atomic.write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def _search(tuner_dir, tuner_id, base, space, settings, info, queued) -> dict | None:
+    """The search itself, once the directory is ours (see tune)."""
+    from trainer import callbacks as cb
     from trainer.optimizers import COSINE_FLOOR
     from trainer.training import (
         averaged_weights_callbacks,
@@ -396,12 +444,8 @@ def tune(data_dir: str, tuner_dir: str, cfg: TuneConfig, start_points: Sequence[
         stream_validation,
     )
 
-    info = load_data_info(data_dir)
-    check_records(info)
-    if base.run.batch_size > info.num_train:
-        raise UserError(f"--batch-size {base.run.batch_size} is larger than the {info.num_train} training windows")
-    os.makedirs(tuner_dir, exist_ok=True)
-    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+    trial_minutes, time_budget_min, max_trials = settings.trial_minutes, settings.time_budget, settings.max_trials
+    max_epochs, early_stopping = settings.max_epochs, settings.early_stopping
     train_ds, valid_ds, throughput, steps_per_epoch = fit_data(base, info)
     hypermodel = make_hypermodel(base, space, info.vocab_size, steps_per_epoch)
     objective = monitored(base)  # val_stream_perplexity for --stateful trials
@@ -448,7 +492,7 @@ def tune(data_dir: str, tuner_dir: str, cfg: TuneConfig, start_points: Sequence[
         callbacks.append(cb.Deadline(deadline))  # a trial in flight ends at the deadline too
     tuner.search(train_ds, validation_data=valid_ds, epochs=max_epochs, **fit_steps(base, train_ds, valid_ds),
                  callbacks=callbacks, verbose=int(base.run.progress == "bar"), shuffle=False)  # epoch: trial_line only
-    if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ:
+    if is_worker():
         return None  # workers leave the outputs to the chief
     rows = _trial_rows(tuner, space, base, info.vocab_size)
     best = write_outputs(tuner_dir, rows, shared_settings(base))
@@ -459,13 +503,7 @@ def tune(data_dir: str, tuner_dir: str, cfg: TuneConfig, start_points: Sequence[
 
 def read_start_point(path: str, space: SearchSpace) -> dict:
     """One --start-with file: a JSON object with best_hparams.json's keys, inside the search space."""
-    try:
-        with open(path) as f:
-            point = json.load(f)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--start-with {path}: {err}") from None
-    if not isinstance(point, dict):
-        raise UserError(f"--start-with {path}: expected a JSON object like best_hparams.json")
+    point = cli.read_json(path, "a start point (best_hparams.json's keys)")
     try:
         start_values(point, space)
     except ValueError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -13,11 +14,12 @@ from common import atomic, cli, locks
 from common import vocab as vocab_lib
 from common.cli import UserError
 from trainer import compat
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, OptimiserConfig, TrainConfig
 from trainer.distribute import is_chief, make_strategy
 from trainer.plots import curves_title, plot_curves
 
 RUN_CONFIG = "run_config.json"
+OPTIMISER_FIELDS = tuple(f.name for f in dataclasses.fields(OptimiserConfig))  # restored on resume
 RESOLVED_CONFIG = "config.yaml"  # the run's settings by section: `trainer.train --config` repeats it
 
 
@@ -195,6 +197,20 @@ def resolved_form(cfg: TrainConfig) -> str:
                         cfg.regularisers.weight_drop)
 
 
+def check_fits_in_memory(model: ModelConfig | object, vocab_size: int, what: str = "the model") -> None:
+    """UserError before anything is built when the weights, their gradients and two optimiser moments (4 copies of
+    float32) would take more than half of this machine's memory."""
+    needed = 16 * model.num_params(vocab_size)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > total // 2:
+        raise UserError(f"{what} ({model.num_layers} × {model.num_hiddens} {model.cell.upper()}, "
+                        f"{model.num_params(vocab_size):,} weights) needs about {needed / 2**30:.1f} GiB for weights, "
+                        f"gradients and optimiser state; this machine has {total / 2**30:.1f} GiB")
+
+
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     try:
         return cfg.model_config(vocab_size, resolved_form(cfg))
@@ -219,6 +235,12 @@ def _check_resume(model_dir: str, run_config: dict) -> None:
         if previous.get(key) != run_config[key]:
             raise UserError(f"refusing to resume in {model_dir}: the {what} changed "
                             f"({previous.get(key)} → {run_config[key]}); use a new --model-dir or delete it")
+    before, now = previous.get("train", {}), run_config["train"]
+    changed = [k for k in OPTIMISER_FIELDS if k in before and before[k] != now.get(k)]
+    if changed and os.path.isdir(os.path.join(model_dir, "backup")):
+        what = ", ".join(f"{k} {before[k]} → {now.get(k)}" for k in changed)
+        raise UserError(f"refusing to resume in {model_dir} with other optimiser settings ({what}): the run resumes "
+                        f"its optimiser's saved state, which they would not change; use a new --model-dir")
 
 
 def read_history(path: str) -> list[dict]:
@@ -280,6 +302,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     if cfg.run.batch_size > info.num_train:
         raise UserError(f"--batch-size {cfg.run.batch_size} is larger than the {info.num_train} training windows")
     model_cfg = model_config_for(cfg, info.vocab_size)
+    check_fits_in_memory(model_cfg, info.vocab_size)
     run_config = {"architecture": model_cfg.architecture(), "model": model_cfg.to_dict(), "train": cfg.hparams(),
                   "vocab_sha256": info.vocab_sha256, "num_steps": info.num_steps,
                   "normalize": info.normalize, "tokenizer": info.tokenizer, "data_dir": os.path.abspath(data_dir)}

@@ -973,7 +973,8 @@ class SoftmaxCrossEntropyOp : public OpKernel {
       const Eigen::VectorXf max = z.rowwise().maxCoeff();
       exps = (z.colwise() - max).array().exp().matrix();  // [rows, V]
       const Eigen::VectorXf sums = exps.rowwise().sum();
-      for (int64_t r = 0; r < rows; ++r) loss[start + r] = std::log(sums(r)) + max(r) - z(r, label[start + r]);
+      for (int64_t r = 0; r < rows; ++r)  // log Σ exp(z − max) − (z[label] − max): no large terms to cancel
+        loss[start + r] = std::log(sums(r)) - (z(r, label[start + r]) - max(r));
       if (grad != nullptr) {
         MatrixMap g(grad + start * vocab, rows, vocab);
         g = (exps.array().colwise() / sums.array()).matrix();
@@ -1025,7 +1026,7 @@ class SoftmaxCrossEntropyOp : public OpKernel {
       alignas(64) float log_sum[16];
       _mm512_store_ps(log_sum, plog(_mm512_load_ps(sum)));
       for (int64_t r = 0; r < rows; ++r)
-        loss[start + r] = log_sum[r] + max[r] - x[(start + r) * vocab + label[start + r]];
+        loss[start + r] = log_sum[r] - (x[(start + r) * vocab + label[start + r]] - max[r]);  // as above
     }
   }
 
