@@ -98,7 +98,7 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
             continue
         kind = kinds[key]
         if kind == "bool":
-            if not eq and i < len(argv) and argv[i].lower() in TRUE_FALSE:
+            if not eq and i < len(argv) and not argv[i].startswith("--"):  # its value (a bad one is reported)
                 value, i = argv[i], i + 1
             value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
                 value.lower(), value) if value else "true"

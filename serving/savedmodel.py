@@ -19,6 +19,7 @@ from trainer.config import DEFAULT_LIMITS, ServingLimits
 SIGNATURES = ("serving_default", "sample", "score")
 
 
+MAX_MODEL_BYTES = 8 << 30  # checked before loading: the largest model.keras export reads
 FORBIDDEN_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
 
 
@@ -32,9 +33,13 @@ def load_trained(model_dir: str):
     for name, path in paths.items():
         if not os.path.exists(path):
             raise UserError(f"{model_dir}: no {name}; has trainer.train finished there?")
+        if not os.path.isfile(path):  # a link to /dev/zero or a FIFO would be read for ever
+            raise UserError(f"{path}: not a regular file")
+    if os.path.getsize(paths["model.keras"]) > MAX_MODEL_BYTES:
+        raise UserError(f"{paths['model.keras']}: larger than {MAX_MODEL_BYTES >> 30} GiB; not a model this "
+                        "pipeline trained")
+    run_config = cli.read_json(paths["run_config.json"], "a run's configuration")
     try:
-        with open(paths["run_config.json"]) as f:
-            run_config = json.load(f)
         vocab = vocab_lib.read_vocab(paths["vocab.txt"])
         trained_sha256 = run_config["vocab_sha256"]
         missing = [key for key in ("normalize", "tokenizer") if key not in run_config]

@@ -65,14 +65,17 @@ def check_run(run_dir: Path, epochs: int) -> None:
 @pytest.mark.slow
 def test_pipeline_runs_end_to_end_and_reruns_in_seconds(tmp_path):
     run_dir = tmp_path / "run"
-    first = run_all(run_dir, "--epochs", "2")
+    from common.net import free_port
+
+    ports = ["--grpc-port", str(free_port()), "--rest-port", str(free_port())]  # the same fixed ports twice
+    first = run_all(run_dir, "--epochs", "2", *ports)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "query over gRPC: 'it has" in first.stdout
     check_run(run_dir, 2)
     check_console_and_logs(first, run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["model"]["num_hiddens"] == 16 and config["train"]["run"]["epochs"] == 2
-    again = run_all(run_dir, "--epochs", "2")
+    again = run_all(run_dir, "--epochs", "2", *ports)  # the first server's TIME-WAIT sockets must not block it
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("preprocess", "train", "export"):
         assert f"stage {stage}: " in again.stdout and "skipped" in again.stdout.split(f"stage {stage}")[1][:80]

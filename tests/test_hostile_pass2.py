@@ -1,0 +1,280 @@
+"""Hostile pass 2: each case a promise that an earlier version broke (the item number in the comment is the
+pass's list). CLI cases check exit code 2, one line on stderr and no traceback, and that nothing the project
+did not write changed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+
+import pytest
+
+from common import atomic, locks, net
+from tests.conftest import assert_user_error, run_cli
+from tests.test_hostile import snapshot
+
+pytestmark = pytest.mark.reliability
+
+
+def run_all(*args: str, timeout: float = 120):
+    return run_cli("deep_rnn.run_all", *args, timeout=timeout)
+
+
+# ---- 1. back-to-back runs on fixed ports ----
+def test_a_port_left_in_time_wait_by_a_stopped_server_counts_as_free():
+    """The first run's server leaves TIME-WAIT sockets behind; a second run on the same port must not call the
+    port busy (the check binds with SO_REUSEADDR, as servers do). A listener still counts."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    assert not net.port_is_free(port)
+    accepted.close()  # the server side closes first: its end of the connection goes to TIME-WAIT
+    client.close()
+    listener.close()
+    time.sleep(0.2)
+    assert net.port_is_free(port)
+
+
+def test_a_listener_that_shares_ports_is_found_and_is_not_ours():
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    try:
+        assert not net.port_is_free(port)
+        assert net.listens_on(os.getpid(), port)
+        assert not net.listens_on(1, port)  # init does not hold our socket
+    finally:
+        squatter.close()
+
+
+# ---- 2. the user's folders beside an output ----
+@pytest.mark.parametrize("output_exists", [False, True])
+def test_preprocess_never_touches_the_users_folders_beside_its_output(tmp_path, output_exists):
+    source = tmp_path / "corpus.txt"
+    source.write_text("the time traveller smiled " * 400)
+    out = tmp_path / "data"
+    mine = {}
+    for name in ("data.tmp-notes", "data.old-backup", "data.old-2023-backup", "data.tmp-1-abcdef12"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text(f"{name} is mine")
+        mine[name] = snapshot(tmp_path / name)
+    if output_exists:
+        proc = run_cli("pipeline.preprocess", "--corpus", str(source), "--output", str(out), "--num-steps", "8")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("pipeline.preprocess", "--corpus", str(source), "--output", str(out), "--num-steps", "8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name, files in mine.items():
+        assert snapshot(tmp_path / name) == files, name
+    assert (out / "metadata.json").exists()
+
+
+def test_clean_stale_removes_only_its_own_leftovers(tmp_path):
+    final = tmp_path / "data"
+    ours = tmp_path / f"data.tmp-{2**22 + 17}-0123abcd"  # a pid no process has here
+    ours.mkdir()
+    (ours / atomic.MARKER).write_text("x")
+    set_aside = tmp_path / "data.old-89abcdef"
+    set_aside.mkdir()
+    (set_aside / atomic.MARKER).write_text("x")
+    (set_aside / "metadata.json").write_text("{}")
+    look_alike = tmp_path / "data.old-fedcba98"  # our name, but not our marker: the user's
+    look_alike.mkdir()
+    (look_alike / "notes.txt").write_text("mine")
+    atomic.clean_stale(str(final))
+    assert not ours.exists()
+    assert (final / "metadata.json").exists() and not set_aside.exists()  # the crash's set-aside output is back
+    assert (look_alike / "notes.txt").read_text() == "mine"
+
+
+# ---- 3. a stage running by hand in RUN_DIR ----
+def test_the_pipeline_refuses_while_a_trainer_holds_the_model_directory(tmp_path):
+    run = tmp_path / "run"
+    model = run / "model"
+    model.mkdir(parents=True)
+    (run / ".deep_rnn-run").write_text("deep_rnn.run_all\n")
+    (model / "fingerprint").write_text("another run's")
+    (model / "model.keras").write_bytes(b"weights in training")
+    with locks.exclusive(str(model), "trainer.train"):
+        before = snapshot(model)
+        proc = run_all("--run-dir", str(run), "--num-hiddens", "24", "--grpc-port", "0", "--rest-port", "0")
+    assert_user_error(proc, "trainer.train is already running there", f"pid {os.getpid()}")
+    assert snapshot(model) == before
+
+
+# ---- 4. a foreign server's answers reported as ours ----
+def test_the_pipeline_refuses_a_port_another_listener_holds(tmp_path):
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        from common.cli import UserError
+        from deep_rnn.orchestrate import serve_and_query
+        from deep_rnn.run_all import parse_args
+
+        with pytest.raises(UserError, match=f"port {port} is in use"):
+            serve_and_query(parse_args(["--grpc-port", str(port), "--rest-port", "0"]), str(tmp_path))
+
+
+# ---- 5. version folders ----
+def test_version_folders_follow_tf_servings_rule(tmp_path):
+    from serving.layout import version_dirs, version_path, versions
+
+    for name in ("00000123", "7", "100000000000000000000", "²", "٣", "12a", ".staging", "-1", "9223372036854775807"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "8").mkdir()  # no SavedModel yet: a version being written
+    assert versions(str(tmp_path)) == [7, 123, 2**63 - 1]
+    assert version_path(str(tmp_path), 123) == str(tmp_path / "00000123")
+    assert version_dirs(str(tmp_path / "missing")) == {}
+
+
+def test_export_with_stray_folders_in_the_model_base(trained, tmp_path):
+    base = tmp_path / "export"
+    for name in ("²", "100000000000000000000"):
+        (base / "deep_rnn" / name).mkdir(parents=True)
+        (base / "deep_rnn" / name / "saved_model.pb").write_bytes(b"")
+    proc = run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(base))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (base / "deep_rnn" / "1" / "saved_model.pb").exists()
+    assert_user_error(run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(base),
+                              "--version", "100000000000000000000"), "version")
+
+
+# ---- 6. sizes checked before reading or allocating ----
+def test_huge_or_endless_inputs_are_refused_before_they_are_read(tiny_data, trained, tmp_path):
+    started = time.monotonic()
+    assert_user_error(run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
+                              "--hparams", "/dev/zero"), "/dev/zero")
+    assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path / "t"),
+                              "--start-with", "/dev/zero"), "/dev/zero")
+    model = tmp_path / "model"
+    shutil.copytree(trained[0], model)
+    (model / "model.keras").unlink()
+    (model / "model.keras").symlink_to("/dev/zero")
+    assert_user_error(run_cli("serving.export", "--model-dir", str(model), "--export-base", str(tmp_path / "e")),
+                      "not a regular file")
+    assert_user_error(run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m2"),
+                              "--num-layers", "100000"), "num_layers must be in [1, 64]")
+    assert_user_error(run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m3"),
+                              "--num-layers", "64", "--num-hiddens", "65536"), "GiB")
+    assert time.monotonic() - started < 120
+
+
+# ---- 7. hangs ----
+def test_a_glob_through_a_link_loop_ends(tmp_path):
+    from pipeline.sources import resolve_sources
+
+    (tmp_path / "loop" / "a").mkdir(parents=True)
+    (tmp_path / "loop" / "a" / "up").symlink_to(tmp_path / "loop")
+    (tmp_path / "loop" / "a" / "self").symlink_to(tmp_path / "loop" / "a")
+    (tmp_path / "loop" / "a" / "book.txt").write_text("text")
+    started = time.monotonic()
+    assert resolve_sources([str(tmp_path / "loop" / "**" / "*.txt")]) == [str(tmp_path / "loop" / "a" / "book.txt")]
+    assert time.monotonic() - started < 5
+
+
+def test_a_time_budget_that_never_ends_is_refused(tiny_data, tmp_path):
+    for bad in ("nan", "inf", "-1"):
+        assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tmp_path / "t"),
+                                  "--time-budget", bad), "time_budget")
+
+
+# ---- 8. silently wrong ----
+def test_resuming_with_another_learning_rate_is_refused_not_recorded(tiny_data, tmp_path):
+    model = tmp_path / "m"
+    common = ("--data", str(tiny_data), "--model-dir", str(model), "--num-hiddens", "8", "--batch-size", "256",
+              "--progress", "none")
+    assert run_cli("trainer.train", *common, "--epochs", "1").returncode == 0
+    before = (model / "metrics.json").read_text()
+    assert_user_error(run_cli("trainer.train", *common, "--epochs", "2", "--lr", "0.001"), "lr 2.0 → 0.001")
+    assert (model / "metrics.json").read_text() == before
+
+
+def test_a_tuner_dir_holds_one_search(tiny_data, tmp_path):
+    from trainer.search import SEARCH_RECORD, SearchConfig, SearchSpace, TuneConfig, check_same_search
+
+    tuner_dir = tmp_path / "t"
+    tuner_dir.mkdir()
+    first = TuneConfig(search=SearchConfig(tuner="random"), space=SearchSpace(max_layers=2))
+    check_same_search(str(tuner_dir), first)
+    assert (tuner_dir / SEARCH_RECORD).exists()
+    check_same_search(str(tuner_dir), first)  # the same search resumes
+    from common.cli import UserError
+
+    with pytest.raises(UserError, match="another space"):
+        check_same_search(str(tuner_dir), TuneConfig(search=SearchConfig(tuner="random"),
+                                                     space=SearchSpace(max_layers=3)))
+    with pytest.raises(UserError, match="another tuner"):
+        check_same_search(str(tuner_dir), TuneConfig(search=SearchConfig(tuner="bayesian"),
+                                                     space=SearchSpace(max_layers=2)))
+    with locks.exclusive(str(tuner_dir), "trainer.tune"):  # a second tuner on the same directory
+        assert_user_error(run_cli("trainer.tune", "--data", str(tiny_data), "--tuner-dir", str(tuner_dir),
+                                  "--tuner", "random", "--max-layers", "2"), "trainer.tune is already running")
+
+
+def test_data_naming_an_unknown_tokenizer_is_refused(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    meta = json.loads((data / "metadata.json").read_text())
+    meta["tokenizer"] = "bogus"
+    (data / "metadata.json").write_text(json.dumps(meta))
+    assert_user_error(run_cli("trainer.train", "--data", str(data), "--model-dir", str(tmp_path / "m")),
+                      "tokenizer 'bogus'")
+
+
+def test_export_paths_with_quotes_and_a_models_config_that_is_a_directory(trained, tmp_path):
+    from serving.servable import read_model_config_file
+
+    base = tmp_path / 'odd "base" dir'  # (TF's own checkpoint reader refuses backslashes: the export says so)
+    proc = run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(base))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (config,) = read_model_config_file(str(base / "models.config"))
+    assert config.base_path == str(base / "deep_rnn")
+    blocked = tmp_path / "blocked"
+    (blocked / "models.config").mkdir(parents=True)
+    assert_user_error(run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(blocked)),
+                      "models.config")
+    assert not (blocked / "deep_rnn" / "1").exists()  # nothing published
+
+
+# ---- 11. bad settings fail before any stage runs ----
+@pytest.mark.parametrize("flags, needle", [(["--grpc-port", "-1"], "not a TCP port"),
+                                           (["--grpc-port", "70000"], "not a TCP port"),
+                                           (["--num-layers", "0"], "num_layers"),
+                                           (["--corpus", "nope.txt", "--tune", "maybe"], "enabled")])
+def test_the_pipeline_checks_its_settings_before_any_stage(tmp_path, flags, needle):
+    proc = run_all("--run-dir", str(tmp_path / "run"), *flags)
+    assert_user_error(proc, needle)
+    assert not (tmp_path / "run").exists()
+
+
+# ---- 12. RUN_DIR guarded as preprocess output is ----
+def test_the_pipeline_never_writes_into_a_users_folder(tmp_path):
+    run = tmp_path / "mine"
+    (run / "logs").mkdir(parents=True)
+    (run / "config.json").write_text('{"my": "settings"}')
+    (run / "logs" / "train.log").write_text("my log")
+    before = snapshot(run)
+    assert_user_error(run_all("--run-dir", str(run), "--grpc-port", "0", "--rest-port", "0"),
+                      "did not make")
+    assert snapshot(run) == before
+
+
+# ---- 13. a corpus file whose name looks like a glob ----
+def test_a_corpus_named_like_a_glob_is_read_by_name(tmp_path):
+    from pipeline.sources import resolve_sources
+
+    (tmp_path / "book[1].txt").write_text("text")
+    (tmp_path / "book1.txt").write_text("other")
+    assert resolve_sources([str(tmp_path / "book[1].txt")]) == [str(tmp_path / "book[1].txt")]
+    assert resolve_sources([str(tmp_path / "book[0-9].txt")]) == [str(tmp_path / "book1.txt")]
+
