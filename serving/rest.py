@@ -162,6 +162,8 @@ def _predict(services, name, version, label, doc) -> str:
             raise invalid("Missing 'inputs' or 'instances' key")
     except RecursionError:
         raise invalid("JSON Value nested too deeply") from None
+    except ValueError as err:  # numpy's own limits, e.g. more than 64 dimensions
+        raise invalid(f"JSON Value cannot be a tensor: {' '.join(str(err).split())[:200]}") from None
     outputs = servable.predict(signature_name, inputs)
     return json.dumps(_rows(outputs) if row_format else _columns(outputs), indent=1)
 

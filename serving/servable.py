@@ -115,7 +115,13 @@ class Servable:
 
 
 def _dtype_name(enum: int) -> str:
-    return tf.dtypes.as_dtype(enum).name if enum != types_pb2.DT_INVALID else "invalid"
+    """TensorFlow's name of a DataType; a number no DataType has (a client's garbage) is named as a number."""
+    if enum == types_pb2.DT_INVALID:
+        return "invalid"
+    try:
+        return tf.dtypes.as_dtype(enum).name
+    except TypeError:
+        return f"unknown DataType {enum}"
 
 
 def _first_line(message: str) -> str:

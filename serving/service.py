@@ -5,11 +5,16 @@ it only once its flags are parsed, so `--help` is instant.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
+import socket
 import threading
+import time
 from concurrent import futures
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common import cli
@@ -183,6 +188,24 @@ def grpc_handlers(services: Services) -> list:
             grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", model)]
 
 
+class _DeadlineReader(socket.SocketIO):
+    """A socket reader whose reads all end by one deadline (set per request): each recv waits at most the time
+    left, and none starts after it."""
+
+    deadline: float | None = None
+
+    def __init__(self, sock):
+        super().__init__(sock, "rb")
+
+    def readinto(self, buffer):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed")
+            self._sock.settimeout(left)
+        return super().readinto(buffer)
+
+
 def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: float | None = None):
     """The REST request handler class; a connection silent for idle_seconds (None: forever) is closed."""
     class Handler(BaseHTTPRequestHandler):
@@ -204,7 +227,32 @@ def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: 
                 self.close_connection = True
                 log.debug("REST client %s silent for %s s: connection closed", self.client_address[0], self.timeout)
 
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own errors (a garbage request line, an unknown HTTP version, headers too long) in TF
+            Serving's JSON shape instead of an HTML page."""
+            self.close_connection = True
+            self.request_version = self.protocol_version  # a garbage request line leaves HTTP/0.9: no status line
+            try:
+                self._send(code, {"error": message or HTTPStatus(code).phrase})
+            except (ConnectionError, TimeoutError, ValueError):
+                pass
+
+        def handle_one_request(self):
+            """Each request must arrive whole within the idle time from when the connection starts waiting for
+            it: a deadline per request, so a client trickling a byte at a time cannot hold its slot for ever."""
+            if idle_seconds is not None:
+                self.rfile.raw.deadline = time.monotonic() + idle_seconds
+            super().handle_one_request()
+
+        def setup(self):
+            super().setup()
+            if idle_seconds is not None:
+                self.rfile.close()  # StreamRequestHandler's reader, replaced by one that keeps the deadline
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection), self.rbufsize if self.rbufsize > 0
+                                               else io.DEFAULT_BUFFER_SIZE)
+
         def _send(self, code: int, body: dict | str):
+            self.connection.settimeout(idle_seconds)  # writing the answer gets the whole idle time, not the rest
             data = (body if isinstance(body, str) else json.dumps(body, indent=1)).encode("utf-8")
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -216,13 +264,14 @@ def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: 
             header = self.headers.get("Content-Length")
             if header is None:
                 return b""
-            if not header.strip().isdigit():
+            if not re.fullmatch(r"[0-9]{1,19}", header.strip()):  # ASCII digits only: '²'.isdigit() is true
                 self.close_connection = True
                 raise invalid(f"Malformed request: Content-Length {header[:40]!r} is not a byte count")
             length = int(header)
             if length > max_request_bytes:
                 self.close_connection = True  # the unread rest must not be parsed as the next request
-                self._discard(min(length, 16 * max_request_bytes))  # so the client reads the answer, not EPIPE
+                if length <= 2 * max_request_bytes:  # a near miss is read away, so the client gets the answer;
+                    self._discard(length)  # an absurd length is not waited for
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"request of {length} bytes exceeds the limit of {max_request_bytes}")
             return self.rfile.read(length)

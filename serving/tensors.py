@@ -51,7 +51,9 @@ def to_numpy(proto: tensor_pb2.TensorProto, max_elements: int = MAX_ELEMENTS) ->
         array[:] = list(proto.string_val)
         return array.reshape(shape)
     if proto.dtype not in _NUMERIC:
-        raise ValueError(f"unsupported tensor dtype {types_pb2.DataType.Name(proto.dtype)}")
+        known = proto.dtype in types_pb2.DataType.values()
+        raise ValueError(f"unsupported tensor dtype "
+                         f"{types_pb2.DataType.Name(proto.dtype) if known else f'{proto.dtype} (no such DataType)'}")
     np_type, field = _NUMERIC[proto.dtype]
     if proto.tensor_content:
         if len(proto.tensor_content) != size * np.dtype(np_type).itemsize:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from common import atomic, locks, net
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import ROOT, assert_user_error, run_cli
 from tests.test_hostile import snapshot
 
 pytestmark = pytest.mark.reliability
@@ -278,3 +278,113 @@ def test_a_corpus_named_like_a_glob_is_read_by_name(tmp_path):
     assert resolve_sources([str(tmp_path / "book[1].txt")]) == [str(tmp_path / "book[1].txt")]
     assert resolve_sources([str(tmp_path / "book[0-9].txt")]) == [str(tmp_path / "book1.txt")]
 
+
+
+# ---- 9, 10, 13. the server's answers to malformed requests ----
+@pytest.fixture(scope="module")
+def strict_server(exported, tmp_path_factory):
+    """The stand-in with a short idle time and few REST slots, as its own process."""
+    import subprocess
+    import sys
+
+    from serving.grpc_client import Client
+
+    base = tmp_path_factory.mktemp("strict-serve")
+    shutil.copytree(exported / "deep_rnn", base / "deep_rnn")
+    grpc_port, rest_port = net.free_port(), net.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--model-base", str(base / "deep_rnn"),
+                             "--port", str(grpc_port), "--rest-port", str(rest_port), "--rest-idle-seconds", "3",
+                             "--rest-max-connections", "4"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    Client(f"127.0.0.1:{grpc_port}").wait_until_ready(120, proc)
+    yield proc, f"127.0.0.1:{grpc_port}", rest_port
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _raw_http(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict]:
+    """Sends raw bytes to the REST port; (status, JSON body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body or b"{}")
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),  # an HTTP/2 preface
+    (b"GET /v1/models/deep_rnn HTTP/9.9\r\n\r\n", 505),
+    (b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nContent-Length: \xc2\xb2\r\n\r\n", 400),
+    (b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nContent-Length: 1" + b"0" * 30 + b"\r\n\r\n", 400),
+    (b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n", 429),
+])
+def test_malformed_http_gets_tf_servings_json_error_at_once(strict_server, request_bytes, status):
+    started = time.monotonic()
+    code, body = _raw_http(strict_server[2], request_bytes)
+    assert code == status and isinstance(body.get("error"), str), (code, body)
+    assert time.monotonic() - started < 2.5  # answered, not left to the idle time
+
+
+def test_a_prefix_nested_past_numpys_dimensions_is_a_client_error(strict_server):
+    nested = "it has"
+    for _ in range(70):
+        nested = [nested]
+    data = json.dumps({"inputs": {"prefix": nested, "num_chars": 1}}).encode()
+    request = (b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    code, body = _raw_http(strict_server[2], request)
+    assert code == 400 and "internal" not in body["error"], body
+
+
+def test_a_tensor_of_an_unknown_dtype_is_invalid_argument(strict_server):
+    import grpc
+    from tensorflow.core.framework import tensor_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "deep_rnn"
+    request.inputs["prefix"].CopyFrom(tensor_pb2.TensorProto(dtype=7, string_val=[b"it has"]))
+    request.inputs["num_chars"].CopyFrom(tensor_pb2.TensorProto(dtype=9999, int_val=[3]))
+    with grpc.insecure_channel(strict_server[1]) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+def test_trickling_clients_cannot_hold_every_slot(strict_server):
+    """The idle limit is a deadline per request: sockets sending a byte every second lose their slot after the
+    idle time (3 s here), and a real client is then served."""
+    import urllib.request
+
+    _, _, port = strict_server
+    tricklers = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        request = b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n"
+        for step in range(6):  # 6 s of trickling, twice the idle time
+            for conn in tricklers:
+                try:
+                    conn.send(request[step:step + 1] if step < len(request) else b"x")
+                except OSError:
+                    pass  # closed by the server: the promise
+            time.sleep(1.0)
+        data = json.dumps({"inputs": {"prefix": ["it has"], "num_chars": 3}}).encode()
+        answer = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models/deep_rnn:predict", data=data, method="POST"), timeout=10)
+        assert answer.status == 200
+        assert json.loads(answer.read())["outputs"][0].startswith("it has")
+    finally:
+        for conn in tricklers:
+            conn.close()
