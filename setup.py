@@ -12,8 +12,8 @@ HERE = Path(__file__).parent
 PACKAGES = ("common", "pipeline", "trainer", "serving", "deep_rnn")
 
 
-def _requirements():
-    lines = (HERE / "requirements.txt").read_text().splitlines()
+def _requirements(name: str = "requirements.txt"):
+    lines = (HERE / name).read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
@@ -25,5 +25,6 @@ setup(
     package_data={"trainer": ["kernels/*.cc", "forms_table.json"]},
     python_requires=">=3.11",
     install_requires=_requirements(),
+    extras_require={"dask": _requirements("requirements-dask.txt")},
     entry_points={"console_scripts": ["deep-rnn = deep_rnn.cli:main"]},
 )

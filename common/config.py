@@ -180,7 +180,9 @@ def parse(parser, argv: Sequence[str] | None, sections: dict[str, type], renames
 
 def _with_flag(message: str, sections: dict[str, type]) -> str:
     """A field's check names the field ('time_budget must be > 0'): put the flag that sets it in front."""
-    first = message.split(" ", 1)[0].lstrip("-")
+    if message.startswith("--"):  # it names its flag already
+        return message
+    first = message.split(" ", 1)[0]
     for key in leaves(sections):
         if key.rsplit(".", 1)[-1] == first:
             return f"--{key} (--{first.replace('_', '-')}): {message}"

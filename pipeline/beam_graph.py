@@ -30,7 +30,9 @@ def _write(path: str, data: bytes) -> None:
 
 
 class ReadDocument(beam.DoFn):
-    """(doc index, path) → (doc index, (chunk index, normalised text)); errors and source facts tagged."""
+    """(doc index, path) → ("chunk", (doc index, (chunk index, normalised text))), then ("source", (doc index,
+    facts)), or ("error", message). One output stream split by kind afterwards, not a DoFn's tagged outputs:
+    Beam's DaskRunner does not keep tagged outputs apart."""
 
     def __init__(self, cfg: transform.PreprocessConfig):
         self.cfg = cfg
@@ -41,12 +43,19 @@ class ReadDocument(beam.DoFn):
             chunk_index = 0
             for kind, value in transform.read_document(path, self.cfg, _open):
                 if kind == "chunk":
-                    yield doc_index, (chunk_index, value)
+                    yield "chunk", (doc_index, (chunk_index, value))
                     chunk_index += 1
                 else:
-                    yield beam.pvalue.TaggedOutput("sources", (doc_index, value))
+                    yield "source", (doc_index, value)
         except transform.CorpusError as err:
-            yield beam.pvalue.TaggedOutput("errors", str(err))
+            yield "error", str(err)
+
+
+def _of_kind(read, kind: str):
+    """The elements of one kind among ReadDocument's output."""
+    return (read
+            | f"Only_{kind}" >> beam.Filter(lambda element, wanted: element[0] == wanted, kind)
+            | f"Value_{kind}" >> beam.Map(lambda element: element[1]))
 
 
 class EncodeChunk(beam.DoFn):
@@ -90,16 +99,17 @@ def _vocab_info(counts, cfg: transform.PreprocessConfig) -> dict:
             "total_tokens": sum(n for _, n in counts)}
 
 
-def _write_json(value, path: str) -> None:
-    _write(path, json.dumps(value, sort_keys=True).encode())
+FACTS_FILE = "_facts.json"  # what the driver reads back: vocabulary, shards, sources, token counts, errors
 
 
 def build(p: beam.Pipeline, files: list[str], cfg: transform.PreprocessConfig, out_dir: str) -> None:
-    """Adds the stage to `p`; facts for metadata land in out_dir/_*.json for the driver."""
+    """Adds the stage to `p`. Shards go to out_dir through Beam's filesystems; every fact the driver needs
+    leaves the workers in one JSON file written by Beam's own WriteToText, the graph's only leaf (a runner that
+    runs a graph from its last transform, as Beam's DaskRunner does, still runs all of it)."""
     read = (p
             | "Files" >> beam.Create(list(enumerate(files)))
-            | "ReadNormalize" >> beam.ParDo(ReadDocument(cfg)).with_outputs("sources", "errors", main="chunks"))
-    chunks = read.chunks
+            | "ReadNormalize" >> beam.ParDo(ReadDocument(cfg)))
+    chunks, read_sources, read_errors = (_of_kind(read, kind) for kind in ("chunk", "source", "error"))
     vocab_info = (chunks
                   | "Count" >> beam.FlatMap(lambda kv, tok: transform.count_tokens(kv[1][1], tok).items(),
                                             cfg.tokenizer)
@@ -117,8 +127,14 @@ def build(p: beam.Pipeline, files: list[str], cfg: transform.PreprocessConfig, o
                 | "GroupDocs" >> beam.GroupByKey()
                 | "ConcatDocs" >> beam.MapTuple(_concat))
     shards = docs | "WriteShards" >> beam.ParDo(WriteShards(cfg, out_dir))
-    for label, pcoll in [("vocab", vocab_info), ("shards", shards | "ShardList" >> beam.combiners.ToList()),
-                         ("sources", read.sources | "SourceList" >> beam.combiners.ToList()),
-                         ("tokens", tokens | "TokenList" >> beam.combiners.ToList()),
-                         ("errors", read.errors | "ErrorList" >> beam.combiners.ToList())]:
-        _ = pcoll | f"Write_{label}" >> beam.Map(_write_json, os.path.join(out_dir, f"_{label}.json"))
+    facts = [(label, pcoll | f"Key_{label}" >> beam.Map(lambda value, key: (key, value), label))
+             for label, pcoll in [("vocab", vocab_info), ("shards", shards | "ShardList" >> beam.combiners.ToList()),
+                                  ("sources", read_sources | "SourceList" >> beam.combiners.ToList()),
+                                  ("tokens", tokens | "TokenList" >> beam.combiners.ToList()),
+                                  ("errors", read_errors | "ErrorList" >> beam.combiners.ToList())]]
+    _ = ([pcoll for _, pcoll in facts]
+         | "AllFacts" >> beam.Flatten()
+         | "FactsDict" >> beam.combiners.ToDict()
+         | "FactsJson" >> beam.Map(lambda value: json.dumps(value, sort_keys=True))
+         | "WriteFacts" >> beam.io.WriteToText(os.path.join(out_dir, FACTS_FILE), num_shards=1,
+                                               shard_name_template=""))

@@ -21,8 +21,12 @@ class EncodingError(Exception):
 
 
 def codec_name(name: str) -> str:
-    """Python's canonical name of a codec ('UTF8' → 'utf-8'); LookupError for an unknown one."""
-    return codecs.lookup(name).name
+    """Python's canonical name of a text encoding ('UTF8' → 'utf-8'); LookupError for an unknown one and for
+    Python's codecs that are not text encodings (rot13, base64, zlib_codec: bytes to bytes or str to str)."""
+    info = codecs.lookup(name)
+    if not getattr(info, "_is_text_encoding", True):
+        raise LookupError(f"{name} is not a text encoding")
+    return info.name
 
 
 def first_invalid_utf8(open_fn, path: str, read_bytes: int) -> int | None:

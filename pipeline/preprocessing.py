@@ -2,8 +2,10 @@
 written atomically (Apache Beam does the reading, tokenizing and writing)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 from collections.abc import Sequence
 
 from common import atomic
@@ -12,6 +14,8 @@ from common.cli import UserError
 from pipeline import sources, transform
 
 SIDE_FILES = ("vocab", "shards", "sources", "tokens", "errors")
+# Runners Beam knows by a class path only, by the name its docs use (Beam's own create_runner knows the rest)
+RUNNER_PATHS = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
 
 
 # Beam's in-process runner, the one the tests run. Beam 2.77's own default, DirectRunner, first tries to
@@ -33,27 +37,39 @@ def _beam_options(beam_args: Sequence[str]):
         return options
     from apache_beam.runners.runner import create_runner
 
+    name = standard.runner if isinstance(standard.runner, str) else type(standard.runner).__name__
+    standard.runner = RUNNER_PATHS.get(name, name)
     try:
         create_runner(standard.runner)
     except (ValueError, ImportError) as err:
-        raise UserError(f"--runner={standard.runner}: {' '.join(str(err).split())[:300]}") from None
+        reason = " ".join(str(err).split())[:300]
+        if isinstance(err, ImportError) and "dask" in standard.runner.lower():
+            reason = "the dask extra is not installed (pip install 'deep-rnn-pipeline[dask]')"
+        raise UserError(f"--runner={name}: {reason}") from None
     return options
 
 
 def run_beam(files: list[str], out_dir: str, cfg: transform.PreprocessConfig, beam_args: Sequence[str]) -> dict:
     """Runs the Beam graph into out_dir and returns the facts it gathered."""
     import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
 
     from pipeline import beam_graph
 
     with beam.Pipeline(options=_beam_options(beam_args)) as p:
         beam_graph.build(p, files, cfg, out_dir)
-    facts = {}
-    for name in SIDE_FILES:
-        path = os.path.join(out_dir, f"_{name}.json")
-        with open(path) as f:
-            facts[name] = json.load(f)
-        os.unlink(path)
+    path = os.path.join(out_dir, beam_graph.FACTS_FILE)
+    try:
+        with FileSystems.open(path) as f:
+            facts = json.loads(f.read())
+    except (OSError, ValueError) as err:
+        raise UserError(f"the Beam runner finished without writing the stage's facts ({err})") from None
+    FileSystems.delete([path])
+    for leftover in glob.glob(os.path.join(glob.escape(out_dir), "beam-temp-*")):
+        shutil.rmtree(leftover)  # a runner that ran a write's set-up more than once leaves its unused folders
+    missing = [name for name in SIDE_FILES if name not in facts]
+    if missing:
+        raise UserError(f"the Beam runner's facts lack {', '.join(missing)}")
     return facts
 
 
@@ -110,8 +126,7 @@ def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.Prepr
         "total_tokens": facts["vocab"]["total_tokens"],
         "windows": counts,
         "shards": sorted(facts["shards"], key=lambda s: s["file"]),
-        "beam_version": beam.__version__,
-        "beam_options": list(beam_args),
+        "beam_version": beam.__version__,  # the engine that ran it (runner, options) is not part of the data
     }
     atomic.write_text(os.path.join(out_dir, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return metadata

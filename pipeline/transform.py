@@ -43,8 +43,9 @@ class ReadingConfig:
         if self.encoding != "auto":
             try:
                 charsets.codec_name(self.encoding)
-            except LookupError:
-                raise ValueError(f"--encoding {self.encoding}: no such codec (e.g. utf-8, cp1252, latin-1, "
+            except LookupError as err:
+                reason = str(err) if "text encoding" in str(err) else "no such codec"
+                raise ValueError(f"--encoding {self.encoding}: {reason} (e.g. utf-8, cp1252, latin-1, "
                                  "utf-16)") from None
         if self.strip_boilerplate not in boilerplate.MODES:
             raise ValueError(f"--strip-boilerplate must be one of {', '.join(boilerplate.MODES)}, "
@@ -171,6 +172,9 @@ def decoded_text(path: str, cfg: PreprocessConfig, open_fn, facts: dict) -> Iter
                     name = "UTF-8" if encoding == "utf-8" else encoding
                     raise CorpusError(f"{path}: invalid {name} near byte {offset} ({err.reason}); pass "
                                       "--decode-errors replace to continue, or --encoding CODEC") from None
+                except UnicodeError as err:  # e.g. utf-16 without a byte order mark: the codec cannot start
+                    raise CorpusError(f"{path}: cannot decode as {encoding}: {err}; name the encoding exactly "
+                                      "(e.g. utf-16-le) or pass --encoding auto") from None
                 size += len(raw)
                 if first and piece:
                     facts["bom"] = piece.startswith("\ufeff")

@@ -30,6 +30,11 @@ def main(argv=None) -> None:
     cfg = sections["request"]
     if (args.prefix is None) == (args.score is None):
         raise UserError("serving.client: give exactly one of --prefix and --score")
+    for flag, text in (("--prefix", args.prefix), ("--score", args.score)):
+        try:
+            (text or "").encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
+            raise UserError(f"serving.client: {flag} is not valid UTF-8 text") from None
     from serving.grpc_client import Client
 
     client = Client(args.server, cfg.model_name, cfg.timeout)

@@ -15,7 +15,7 @@ from common import vocab as vocab_lib
 from common.cli import UserError
 from trainer import compat
 from trainer.config import ModelConfig, OptimiserConfig, TrainConfig
-from trainer.distribute import is_chief, make_strategy
+from trainer.distribute import cluster_task, is_chief, make_strategy
 from trainer.plots import curves_title, plot_curves
 
 RUN_CONFIG = "run_config.json"
@@ -306,8 +306,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     run_config = {"architecture": model_cfg.architecture(), "model": model_cfg.to_dict(), "train": cfg.hparams(),
                   "vocab_sha256": info.vocab_sha256, "num_steps": info.num_steps,
                   "normalize": info.normalize, "tokenizer": info.tokenizer, "data_dir": os.path.abspath(data_dir)}
-    chief = is_chief()
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    task = cluster_task(cfg.run.distribute)
+    chief = is_chief(task)
     work_dir = model_dir if chief else os.path.join(model_dir, f"worker-{task.get('index', 0)}")
     for path in (model_dir, work_dir):
         if os.path.exists(path) and not os.path.isdir(path):
