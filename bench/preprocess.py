@@ -2,8 +2,9 @@
 
     python -m bench.preprocess [--big-mb 100]
 Inputs: The Time Machine, and a >= 100 MB corpus built from the shared files (tinyshakespeare
-and The Time Machine repeated). Throughput in MB/s and tokens/s for Beam (its in-process FnApiRunner, and
-multi_processing with 2 workers) and the reference, and the Beam/reference time ratio.
+and The Time Machine repeated). Throughput in MB/s and tokens/s for Beam (its in-process FnApiRunner,
+multi_processing with 2 workers, and the DaskRunner on a local dask.distributed cluster of 2 worker processes)
+and the reference, and the Beam/reference time ratio.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(corpus: list[str], cfg, work: str) -> dict:
+def measure(corpus: list[str], cfg, work: str, dask_address: str | None = None) -> dict:
     files = resolve_sources(corpus)
     size = sum(os.path.getsize(f) for f in files)
     ref_dir = os.path.join(work, "ref")
@@ -46,9 +47,11 @@ def measure(corpus: list[str], cfg, work: str) -> dict:
     t_ref = timed(lambda: facts.update(preprocess_reference(files, ref_dir, cfg)))
     tokens = facts["vocab"]["total_tokens"]
     result = {"bytes": size, "tokens": tokens, "reference_s": t_ref}
-    for label, args in (("beam_direct", []),
-                        ("beam_multiprocessing_2", ["--direct_running_mode=multi_processing",
-                                                    "--direct_num_workers=2"])):
+    engines = [("beam_direct", []),
+               ("beam_multiprocessing_2", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])]
+    if dask_address:
+        engines.append(("beam_dask_2", ["--runner=DaskRunner", f"--dask_client_address={dask_address}"]))
+    for label, args in engines:
         out = os.path.join(work, label)
         result[f"{label}_s"] = timed(lambda: preprocess(corpus, out, cfg, args))
         result[f"{label}_ratio_to_reference"] = result[f"{label}_s"] / t_ref
@@ -71,11 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     cfg = transform.PreprocessConfig(split="holdout")
-    with tempfile.TemporaryDirectory() as work:
-        results = {"config": cfg.to_dict(), "timemachine": measure(["timemachine"], cfg, work)}
+    from distributed import LocalCluster
+
+    with tempfile.TemporaryDirectory() as work, LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                             dashboard_address=None, host="127.0.0.1") as cluster:
+        address = cluster.scheduler_address  # a scheduler and two worker processes, started before timing
+        results = {"config": cfg.to_dict(), "timemachine": measure(["timemachine"], cfg, work, address)}
         big = os.path.join(work, "big.txt")
         build_big_corpus(big, args.big_mb)
-        results[f"corpus_{args.big_mb}mb"] = measure([big], cfg, work)
+        results[f"corpus_{args.big_mb}mb"] = measure([big], cfg, work, address)
     emit("preprocess", results)
 
 

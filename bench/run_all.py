@@ -36,13 +36,15 @@ def render(results: dict) -> str:
         lines += ["## Preprocessing (`python -m bench.preprocess`)", f"Machine: {r['machine']['cpu']}, "
                   f"{r['machine']['cores']} cores. Holdout split, char tokens, d2l normaliser.", "",
                   "| input | bytes | reference s | Beam direct s (ratio) | Beam 2 processes s (ratio) | "
-                  "reference MB/s |",
-                  "|---|---|---|---|---|---|"]
+                  "Beam on Dask, 2 workers s (ratio) | reference MB/s |",
+                  "|---|---|---|---|---|---|---|"]
         for key, v in r.items():
             if isinstance(v, dict) and "reference_s" in v:
+                dask = (f"{_f(v['beam_dask_2_s'])} ({_f(v['beam_dask_2_ratio_to_reference'])}×)"
+                        if "beam_dask_2_s" in v else "–")
                 lines.append(f"| {key} | {v['bytes']:,} | {_f(v['reference_s'])} | {_f(v['beam_direct_s'])} "
                              f"({_f(v['beam_direct_ratio_to_reference'])}×) | {_f(v['beam_multiprocessing_2_s'])} "
-                             f"({_f(v['beam_multiprocessing_2_ratio_to_reference'])}×) | "
+                             f"({_f(v['beam_multiprocessing_2_ratio_to_reference'])}×) | {dask} | "
                              f"{_f(v['reference_mb_per_s'])} |")
         lines.append("")
     if "train_vs_d2l" in results:

@@ -65,6 +65,8 @@ def run_beam(files: list[str], out_dir: str, cfg: transform.PreprocessConfig, be
     except (OSError, ValueError) as err:
         raise UserError(f"the Beam runner finished without writing the stage's facts ({err})") from None
     FileSystems.delete([path])
+    if _is_url(out_dir):
+        _delete_prefix(out_dir + "/beam-temp-")
     for leftover in glob.glob(os.path.join(glob.escape(out_dir), "beam-temp-*")):
         shutil.rmtree(leftover)  # a runner that ran a write's set-up more than once leaves its unused folders
     missing = [name for name in SIDE_FILES if name not in facts]
@@ -109,12 +111,27 @@ def source_table(facts: dict, cfg: transform.PreprocessConfig) -> list[dict]:
     return rows
 
 
+def _put(path: str, text: str) -> None:
+    """A file of the output: atomically on a local disk, through Beam's filesystems elsewhere."""
+    if not _is_url(path):
+        atomic.write_text(path, text)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
 def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.PreprocessConfig,
                    beam_args: Sequence[str]) -> dict:
     import apache_beam as beam
 
     vocab = facts["vocab"]["vocab"]
-    atomic.write_text(os.path.join(out_dir, "vocab.txt"), vocab_lib.vocab_to_text(vocab))
+    _put(os.path.join(out_dir, "vocab.txt"), vocab_lib.vocab_to_text(vocab))
     metadata = {
         "sources": source_table(facts, cfg),
         "config": cfg.to_dict(),
@@ -128,7 +145,7 @@ def write_metadata(out_dir: str, facts: dict, counts: dict, cfg: transform.Prepr
         "shards": sorted(facts["shards"], key=lambda s: s["file"]),
         "beam_version": beam.__version__,  # the engine that ran it (runner, options) is not part of the data
     }
-    atomic.write_text(os.path.join(out_dir, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    _put(os.path.join(out_dir, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return metadata
 
 
@@ -147,9 +164,10 @@ def check_output_apart_from_inputs(output: str, files: Sequence[str]) -> None:
 
 def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConfig,
                beam_args: Sequence[str] = ()) -> dict:
-    """The whole stage: resolve sources, run Beam, validate, write metadata; atomic on `output`."""
-    if "://" in output:
-        raise UserError(f"{output}: the output must be a local directory")
+    """The whole stage: resolve sources, run Beam, validate, write metadata; atomic on a local `output`, and
+    written then marked (metadata.json last) on any other Beam filesystem."""
+    if _is_url(output):
+        return _preprocess_to_url(sources.resolve_sources(list(corpus)), output.rstrip("/"), cfg, beam_args)
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"{output}: exists and is not a directory")
     files = sources.resolve_sources(list(corpus))
@@ -169,3 +187,49 @@ def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConf
             return write_metadata(tmp, facts, counts, cfg, beam_args)
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
         raise UserError(f"--output {output}: cannot write: {err.strerror or err}") from None
+
+
+def _files_under(prefix: str) -> list[str]:
+    """Every file whose path starts with `prefix`, on any Beam filesystem."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return sorted(m.path for m in FileSystems.match([prefix + "*"])[0].metadata_list)
+
+
+def _delete_prefix(prefix: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    found = _files_under(prefix)
+    if found:
+        FileSystems.delete(found)
+
+
+def _preprocess_to_url(files: list[str], output: str, cfg: transform.PreprocessConfig,
+                       beam_args: Sequence[str]) -> dict:
+    """Output on a filesystem without atomic renames (gs://, s3://, ...), as Beam's own file writes do it: the
+    workers write into a staging prefix beside the output; then the old output (only one this project wrote: its
+    marker file) loses its metadata.json first and its files next, the staged files move in, and metadata.json
+    comes last, so a reader that finds metadata.json finds a whole output."""
+    import uuid
+
+    from apache_beam.io.filesystems import FileSystems
+
+    existing = _files_under(output + "/")
+    if existing and output + "/" + atomic.MARKER not in existing:
+        raise UserError(f"--output {output}: holds files this pipeline did not write; refusing to replace them")
+    staging = f"{output}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        _put(f"{staging}/{atomic.MARKER}", "pipeline.preprocess\n")
+        facts = run_beam(files, staging, cfg, beam_args)
+        counts = check_facts(facts, cfg)
+        metadata = write_metadata(staging, facts, counts, cfg, beam_args)
+        if existing:
+            if output + "/metadata.json" in existing:
+                FileSystems.delete([output + "/metadata.json"])  # readers see an incomplete output from here
+            FileSystems.delete([p for p in existing if not p.endswith("/metadata.json")])
+        staged = [p for p in _files_under(staging + "/") if not p.endswith("/metadata.json")]
+        FileSystems.rename(staged, [output + p[len(staging):] for p in staged])
+        FileSystems.rename([staging + "/metadata.json"], [output + "/metadata.json"])  # the output is whole
+        return metadata
+    finally:
+        _delete_prefix(staging + "/")

@@ -63,3 +63,29 @@ def test_workers_that_cannot_see_the_drivers_temporary_folder_still_write_everyt
 def test_runner_names_as_beam_names_them(tmp_path):
     assert_user_error(run_cli("pipeline.preprocess", "--corpus", CORPUS, "--output", str(tmp_path / "x"),
                               "--runner=NoSuchRunner"), "--runner=NoSuchRunner")
+
+
+def test_an_output_on_an_object_store_is_written_then_marked(tmp_path, monkeypatch):
+    """--output on a filesystem without atomic renames (tests/fakeremote.py acts as gs:// does): the staged output
+    moves in with metadata.json last, byte for byte the local run's; a second run replaces it, and files this
+    project did not write are never replaced."""
+    from pipeline import transform
+    from pipeline.preprocessing import preprocess
+    from tests import fakeremote  # noqa: F401  registers fakeremote://
+
+    root = tmp_path / "bucket-root"
+    monkeypatch.setenv("DEEP_RNN_FAKEREMOTE_ROOT", str(root))
+    cfg = transform.PreprocessConfig(split="holdout", normalize="none", num_steps=16)
+    corpus = [str(SHARED_DATA / "timemachine.txt")]
+    preprocess(corpus, str(tmp_path / "local"), cfg)
+    for _ in range(2):  # the second run replaces the first's output
+        preprocess(corpus, "fakeremote://bucket/runs/data", cfg)
+        assert _same_tree(tmp_path / "local", root / "bucket" / "runs" / "data") == []
+    assert sorted(os.listdir(root / "bucket" / "runs")) == ["data"]  # no staging prefix left
+    (root / "bucket" / "theirs").mkdir(parents=True)
+    (root / "bucket" / "theirs" / "notes.txt").write_text("mine")
+    from common.cli import UserError
+
+    with pytest.raises(UserError, match="did not write"):
+        preprocess(corpus, "fakeremote://bucket/theirs", cfg)
+    assert (root / "bucket" / "theirs" / "notes.txt").read_text() == "mine"
