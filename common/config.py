@@ -105,6 +105,9 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
             out.append(f"--{key}={value}")
         elif eq:
             out.append(f"--{key}={value}")
+        elif kind == "value" and i < len(argv) and not argv[i].startswith("--"):
+            out.append(f"--{key}={argv[i]}")  # joined, so a value such as -x is not taken for a flag
+            i += 1
         elif kind == "list":
             values = []
             while i < len(argv) and not argv[i].startswith("--"):

@@ -256,7 +256,7 @@ def check_run_dir(run_dir: str) -> None:
         return
     if not os.path.isdir(run_dir) or os.path.islink(run_dir):
         raise UserError(f"RUN_DIR {run_dir}: exists and is not a directory")
-    if os.listdir(run_dir) and not os.path.exists(os.path.join(run_dir, RUN_MARKER)):
+    if set(os.listdir(run_dir)) - {locks.LOCK_FILE} and not os.path.exists(os.path.join(run_dir, RUN_MARKER)):
         raise UserError(f"RUN_DIR {run_dir}: a non-empty directory this pipeline did not make; choose another "
                         "RUN_DIR (or empty this one)")
 

@@ -400,4 +400,5 @@ def test_16_clients_for_30_seconds_with_a_hot_swap(server, trained):
 def test_server_binds_loopback_by_default():
     from serving.server import parse_args
 
-    assert parse_args(["--model-base", "x"]).host == "127.0.0.1"
+    _, cfg = parse_args(["--model-base", "x"])
+    assert cfg.host == "127.0.0.1"

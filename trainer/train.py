@@ -44,7 +44,14 @@ def parse_args(argv: Sequence[str] | None):
     """(paths, TrainConfig): defaults < --hparams file < --config file < flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     hparams = _flag_value(argv, "--hparams")
-    defaults = config.flat_defaults(cli.read_json(hparams, "hyperparameters"), SECTIONS) if hparams else None
+    defaults = None
+    if hparams:
+        values = cli.read_json(hparams, "hyperparameters")
+        try:
+            TrainConfig.from_flat(**values)  # the file's own types and ranges, before flags may override them
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{hparams}: {err}") from None
+        defaults = config.flat_defaults(values, SECTIONS)
     parser = build_parser()
     args, sections = config.parse(parser, argv, SECTIONS, RENAMES, FLAGS, defaults)
     try:
