@@ -22,6 +22,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.python.util import deprecation
 
 from serving import layout, tensors
+from trainer import compat
 
 log = logging.getLogger("serving")
 
@@ -90,17 +91,18 @@ class Servable:
                     value = tensors.to_numpy(value)
                 except ValueError as err:
                     raise invalid(f"tensor parsing error: {name}: {err}") from None
-            expected = tf.TensorShape(info.tensor_shape)
-            if not expected.is_compatible_with(value.shape):
-                raise invalid(f"input {name!r} must have shape {expected}, got {list(value.shape)}")
-            feeds[info.name] = value
+            feeds[info.name] = value  # no shape check of our own: TF Serving leaves shapes to the session
+        if len(set(output_filter)) != len(output_filter):
+            duplicate = next(k for k in output_filter if list(output_filter).count(k) > 1)
+            raise invalid(f"duplicate output tensor alias: {duplicate}")
         unknown = sorted(set(output_filter) - set(signature.outputs))
         if unknown:
             raise invalid(f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in "
                           f"the set {{{','.join(sorted(signature.outputs))}}}.")
         names = sorted(output_filter or signature.outputs)
         try:
-            values = self.session.run([signature.outputs[k].name for k in names], feeds)
+            values = compat.run_session_as_tf_serving(self.session, [signature.outputs[k].name for k in names],
+                                                      feeds)
         except tf.errors.OpError as err:
             raise ServingError(_GRPC_CODES.get(err.error_code, grpc.StatusCode.INTERNAL),
                                _first_line(err.message)) from None
@@ -203,6 +205,12 @@ class Model:
         self.states: dict[int, tuple[int, str]] = {}  # version → (state, error message), END ones kept
         self.failures: dict[int, _Failure] = {}
 
+    def unload_all(self) -> None:
+        """Every version unloaded (the model left the config)."""
+        available, self.available = self.available, {}
+        for version in available:
+            self.states[version] = (END, "")
+
     def poll_once(self) -> None:
         on_disk = layout.versions(self.config.base_path)
         aspired = self.config.aspired(on_disk)
@@ -274,15 +282,44 @@ class Model:
 class ModelRegistry:
     """Every configured model, polled for new and removed versions on one background thread."""
 
-    def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0, session_config=None):
+    def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0, session_config=None,
+                 config_source=None, config_poll_seconds: float = 0.0):
         self.models = {c.name: Model(c, session_config, poll_seconds) for c in configs}
-        self.poll_seconds = poll_seconds
+        self.poll_seconds, self.session_config = poll_seconds, session_config
+        self.config_source, self.config_poll_seconds = config_source, config_poll_seconds  # () → configs
+        self._config_due = time.monotonic() + config_poll_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
 
     def poll_once(self) -> None:
-        for model in self.models.values():
+        if self.config_source is not None and self.config_poll_seconds and time.monotonic() >= self._config_due:
+            self._config_due = time.monotonic() + self.config_poll_seconds
+            try:
+                self.apply_config(self.config_source())
+            except Exception as err:  # TF Serving keeps serving what it has when a new config does not parse
+                log.error("model config not applied (the running models stay): %s", " ".join(str(err).split())[:300])
+        for model in list(self.models.values()):
             model.poll_once()
+
+    def apply_config(self, configs: list[ModelConfig]) -> None:
+        """A re-read model config takes effect: new models are added, dropped ones unloaded, and a model whose
+        entry changed (policy, labels, base path) gets the new entry at its next poll."""
+        if not configs:
+            raise ValueError("the model config lists no model")
+        models = {}
+        for config in configs:
+            current = self.models.get(config.name)
+            if current is None:
+                models[config.name] = Model(config, self.session_config, self.poll_seconds)
+                log.info("model %s added by the model config", config.name)
+            else:
+                current.config = config
+                models[config.name] = current
+        dropped = [model for name, model in self.models.items() if name not in models]
+        self.models = models  # replaced whole: readers need no lock
+        for model in dropped:
+            log.info("model %s removed by the model config", model.config.name)
+            model.unload_all()
 
     def start(self) -> None:
         self.poll_once()

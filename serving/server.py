@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     server = Server(args.model_base, cfg.model_name, cfg.host, cfg.port,
                     None if cfg.rest_port == -1 else cfg.rest_port, cfg.poll_seconds, cfg.max_request_bytes,
                     cfg.workers, args.model_config_file, session_config, cfg.rest_idle_seconds,
-                    cfg.rest_max_connections)
+                    cfg.rest_max_connections, cfg.model_config_file_poll_wait_seconds)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

@@ -364,7 +364,8 @@ class Server:
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = 16,
                  model_config_file: str | None = None, session_config=None,
                  rest_idle_seconds: float | None = DEFAULT_REST_IDLE_SECONDS,
-                 rest_max_connections: int | None = DEFAULT_REST_MAX_CONNECTIONS):
+                 rest_max_connections: int | None = DEFAULT_REST_MAX_CONNECTIONS,
+                 model_config_file_poll_wait_seconds: float = 0.0):
         for name, value in (("port", port), ("rest port", rest_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise UserError(f"{name} {value} is not a TCP port (0-65535; 0 picks a free one)")
@@ -388,7 +389,9 @@ class Server:
         for config in configs:
             if not os.path.isdir(config.base_path):
                 raise UserError(f"{config.base_path}: no such model base directory (run serving.export first)")
-        self.registry = ModelRegistry(configs, poll_seconds, session_config)
+        source = (lambda: read_model_config_file(model_config_file)) if model_config_file else None
+        self.registry = ModelRegistry(configs, poll_seconds, session_config, source,
+                                      model_config_file_poll_wait_seconds)
         self.registry.start()
         services = Services(self.registry)
         self.grpc_server = grpc.server(

@@ -43,6 +43,9 @@ class ServerConfig(ServedName):
     """REST port (0: any free port, -1: no REST)"""
     poll_seconds: float = 1.0
     """how often to look for new versions"""
+    model_config_file_poll_wait_seconds: float = 0.0
+    """re-read --model-config-file this often, adding, removing and re-versioning models while serving (TF
+    Serving's flag of the same name; 0: read it once)"""
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     """largest gRPC message or REST body accepted (4 MiB)"""
     rest_idle_seconds: float = DEFAULT_REST_IDLE_SECONDS
@@ -63,6 +66,9 @@ class ServerConfig(ServedName):
         _check_port("rest_port", self.rest_port, allowed=(-1,))
         if not 0 < self.poll_seconds < math.inf:
             raise ValueError(f"poll_seconds must be > 0, got {self.poll_seconds}")
+        if not 0 <= self.model_config_file_poll_wait_seconds < math.inf:
+            raise ValueError("model_config_file_poll_wait_seconds must be >= 0 (0: read once), got "
+                             f"{self.model_config_file_poll_wait_seconds}")
         if not is_idle_time(self.rest_idle_seconds):
             raise ValueError(f"rest_idle_seconds must be a number of seconds > 0, got {self.rest_idle_seconds}")
         for name in ("max_request_bytes", "rest_max_connections", "workers"):

@@ -62,3 +62,20 @@ def test_keras_tuner_still_saves_before_it_ends_a_trial_and_writes_json_in_place
     if getattr(kt_utils.save_json, "atomic", False):
         pytest.skip("already replaced in this process")
     assert "rename" not in writer and "replace" not in writer, "upstream save_json is atomic now"
+
+
+def test_tensorflow_sessions_still_check_feed_shapes_in_python_and_the_c_binding_call_is_there():
+    """run_session_as_tf_serving exists because tf.compat.v1's Session.run refuses a feed whose shape differs from
+    the placeholder's in Python, which TF Serving's C++ path does not; it goes through the session's C binding."""
+    import numpy as np
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 1], name="x")
+        y = tf.multiply(x, 0.5, name="y")
+    with tf.compat.v1.Session(graph=graph) as session:
+        with pytest.raises(ValueError, match="Cannot feed value of shape"):
+            session.run(y, {x: np.array([1.0, 2.0], np.float32)})
+        (value,) = compat.run_session_as_tf_serving(session, ["y:0"], {"x:0": np.array([1.0, 2.0], np.float32)})
+    np.testing.assert_allclose(value, [0.5, 1.0])

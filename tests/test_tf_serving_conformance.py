@@ -40,6 +40,7 @@ from tensorflow_serving.apis import (
 
 from common.net import free_port
 from serving.service import Server
+from tests.conftest import SHARED_DATA
 
 MODELS_CONFIG = """model_config_list {{
   config {{
@@ -399,3 +400,63 @@ def test_specific_policy_serves_both_versions_and_latest_policy_keeps_unloaded_v
     with pytest.raises(grpc.RpcError) as err:
         predict(channel, "score", {"text": string_tensor(["it has"])}, name="latest_rnn", version=1)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---- TF Serving's own test models, as they ship (../shared/tf_serving_testdata) ----
+TESTDATA = SHARED_DATA.parent / "tf_serving_testdata"
+
+
+def _config(entries: list[tuple[str, str]]) -> str:
+    return "model_config_list {\n" + "".join(
+        f'  config {{ name: "{name}" base_path: "{TESTDATA / folder}" model_platform: "tensorflow" }}\n'
+        for name, folder in entries) + "}\n"
+
+
+def _wait_for(condition, what: str, seconds: float = 60.0):
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if condition():
+                return
+        except grpc.RpcError:
+            pass
+        assert time.time() < deadline, what
+        time.sleep(0.3)
+
+
+def _available(channel, name: str) -> dict[int, int]:
+    return {s.version: s.state for s in status_of(channel, name).model_version_status}
+
+
+def test_zero_padded_version_folders_serve_as_their_numbers_and_the_config_file_is_polled(tmp_path):
+    """[tensorflow_model_server_test.py, testdata] half_plus_two_cpu keeps version 123 in `00000123`; TF Serving
+    serves it as 123. [--model_config_file_poll_wait_seconds] a model config re-read while serving adds and
+    removes models; one that does not parse keeps the running set."""
+    config = tmp_path / "models.config"
+    config.write_text(_config([("half_plus_two", "saved_model_half_plus_two_cpu")]))
+    server = Server(model_config_file=str(config), port=0, rest_port=0, poll_seconds=0.2,
+                    model_config_file_poll_wait_seconds=0.5)
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        _wait_for(lambda: _available(channel, "half_plus_two").get(123) == available, "version 123 never loaded")
+        code, body = rest(f"http://127.0.0.1:{server.rest_port}/v1/models/half_plus_two:predict",
+                          {"instances": [1.0, 2.0, 5.0]})
+        assert code == 200 and body == {"predictions": [2.5, 3.0, 4.5]}  # [api_rest.md] y = 0.5 x + 2
+
+        config.write_text(_config([("half_plus_three", "saved_model_half_plus_three"),
+                                   ("two_versions", "saved_model_half_plus_two_2_versions")]))
+        _wait_for(lambda: _available(channel, "half_plus_three").get(123) == available, "added model not served")
+        _wait_for(lambda: _available(channel, "two_versions").get(124) == available, "latest of two not served")
+        with pytest.raises(grpc.RpcError) as err:
+            status_of(channel, "half_plus_two")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+        config.write_text("model_config_list { config { name: ")  # does not parse: the running set stays
+        time.sleep(1.5)
+        assert _available(channel, "half_plus_three").get(123) == available
+        code, body = rest(f"http://127.0.0.1:{server.rest_port}/v1/models/half_plus_three:predict",
+                          {"instances": [2.0]})
+        assert code == 200 and body == {"predictions": [4.0]}
+    finally:
+        server.stop()

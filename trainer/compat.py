@@ -10,7 +10,8 @@ import importlib.metadata
 import json
 import warnings
 
-WRITTEN_FOR = {"keras": "3.15.", "keras-tuner": "1.4."}  # distribution → version prefix the patches were written for
+# distribution → the version prefix the workarounds were written for
+WRITTEN_FOR = {"keras": "3.15.", "keras-tuner": "1.4.", "tensorflow": "2.21."}
 
 
 def _check_version(distribution: str, workaround: str, upstream: str) -> None:
@@ -108,3 +109,22 @@ def atomic_tuner_state_files() -> None:
 
     save_json_atomically.atomic = True
     kt_utils.save_json = save_json_atomically
+
+
+# ---- TensorFlow: running a SavedModel's session as TF Serving does ----
+
+def run_session_as_tf_serving(session, fetch_names: list[str], feeds: dict):
+    """The fetched values of a session run with `feeds` (tensor name → numpy array) handed to the C++ session as
+    they are. TF Serving does that (tensorflow_serving/servables/tensorflow/predict_util.cc runs the session with
+    the request's tensors), so a [3] request reaches a [-1, 1] placeholder and the graph decides; tf.compat.v1's
+    Session.run refuses the same feed in Python first ("Cannot feed value of shape", tensorflow/python/client/
+    session.py) and has no public way round that check, so this uses the session's own C-binding call."""
+    _check_version("tensorflow", "run_session_as_tf_serving", "tensorflow/python/client/session.py feed check")
+    graph = session.graph
+    feed = {}
+    for name, value in feeds.items():
+        tensor = graph.get_tensor_by_name(name)
+        dtype = object if tensor.dtype.name == "string" else tensor.dtype.as_numpy_dtype
+        feed[tensor._as_tf_output()] = value if value.dtype == dtype else value.astype(dtype)
+    fetches = [graph.get_tensor_by_name(name)._as_tf_output() for name in fetch_names]
+    return session._call_tf_sessionrun(None, feed, fetches, [], None)
