@@ -45,7 +45,9 @@ def leaves(sections: dict[str, type]) -> dict[str, Any]:
     return found
 
 
-def _kind(hint) -> str:
+def kind(hint) -> str:
+    """How a field is written on a command line: bool (a flag alone means true), list (items one after the
+    other), or value."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if hint is bool or (args and all(a is bool for a in args)):
         return "bool"
@@ -75,7 +77,7 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
               flags: dict[str, str] | None = None) -> list[str]:
     """argv with plain and dashed flag names rewritten to their `--section.field=value` form; `flags` maps a
     flag that takes no value to the assignment it stands for (e.g. --quiet → run.progress=epoch)."""
-    kinds = {key: _kind(hint) for key, hint in leaves(sections).items()}
+    kinds = {key: kind(hint) for key, hint in leaves(sections).items()}
     names = aliases(sections, renames)
     out, i = [], 0
     argv = list(argv)
@@ -96,8 +98,8 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
         if key is None:
             out.append(token)
             continue
-        kind = kinds[key]
-        if kind == "bool":
+        form = kinds[key]
+        if form == "bool":
             if not eq and i < len(argv) and not argv[i].startswith("--"):  # its value (a bad one is reported)
                 value, i = argv[i], i + 1
             value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
@@ -105,10 +107,10 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
             out.append(f"--{key}={value}")
         elif eq:
             out.append(f"--{key}={value}")
-        elif kind == "value" and i < len(argv) and not argv[i].startswith("--"):
+        elif form == "value" and i < len(argv) and not argv[i].startswith("--"):
             out.append(f"--{key}={argv[i]}")  # joined, so a value such as -x is not taken for a flag
             i += 1
-        elif kind == "list":
+        elif form == "list":
             values = []
             while i < len(argv) and not argv[i].startswith("--"):
                 values.append(argv[i])

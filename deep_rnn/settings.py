@@ -4,9 +4,11 @@ deep_rnn.run_all's flags all derive from these classes; each stage gets its reso
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 
+from common import config
 from pipeline.transform import PreprocessConfig
 from serving.settings import ServerConfig
 from trainer.config import TrainConfig
@@ -90,5 +92,12 @@ class PipelineConfig:
 
 
 def knob_arguments(environ=os.environ) -> list[str]:
-    """`--key=value` for every knob set in the environment (Make exports its command-line variables)."""
-    return [f"--{key}={environ[knob]}" for knob, key in KNOBS.items() if environ.get(knob, "") != ""]
+    """`--key=value` for every knob set in the environment (Make exports its command-line variables); a list
+    setting's knob holds its items separated by spaces (CORPUS="a.txt b.txt")."""
+    kinds = {key: config.kind(hint) for key, hint in config.leaves(SECTIONS).items()}
+    arguments = []
+    for knob, key in KNOBS.items():
+        value = environ.get(knob, "")
+        if value != "":
+            arguments.append(f"--{key}={json.dumps(value.split()) if kinds[key] == 'list' else value}")
+    return arguments

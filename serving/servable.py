@@ -135,7 +135,7 @@ def _first_line(message: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelEntry:
     """One entry of TF Serving's model_config_list: name, base path, version policy and labels."""
 
     name: str
@@ -153,7 +153,7 @@ class ModelConfig:
         return list(on_disk[-self.num_versions:])
 
 
-def read_model_config_file(path: str) -> list[ModelConfig]:
+def read_model_config_file(path: str) -> list[ModelEntry]:
     """TF Serving's --model_config_file (ModelServerConfig text proto) → ModelConfigs."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -165,7 +165,7 @@ def read_model_config_file(path: str) -> list[ModelConfig]:
         base = entry.base_path if os.path.isabs(entry.base_path) else os.path.join(os.path.dirname(path),
                                                                                    entry.base_path)
         policy = entry.model_version_policy.WhichOneof("policy_choice") or "latest"
-        models.append(ModelConfig(
+        models.append(ModelEntry(
             name=entry.name, base_path=base, policy=policy,
             num_versions=max(1, entry.model_version_policy.latest.num_versions) if policy == "latest" else 1,
             versions=tuple(entry.model_version_policy.specific.versions),
@@ -199,7 +199,7 @@ class Model:
 
     MAX_BACKOFF_S = 300.0
 
-    def __init__(self, config: ModelConfig, session_config=None, poll_seconds: float = 1.0):
+    def __init__(self, config: ModelEntry, session_config=None, poll_seconds: float = 1.0):
         self.config, self.session_config, self.poll_seconds = config, session_config, poll_seconds
         self.available: dict[int, Servable] = {}   # replaced whole, never mutated: readers need no lock
         self.states: dict[int, tuple[int, str]] = {}  # version → (state, error message), END ones kept
@@ -282,7 +282,7 @@ class Model:
 class ModelRegistry:
     """Every configured model, polled for new and removed versions on one background thread."""
 
-    def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0, session_config=None,
+    def __init__(self, configs: list[ModelEntry], poll_seconds: float = 1.0, session_config=None,
                  config_source=None, config_poll_seconds: float = 0.0):
         self.models = {c.name: Model(c, session_config, poll_seconds) for c in configs}
         self.poll_seconds, self.session_config = poll_seconds, session_config
@@ -301,7 +301,7 @@ class ModelRegistry:
         for model in list(self.models.values()):
             model.poll_once()
 
-    def apply_config(self, configs: list[ModelConfig]) -> None:
+    def apply_config(self, configs: list[ModelEntry]) -> None:
         """A re-read model config takes effect: new models are added, dropped ones unloaded, and a model whose
         entry changed (policy, labels, base path) gets the new entry at its next poll."""
         if not configs:

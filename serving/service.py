@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from serving import rest, tensors  # noqa: E402
-from serving.servable import ModelConfig, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
+from serving.servable import ModelEntry, ModelRegistry, ServingError, invalid, read_model_config_file  # noqa: E402
 from serving.settings import (  # noqa: E402
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_REST_IDLE_SECONDS,
@@ -383,7 +383,7 @@ class Server:
             if not configs:
                 raise UserError(f"{model_config_file}: lists no model")
         elif model_base:
-            configs = [ModelConfig(model_name, model_base)]
+            configs = [ModelEntry(model_name, model_base)]
         else:
             raise UserError("give --model-base or --model-config-file")
         for config in configs:
