@@ -84,8 +84,58 @@ def handle(services, method: str, path: str, body: bytes) -> str:
     request.model_spec.signature_name = _signature_name(doc)
     if "examples" not in doc:
         raise invalid(f"When method is {action}, key 'examples' is expected and was not found")
-    getattr(services, action)(request)
-    raise AssertionError("unreachable: this model has no classification or regression signature")
+    _fill_examples(request.input, doc)
+    response = getattr(services, action)(request)
+    if action == "classify":
+        return json.dumps({"results": [[[c.label, _json_value("", np.float32(c.score))] for c in row.classes]
+                                       for row in response.result.classifications]}, indent=1)
+    return json.dumps({"results": [_json_value("", np.float32(r.value)) for r in response.result.regressions]},
+                      indent=1)
+
+
+# ---- JSON examples → tf.Example (json_tensor.cc FillClassificationRequestFromJson) ----
+def _fill_examples(request_input, doc: dict) -> None:
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise invalid(f"JSON Value: {_short(examples)} Excepting 'examples' to be an list/array")
+    if "context" in doc:
+        listed = request_input.example_list_with_context
+        _fill_example(listed.context, doc["context"])
+    else:
+        listed = request_input.example_list
+    for example in examples:
+        _fill_example(listed.examples.add(), example)
+
+
+def _fill_example(example, value) -> None:
+    if not isinstance(value, dict):
+        raise invalid(f"Example must be JSON object but got JSON {_json_type(value).lower()}")
+    for name, feature_value in value.items():
+        feature = example.features.feature[name]
+        items = feature_value if isinstance(feature_value, list) else [feature_value]
+        kinds = {_feature_kind(item, name) for item in items}
+        if len(kinds) > 1:
+            raise invalid(f"Feature '{name}' has values of different types: {_short(feature_value)}")
+        kind = kinds.pop() if kinds else "float"
+        if kind == "bytes":
+            feature.bytes_list.value.extend(
+                base64.b64decode(item["b64"]) if isinstance(item, dict) else item.encode("utf-8") for item in items)
+        elif kind == "int64":
+            feature.int64_list.value.extend(items)
+        else:
+            feature.float_list.value.extend(float(item) for item in items)
+
+
+def _feature_kind(item, name: str) -> str:
+    if _is_b64(item) or isinstance(item, str):
+        return "bytes"
+    if isinstance(item, bool) or not isinstance(item, (int, float)):
+        raise invalid(f"Feature '{name}' value {_short(item)} must be a number, a string or {{\"b64\": ...}}")
+    if isinstance(item, int):
+        if not -2**63 <= item < 2**63:
+            raise invalid(f"Only int64_t is supported: {_short(item)} is out of range")
+        return "int64"
+    return "float"
 
 
 def _fill_spec(spec, name, version, label) -> None:

@@ -23,6 +23,8 @@ from common.cli import UserError
 cli.quiet_tensorflow()
 
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
     classification_pb2,
@@ -41,6 +43,7 @@ from serving.settings import (  # noqa: E402
     DEFAULT_REST_MAX_CONNECTIONS,
     is_idle_time,
 )
+from trainer import compat  # noqa: E402
 
 log = logging.getLogger("serving")
 
@@ -118,11 +121,11 @@ class Services:
                 status.status.error_message = message
         return response
 
-    def _example_signature(self, request, kind: str):
-        """Classify/Regress: TF Serving's checks of the named signature (servables/tensorflow/classifier.cc,
-        regressor.cc). None of this model's signatures is a classification or regression one."""
-        servable = self._servable(request.model_spec)
-        name = request.model_spec.signature_name or "serving_default"
+    def _example_signature(self, spec, kind: str):
+        """(servable, signature name, input tensor, {output key: tensor}) after TF Serving's checks of a
+        classification or regression signature (servables/tensorflow/classifier.cc, regressor.cc)."""
+        servable = self._servable(spec)
+        name = spec.signature_name or "serving_default"
         if name not in servable.signature_defs:
             raise invalid(f"No signature was found with the name: {name}")
         signature = servable.signature_defs[name]
@@ -132,27 +135,120 @@ class Services:
             raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
         if kind == "regress" and len(signature.outputs) != 1:
             raise invalid("Expected one output Tensor.")
+        label = "classification" if kind == "classify" else "regression"
         if "inputs" not in signature.inputs:
-            label = "classification" if kind == "classify" else "regression"
             raise invalid(f"No {label} inputs found in SignatureDef: {name}")
-        raise invalid(f"Signature {name} takes {list(signature.inputs)} and gives {list(signature.outputs)}, "
-                      f"not tf.Example inputs and {kind} outputs")
+        wanted = ("classes", "scores") if kind == "classify" else ("outputs",)
+        outputs = {key: signature.outputs[key].name for key in wanted if key in signature.outputs}
+        if not outputs:
+            raise invalid("Expected classification signature outputs to contain classes or scores."
+                          if kind == "classify" else f"No regression outputs found in SignatureDef: {name}")
+        return servable, name, signature.inputs["inputs"].name, outputs
 
-    def classify(self, request):
-        self._example_signature(request, "classify")
+    def _run_examples(self, spec, request_input, kind: str):
+        servable, name, input_tensor, outputs = self._example_signature(spec, kind)
+        examples = serialized_examples(request_input)
+        try:
+            values = compat.run_session_as_tf_serving(servable.session, list(outputs.values()),
+                                                      {input_tensor: np.array(examples, dtype=object)})
+        except tf.errors.OpError as err:
+            raise invalid(" ".join(err.message.split())[:500]) from None
+        return servable, name, dict(zip(outputs, values)), len(examples)
 
-    def regress(self, request):
-        self._example_signature(request, "regress")
+    @staticmethod
+    def _fill_model_spec(target, spec, servable, name) -> None:
+        target.name = spec.name
+        target.version.value = servable.version
+        target.signature_name = name
 
-    def multi_inference(self, request):
+    def classify(self, request) -> classification_pb2.ClassificationResponse:
+        servable, name, values, count = self._run_examples(request.model_spec, request.input, "classify")
+        response = classification_pb2.ClassificationResponse()
+        self._fill_model_spec(response.model_spec, request.model_spec, servable, name)
+        fill_classification(response.result, values, count)
+        return response
+
+    def regress(self, request) -> regression_pb2.RegressionResponse:
+        servable, name, values, count = self._run_examples(request.model_spec, request.input, "regress")
+        response = regression_pb2.RegressionResponse()
+        self._fill_model_spec(response.model_spec, request.model_spec, servable, name)
+        fill_regression(response.result, values["outputs"], count)
+        return response
+
+    def multi_inference(self, request) -> inference_pb2.MultiInferenceResponse:
+        """[multi_inference.cc] every task on one model, each signature once, over the one shared input."""
         if not request.tasks:
             raise invalid("MultiInferenceRequest must specify at least one task")
+        names, signatures = set(), set()
         for task in request.tasks:
             if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
                 raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                    f"Unsupported signature method_name: {task.method_name}")
+            names.add(task.model_spec.name)
+            signature = task.model_spec.signature_name or "serving_default"
+            if signature in signatures:
+                raise invalid(f"Duplicate evaluation of signature: {signature}")
+            signatures.add(signature)
+        if len(names) > 1:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
             kind = task.method_name.rsplit("/", 1)[1]
-            self._example_signature(task, kind)
+            servable, name, values, count = self._run_examples(task.model_spec, request.input, kind)
+            result = response.results.add()
+            self._fill_model_spec(result.model_spec, task.model_spec, servable, name)
+            if kind == "classify":
+                fill_classification(result.classification_result, values, count)
+            else:
+                fill_regression(result.regression_result, values["outputs"], count)
+        return response
+
+
+def serialized_examples(request_input) -> list[bytes]:
+    """[input_util.cc] an Input's tf.Examples, serialized; with a context, each example is the context's
+    features merged with its own (serialized one after the other, as protobuf merges)."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        examples = [e.SerializeToString() for e in request_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        listed = request_input.example_list_with_context
+        context = listed.context.SerializeToString()
+        examples = [context + e.SerializeToString() for e in listed.examples]
+    else:
+        examples = []
+    if not examples:
+        raise invalid("Input is empty.")
+    return examples
+
+
+def fill_classification(result, values: dict, count: int) -> None:
+    """[classifier.cc] classes [N, K] and/or scores [N, K] → one Classifications per example."""
+    classes, scores = values.get("classes"), values.get("scores")
+    for key, value in (("classes", classes), ("scores", scores)):
+        if value is not None and (value.ndim != 2 or value.shape[0] != count):
+            raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {list(value.shape)}")
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise invalid(f"Tensors class and score should match in shape. Got {list(classes.shape)} and "
+                      f"{list(scores.shape)}")
+    width = (classes if classes is not None else scores).shape[1]
+    for i in range(count):
+        row = result.classifications.add()
+        for k in range(width):
+            entry = row.classes.add()
+            if classes is not None:
+                entry.label = classes[i][k].decode("utf-8", "replace") if isinstance(classes[i][k], bytes) \
+                    else str(classes[i][k])
+            if scores is not None:
+                entry.score = float(scores[i][k])
+
+
+def fill_regression(result, outputs: np.ndarray, count: int) -> None:
+    """[regressor.cc] outputs [N] or [N, 1] → one Regression per example."""
+    if not (outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)) or outputs.shape[0] != count:
+        raise invalid(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                      f"{list(outputs.shape)}")
+    for value in outputs.reshape(-1):
+        result.regressions.add(value=float(value))
 
 
 def _grpc_method(function, request_class, response_class):

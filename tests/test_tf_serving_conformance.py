@@ -460,3 +460,88 @@ def test_zero_padded_version_folders_serve_as_their_numbers_and_the_config_file_
         assert code == 200 and body == {"predictions": [4.0]}
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def half_plus_two(tmp_path_factory):
+    """The stand-in serving TF Serving's half_plus_two test model as it ships (version folder 00000123)."""
+    config = tmp_path_factory.mktemp("half") / "models.config"
+    config.write_text(_config([("half_plus_two", "saved_model_half_plus_two_cpu")]))
+    server = Server(model_config_file=str(config), port=0, rest_port=0, poll_seconds=0.2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    _wait_for(lambda: _available(channel, "half_plus_two").get(123) == available, "half_plus_two never loaded")
+    yield channel, f"http://127.0.0.1:{server.rest_port}/v1/models/half_plus_two"
+    server.stop()
+
+
+def _examples(request_input, *xs, context=None):
+    target = request_input.example_list_with_context if context is not None else request_input.example_list
+    if context is not None:
+        for key, value in context.items():
+            target.context.features.feature[key].float_list.value.append(value)
+    for x in xs:
+        target.examples.add().features.feature["x"].float_list.value.append(x)
+
+
+def test_grpc_classify_and_regress_on_example_signatures(half_plus_two):
+    """[tensorflow_model_server_test.py testClassify / testRegress]: x = 2.0 → 3.0 through classify_x_to_y
+    (scores only, so the label is empty) and regress_x_to_y; the answer names the model, version and signature."""
+    channel, _ = half_plus_two
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = "half_plus_two", "classify_x_to_y"
+    _examples(request.input, 2.0, 4.0)
+    response = stub.Classify(request, timeout=60)
+    assert [[(c.label, c.score) for c in row.classes] for row in response.result.classifications] == [
+        [("", 3.0)], [("", 4.0)]]
+    assert (response.model_spec.version.value, response.model_spec.signature_name) == (123, "classify_x_to_y")
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name, request.model_spec.signature_name = "half_plus_two", "regress_x_to_y"
+    _examples(request.input, 2.0)
+    assert [r.value for r in stub.Regress(request, timeout=60).result.regressions] == [3.0]
+    with pytest.raises(grpc.RpcError) as err:  # [input_util.cc] no example at all
+        stub.Regress(regression_pb2.RegressionRequest(model_spec=request.model_spec), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Input is empty" in err.value.details()
+
+
+def test_grpc_multi_inference_runs_each_signature_once_on_one_model(half_plus_two):
+    """[multi_inference_test.cc] classify and regress tasks over one shared input; the same signature twice,
+    or two model names, are refused in TF Serving's words."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(half_plus_two[0])
+    request = inference_pb2.MultiInferenceRequest()
+    for method, signature in (("classify", "classify_x_to_y"), ("regress", "regress_x_to_y")):
+        task = request.tasks.add(method_name=f"tensorflow/serving/{method}")
+        task.model_spec.name, task.model_spec.signature_name = "half_plus_two", signature
+    _examples(request.input, 2.0)
+    results = stub.MultiInference(request, timeout=60).results
+    assert results[0].classification_result.classifications[0].classes[0].score == 3.0
+    assert results[1].regression_result.regressions[0].value == 3.0
+    duplicate = inference_pb2.MultiInferenceRequest()
+    duplicate.CopyFrom(request)
+    duplicate.tasks[1].CopyFrom(duplicate.tasks[0])
+    other = inference_pb2.MultiInferenceRequest()
+    other.CopyFrom(request)
+    other.tasks[1].model_spec.name = "another"
+    for bad, reason in ((duplicate, "Duplicate evaluation of signature: classify_x_to_y"),
+                        (other, "must access the same model name")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.MultiInference(bad, timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in err.value.details()
+
+
+def test_rest_classify_and_regress_with_examples_and_context(half_plus_two):
+    """[api_rest.md] `examples` (and `context`) become tf.Examples: {"x": 2.0} → 3.0; results as TF Serving
+    prints them; malformed examples in its words."""
+    _, url = half_plus_two
+    code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}, {"x": 4.0}]})
+    assert code == 200 and body == {"results": [3.0, 4.0]}
+    code, body = rest(f"{url}:classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]})
+    assert code == 200 and body == {"results": [[["", 3.0]]]}
+    code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "context": {"x": 2.0},
+                                         "examples": [{}]})
+    assert code == 200 and body == {"results": [3.0]}  # the context's feature reaches each example
+    code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [[2.0]]})
+    assert code == 400 and "Example must be JSON object" in body["error"]
+    code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2**70}]})
+    assert code == 400 and "Only int64_t is supported" in body["error"]
