@@ -19,7 +19,9 @@ from trainer.distribute import cluster_task, is_chief, make_strategy
 from trainer.plots import curves_title, plot_curves
 
 RUN_CONFIG = "run_config.json"
-OPTIMISER_FIELDS = tuple(f.name for f in dataclasses.fields(OptimiserConfig))  # restored on resume
+# the optimiser's settings its saved state carries into a resumed run (the plateau patience is a callback's, set
+# afresh each run)
+OPTIMISER_FIELDS = tuple(f.name for f in dataclasses.fields(OptimiserConfig) if f.name != "reduce_lr_patience")
 RESOLVED_CONFIG = "config.yaml"  # the run's settings by section: `trainer.train --config` repeats it
 
 
