@@ -189,13 +189,13 @@ def test_a_time_budget_that_never_ends_is_refused(tiny_data, tmp_path):
 
 
 # ---- 8. silently wrong ----
-def test_resuming_with_another_learning_rate_is_refused_not_recorded(tiny_data, tmp_path):
+def test_resuming_with_another_learning_rate_is_refused_not_recorded(tiny_data, trained, tmp_path):
     model = tmp_path / "m"
-    common = ("--data", str(tiny_data), "--model-dir", str(model), "--num-hiddens", "8", "--batch-size", "256",
-              "--progress", "none")
-    assert run_cli("trainer.train", *common, "--epochs", "1").returncode == 0
+    shutil.copytree(trained[0], model)  # the session's tiny model: 2 × 16 GRU, SGD lr 2, 2 epochs, a backup kept
     before = (model / "metrics.json").read_text()
-    assert_user_error(run_cli("trainer.train", *common, "--epochs", "2", "--lr", "0.001"), "lr 2.0 → 0.001")
+    proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(model), "--num-hiddens", "16",
+                   "--batch-size", "256", "--epochs", "3", "--lr", "0.001", "--progress", "none")
+    assert_user_error(proc, "lr 2.0 → 0.001")
     assert (model / "metrics.json").read_text() == before
 
 
