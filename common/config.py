@@ -121,6 +121,22 @@ def translate(argv: Sequence[str], sections: dict[str, type], renames: dict[str,
     return out
 
 
+def pop_value(argv: list[str], flag: str, remove: bool = True) -> str | None:
+    """The value of `flag VALUE` (or flag=VALUE) in argv, removed from it unless remove is False; None if absent.
+    For the few flags a command reads before parsing (a file of defaults)."""
+    for i, token in enumerate(argv):
+        if token == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+            if remove:
+                del argv[i:i + 2]
+            return value
+        if token.startswith(flag + "="):
+            if remove:
+                del argv[i]
+            return token.split("=", 1)[1]
+    return None
+
+
 def split_unknown(argv: Sequence[str], sections: dict[str, type], own: Sequence[str]) -> tuple[list[str], list[str]]:
     """(the flags this command knows, the rest): for commands that pass unknown flags on to another program
     (pipeline.preprocess gives them to Beam). argv must already be translated; a flag's values go with it."""

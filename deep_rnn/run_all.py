@@ -36,7 +36,7 @@ def build_parser():
 def parse_args(argv) -> PipelineConfig:
     """defaults < the job's own defaults < pipeline.yaml (or --config FILE) < Make knobs < flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    path = _pop_value(argv, "--config") or ("pipeline.yaml" if os.path.exists("pipeline.yaml") else None)
+    path = config.pop_value(argv, "--config") or ("pipeline.yaml" if os.path.exists("pipeline.yaml") else None)
     knobs = knob_arguments() if _pop_flag(argv, "--knobs-from-env") else []
     from_file = yaml_arguments(path) if path else []
     _, sections = config.parse(build_parser(), [*from_file, *knobs, *argv], SECTIONS, RENAMES, defaults=DEFAULTS)
@@ -73,19 +73,6 @@ def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
         else:
             items.append((name, value))
     return items
-
-
-def _pop_value(argv: list[str], flag: str) -> str | None:
-    """Removes `flag VALUE` (or flag=VALUE) from argv and returns VALUE."""
-    for i, token in enumerate(argv):
-        if token == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-            del argv[i:i + 2]
-            return value
-        if token.startswith(flag + "="):
-            del argv[i]
-            return token.split("=", 1)[1]
-    return None
 
 
 def _pop_flag(argv: list[str], flag: str) -> bool:

@@ -43,7 +43,7 @@ def build_parser():
 def parse_args(argv: Sequence[str] | None):
     """(paths, TrainConfig): defaults < --hparams file < --config file < flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    hparams = _flag_value(argv, "--hparams")
+    hparams = config.pop_value(argv, "--hparams", remove=False)
     defaults = None
     if hparams:
         values = cli.read_json(hparams, "hyperparameters")
@@ -58,15 +58,6 @@ def parse_args(argv: Sequence[str] | None):
         return args, TrainConfig(**sections)
     except (TypeError, ValueError) as err:
         raise UserError(str(err)) from None
-
-
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    for i, token in enumerate(argv):
-        if token == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if token.startswith(flag + "="):
-            return token.split("=", 1)[1]
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
