@@ -302,6 +302,9 @@ class _DeadlineReader(socket.SocketIO):
         return super().readinto(buffer)
 
 
+LINGER_SECONDS = 5.0  # the most a refused request's unread body is read away for (nginx's lingering_time, shorter)
+
+
 def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: float | None = None):
     """The REST request handler class; a connection silent for idle_seconds (None: forever) is closed."""
     class Handler(BaseHTTPRequestHandler):
@@ -332,6 +335,14 @@ def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: 
                 self._send(code, {"error": message or HTTPStatus(code).phrase})
             except (ConnectionError, TimeoutError, ValueError):
                 pass
+
+        def finish(self):
+            """After answering a request whose body was left unread, close gracefully: stop writing, then read
+            away what the client is still sending for a few seconds. Closing with unread input sends a reset,
+            which can destroy the answer before the client reads it (the client sees a broken pipe, not 429)."""
+            super().finish()
+            if getattr(self, "_unread_body", False):
+                _linger(self.connection, min(LINGER_SECONDS, idle_seconds or LINGER_SECONDS))
 
         def handle_one_request(self):
             """Each request must arrive whole within the idle time from when the connection starts waiting for
@@ -368,6 +379,8 @@ def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: 
                 self.close_connection = True  # the unread rest must not be parsed as the next request
                 if length <= 2 * max_request_bytes:  # a near miss is read away, so the client gets the answer;
                     self._discard(length)  # an absurd length is not waited for
+                else:
+                    self._unread_body = True  # finish() lingers instead
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"request of {length} bytes exceeds the limit of {max_request_bytes}")
             return self.rfile.read(length)
@@ -404,6 +417,19 @@ def make_rest_handler(services: Services, max_request_bytes: int, idle_seconds: 
             self._handle("DELETE")
 
     return Handler
+
+
+def _linger(conn: socket.socket, seconds: float) -> None:
+    """Half-close conn and discard its input until the peer closes or seconds pass."""
+    deadline = time.monotonic() + seconds
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not conn.recv(1 << 16):
+                return
+    except OSError:  # reset, timeout: the peer had its chance
+        pass
 
 
 class RestServer(ThreadingHTTPServer):

@@ -218,6 +218,23 @@ def test_malformed_rest_requests(server):
     assert _rest(url, {"inputs": {"prefix": ["a"], "num_chars": 3}})[0] == 200
 
 
+def test_an_oversized_body_still_gets_its_429_while_the_client_is_sending(server):
+    """The server answers 429 before the body arrives; it must not then close with the client's bytes unread
+    (a reset that destroys the answer: the client saw a broken pipe). A slow sender makes the race certain."""
+    url = urllib.parse.urlsplit(server[1])
+    size = 3 << 20
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/models/deep_rnn:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        time.sleep(0.3)  # the answer is sent now, long before the body is
+        for _ in range(size // (1 << 16)):
+            sock.sendall(b"x" * (1 << 16))
+        answer = b""
+        while chunk := sock.recv(1 << 16):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 429"), answer[:80]
+    assert b"exceeds the limit" in answer
+
+
 def _hang_up(rest_url: str, payload: bytes, wait_s: float) -> None:
     """Sends payload on a new REST connection, waits, then resets the connection (RST, not a clean close)."""
     url = urllib.parse.urlsplit(rest_url)
