@@ -59,6 +59,19 @@ def clean_stale(final: str) -> None:
                 os.rename(path, final)
 
 
+def check_space(directory: str, needed_bytes: int, what: str) -> None:
+    """UserError unless `directory`'s filesystem has needed_bytes free: for writers that do not fail cleanly
+    on a full disk (HDF5 under h5py dies with SIGSEGV on ENOSPC instead of raising)."""
+    import shutil
+
+    from common.cli import UserError
+
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise UserError(f"no space left on device for {what}: it needs about {needed_bytes / 2**20:.1f} MiB and "
+                        f"{directory} has {free / 2**20:.1f} MiB free")
+
+
 def temp_path(final: str) -> str:
     return f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 

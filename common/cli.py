@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -57,6 +58,14 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:
+        if err.errno not in OUT_OF_ROOM:
+            raise
+        print(f"error: {err.filename or 'output'}: {err.strerror}", file=sys.stderr)  # no traceback for a full disk
+        sys.exit(2)
+
+
+OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # the user's disk, not a bug of ours
 
 
 def quiet_tensorflow() -> None:

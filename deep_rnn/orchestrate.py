@@ -17,7 +17,7 @@ import time
 
 import yaml
 
-from common import atomic, console, locks, net
+from common import atomic, console, locks, net, paths
 from common.cli import UserError
 from deep_rnn.settings import JobConfig, PipelineConfig
 
@@ -32,8 +32,8 @@ def corpus_fingerprint(corpus: list[str]) -> list:
     """Named corpora are hash-verified, so their name is enough; files are named by path, size and mtime."""
     facts = []
     for src in corpus:
-        paths = sorted(glob.glob(src)) if not os.path.exists(src) else [src]
-        facts.append([src] + [[p, os.path.getsize(p), os.path.getmtime(p)] for p in paths if os.path.isfile(p)])
+        matches = sorted(glob.glob(src)) if not os.path.exists(src) else [src]
+        facts.append([src] + [[p, os.path.getsize(p), os.path.getmtime(p)] for p in matches if os.path.isfile(p)])
     return facts
 
 
@@ -267,6 +267,7 @@ STAGE_DIRS = {"data": "pipeline.preprocess", "tuning": "trainer.tune", "model": 
 def run_pipeline(cfg: PipelineConfig) -> str:
     run_dir = cfg.job.run_dir
     check_run_dir(run_dir)
+    paths.make_output_dir(run_dir, "RUN_DIR")
     with locks.exclusive(run_dir, "deep_rnn.run_all"):
         atomic.write_text(os.path.join(run_dir, RUN_MARKER), "deep_rnn.run_all\n")
         for sub, stage in STAGE_DIRS.items():  # a stage someone runs by hand in RUN_DIR is refused, not raced

@@ -2,8 +2,11 @@
 written atomically (Apache Beam does the reading, tokenizing and writing)."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -49,6 +52,24 @@ def _beam_options(beam_args: Sequence[str]):
     return options
 
 
+class _FullDiskFilter(logging.Filter):
+    """Drops Beam's ERROR log (with traceback) of a worker that ran out of disk: preprocess reports it in one
+    line. Any other failure keeps its log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f"[Errno {code}]" in record.getMessage() for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+@contextlib.contextmanager
+def _full_disk_not_logged():
+    logger, quiet = logging.getLogger("apache_beam.runners.common"), _FullDiskFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def run_beam(files: list[str], out_dir: str, cfg: transform.PreprocessConfig, beam_args: Sequence[str]) -> dict:
     """Runs the Beam graph into out_dir and returns the facts it gathered."""
     import apache_beam as beam
@@ -56,7 +77,7 @@ def run_beam(files: list[str], out_dir: str, cfg: transform.PreprocessConfig, be
 
     from pipeline import beam_graph
 
-    with beam.Pipeline(options=_beam_options(beam_args)) as p:
+    with _full_disk_not_logged(), beam.Pipeline(options=_beam_options(beam_args)) as p:
         beam_graph.build(p, files, cfg, out_dir)
     path = os.path.join(out_dir, beam_graph.FACTS_FILE)
     try:
@@ -187,6 +208,10 @@ def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConf
             return write_metadata(tmp, facts, counts, cfg, beam_args)
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
         raise UserError(f"--output {output}: cannot write: {err.strerror or err}") from None
+    except RuntimeError as err:  # Beam's runners re-raise a worker's OSError as RuntimeError("OSError: ...")
+        if f"[Errno {errno.ENOSPC}]" in str(err) or f"[Errno {errno.EDQUOT}]" in str(err):
+            raise UserError(f"--output {output}: no space left on device (nothing was published)") from None
+        raise
 
 
 def _files_under(prefix: str) -> list[str]:

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 
-from common import atomic, cli, locks
+from common import atomic, cli, locks, paths
 from common import vocab as vocab_lib
 from common.cli import UserError
 from serving.layout import LIMITS_FILE, SOURCE_FINGERPRINT, WARMUP_FILE, read_warmup, versions
@@ -29,18 +29,18 @@ def load_trained(model_dir: str):
 
     import trainer.model  # noqa: F401  registers the custom layers for loading
 
-    paths = {n: os.path.join(model_dir, n) for n in ("model.keras", "vocab.txt", "run_config.json")}
-    for name, path in paths.items():
+    files = {n: os.path.join(model_dir, n) for n in ("model.keras", "vocab.txt", "run_config.json")}
+    for name, path in files.items():
         if not os.path.exists(path):
             raise UserError(f"{model_dir}: no {name}; has trainer.train finished there?")
         if not os.path.isfile(path):  # a link to /dev/zero or a FIFO would be read for ever
             raise UserError(f"{path}: not a regular file")
-    if os.path.getsize(paths["model.keras"]) > MAX_MODEL_BYTES:
-        raise UserError(f"{paths['model.keras']}: larger than {MAX_MODEL_BYTES >> 30} GiB; not a model this "
+    if os.path.getsize(files["model.keras"]) > MAX_MODEL_BYTES:
+        raise UserError(f"{files['model.keras']}: larger than {MAX_MODEL_BYTES >> 30} GiB; not a model this "
                         "pipeline trained")
-    run_config = cli.read_json(paths["run_config.json"], "a run's configuration")
+    run_config = cli.read_json(files["run_config.json"], "a run's configuration")
     try:
-        vocab = vocab_lib.read_vocab(paths["vocab.txt"])
+        vocab = vocab_lib.read_vocab(files["vocab.txt"])
         trained_sha256 = run_config["vocab_sha256"]
         missing = [key for key in ("normalize", "tokenizer") if key not in run_config]
         if missing:
@@ -50,9 +50,9 @@ def load_trained(model_dir: str):
     if vocab_lib.vocab_sha256(vocab) != trained_sha256:
         raise UserError(f"{model_dir}: vocab.txt does not match the vocabulary the model was trained with")
     try:
-        model = keras.models.load_model(paths["model.keras"], compile=False, safe_mode=True)
+        model = keras.models.load_model(files["model.keras"], compile=False, safe_mode=True)
     except Exception as err:  # zip, HDF5 or config errors: all mean the same to the user
-        raise UserError(f"{paths['model.keras']}: cannot load ({type(err).__name__}: "
+        raise UserError(f"{files['model.keras']}: cannot load ({type(err).__name__}: "
                         f"{' '.join(str(err).split())[:200]})") from None
     return model, vocab, run_config
 
@@ -200,6 +200,7 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
     for path, flag in ((model_dir, "--model-dir"), (export_base, "--export-base")):
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{flag} {path}: exists and is not a directory")
+    paths.make_output_dir(export_base, "--export-base")
     models_config = os.path.join(export_base, "models.config")
     if os.path.lexists(models_config) and not os.path.isfile(models_config):
         raise UserError(f"{models_config}: exists and is not a file; it is where the export lists its models")

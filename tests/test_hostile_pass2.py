@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -167,6 +169,74 @@ def test_huge_or_endless_inputs_are_refused_before_they_are_read(tiny_data, trai
     assert_user_error(run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m3"),
                               "--num-layers", "64", "--num-hiddens", "65536"), "GiB")
     assert time.monotonic() - started < 120
+
+
+# ---- 6, 11. a full disk, and outputs where nothing can be written ----
+def _can_mount_in_a_namespace() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True).returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not _can_mount_in_a_namespace(),
+                                  reason="needs unshare to mount a small tmpfs in a private mount namespace")
+
+
+def on_small_filesystem(mountpoint, options: str, module: str, *args: str):
+    """`python -m module args` with a fresh tmpfs (mount options) over mountpoint, seen by that process only."""
+    mountpoint.mkdir(exist_ok=True)
+    script = f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"'
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, str(mountpoint), sys.executable, "-m", module, *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@needs_mounts
+def test_training_onto_a_full_disk_fails_in_one_line_not_a_crash(tiny_data, tmp_path):
+    """HDF5 under h5py dies with SIGSEGV on ENOSPC; the checkpoint's room is checked before writing."""
+    full = tmp_path / "full"
+    proc = on_small_filesystem(full, "size=1m", "trainer.train", "--data", str(tiny_data), "--model-dir",
+                               str(full / "model"), "--num-layers", "2", "--num-hiddens", "64", "--epochs", "2",
+                               "--progress", "none")
+    assert_user_error(proc, "no space left on device", "MiB free")
+
+
+@needs_mounts
+def test_preprocessing_onto_a_full_disk_fails_in_one_line(tmp_path):
+    full = tmp_path / "full"
+    proc = on_small_filesystem(full, "size=200k", "pipeline.preprocess", "--corpus", "timemachine", "--output",
+                               str(full / "data"), "--num-steps", "16")
+    assert_user_error(proc, "--output", "no space left on device")
+
+
+@needs_mounts
+def test_an_output_on_a_read_only_filesystem_is_named_in_one_line(tmp_path):
+    readonly = tmp_path / "ro"
+    proc = on_small_filesystem(readonly, "ro", "serving.export", "--model-dir", str(tmp_path / "m"),
+                               "--export-base", str(readonly / "export"))
+    assert_user_error(proc, "Read-only file system")
+
+
+@pytest.mark.parametrize("place", ["under_a_file", "in_proc", "a_file"])
+def test_each_stage_names_an_output_directory_it_cannot_make(tiny_data, trained, tmp_path, place):
+    from common.cli import UserError
+    from deep_rnn.orchestrate import run_pipeline
+    from deep_rnn.run_all import parse_args
+    from serving.savedmodel import export_model
+    from trainer.config import TrainConfig
+    from trainer.search import TuneConfig, tune
+    from trainer.training import train_and_evaluate
+
+    (tmp_path / "file").write_text("the user's")
+    path = {"under_a_file": str(tmp_path / "file" / "out"), "in_proc": "/proc/deep_rnn/out",
+            "a_file": str(tmp_path / "file")}[place]
+    calls = {"--model-dir": lambda: train_and_evaluate(TrainConfig.from_flat(epochs=1), str(tiny_data), path),
+             "--export-base": lambda: export_model(str(trained[0]), path),
+             "--tuner-dir": lambda: tune(str(tiny_data), path, TuneConfig()),
+             "RUN_DIR": lambda: run_pipeline(parse_args(["--run-dir", path]))}
+    for flag, call in calls.items():
+        with pytest.raises(UserError, match=r"(cannot create it|exists and is not a directory)") as raised:
+            call()
+        assert path in str(raised.value) and "\n" not in str(raised.value)
+    assert (tmp_path / "file").read_text() == "the user's"
 
 
 # ---- 7. hangs ----

@@ -8,6 +8,7 @@ import os
 import time
 
 import keras
+import numpy as np
 
 from common import atomic
 from common.cli import UserError
@@ -17,8 +18,19 @@ def save_weights_atomically(model, path: str) -> None:
     """model.save_weights(path), written beside and renamed: a SIGKILL mid-write (HDF5 writes are
     many syscalls) leaves the previous file whole instead of one that fails to load."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic.check_space(os.path.dirname(path) or ".", weights_file_bytes(model), path)
     with atomic.replacing(path, ".weights.h5") as tmp:
         model.save_weights(tmp)
+
+
+def weights_file_bytes(model) -> int:
+    """An upper estimate of model.save_weights' file: the variables' bytes, HDF5's headers (a few KiB per
+    variable) and a margin."""
+    variables = list(model.variables)
+    if getattr(model, "optimizer", None) is not None and model.optimizer.built:
+        variables += list(model.optimizer.variables)
+    data = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    return data + 4096 * len(variables) + (256 << 10)
 
 
 class ThrottledEpochSaves:

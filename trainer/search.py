@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common import atomic, cli, locks
+from common import atomic, cli, locks, paths
 from common.cli import UserError
 from trainer import compat
 from trainer.config import SECTIONS, ArchitectureConfig, TrainConfig
@@ -393,7 +393,7 @@ def tune(data_dir: str, tuner_dir: str, cfg: TuneConfig, start_points: Sequence[
     largest = ArchitectureConfig(cell="lstm" if "lstm" in space.cells else space.cells[0],
                                  num_layers=space.max_layers, num_hiddens=space.max_hiddens)
     check_fits_in_memory(largest, info.vocab_size, "the search's largest point")
-    os.makedirs(tuner_dir, exist_ok=True)
+    paths.make_output_dir(tuner_dir, "--tuner-dir")
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     with contextlib.ExitStack() as held:
         if not is_worker():  # a chief or a lone search has the directory to itself; workers join the chief's

@@ -10,7 +10,7 @@ import math
 import os
 import time
 
-from common import atomic, cli, locks
+from common import atomic, cli, locks, paths
 from common import vocab as vocab_lib
 from common.cli import UserError
 from trainer import compat
@@ -283,6 +283,9 @@ def per_source_validation(model, info, batch_size: int) -> list[dict]:
 
 
 def save_model(model, path: str) -> None:
+    from trainer.callbacks import weights_file_bytes
+
+    atomic.check_space(os.path.dirname(path) or ".", weights_file_bytes(model), path)
     with atomic.replacing(path, ".keras") as tmp:
         model.save(tmp)
 
@@ -314,6 +317,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     for path in (model_dir, work_dir):
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{path}: exists and is not a directory")
+    paths.make_output_dir(work_dir, "--model-dir")
     with locks.exclusive(work_dir, "trainer.train"):
         return _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock, run_config)
 
