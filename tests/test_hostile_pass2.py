@@ -239,6 +239,44 @@ def test_each_stage_names_an_output_directory_it_cannot_make(tiny_data, trained,
     assert (tmp_path / "file").read_text() == "the user's"
 
 
+# ---- 11. shards that are not this run's records ----
+def _shard_of(data, windows) -> None:
+    """Replaces data's first train shard with `windows` ([n, T+1] ids) as TFRecords."""
+    import tensorflow as tf
+
+    shard = sorted(data.glob("train-*.tfrecord"))[0]
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for window in windows:
+            feature = {"tokens": tf.train.Feature(int64_list=tf.train.Int64List(value=window))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda data, vocab, steps: _shard_of(data, [[vocab + 3] * (steps + 1)] * 4), "outside the vocabulary of"),
+    (lambda data, vocab, steps: _shard_of(data, [[-1] * (steps + 1)] * 4), "outside the vocabulary of"),
+    (lambda data, vocab, steps: _shard_of(data, [[1] * (steps + 5)] * 4), "says num_steps"),
+    (lambda data, vocab, steps: (data / "train-00009-00010.tfrecord").mkdir(), "not a file"),
+], ids=["id above", "negative id", "another num_steps", "a directory"])
+@pytest.mark.parametrize("form", ["stacked", "layers", "fused", "native"])
+def test_records_that_do_not_fit_the_vocabulary_or_windows_are_refused(tiny_data, tmp_path, damage, needle, form):
+    """Before any training, in every form: an id beyond the embedding otherwise fails mid-epoch (or reads
+    zeros in a one-hot); windows of another length fail inside tf.data."""
+    from common.cli import UserError
+    from trainer.config import TrainConfig
+    from trainer.search import TuneConfig, tune
+    from trainer.training import train_and_evaluate
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    meta = json.loads((data / "metadata.json").read_text())
+    damage(data, meta["vocab_size"], meta["num_steps"])
+    with pytest.raises(UserError, match=needle):
+        train_and_evaluate(TrainConfig.from_flat(form=form, epochs=1), str(data), str(tmp_path / "model"))
+    with pytest.raises(UserError, match=needle):
+        tune(str(data), str(tmp_path / "tuning"), TuneConfig())
+    assert not (tmp_path / "model" / "history.csv").exists()
+
+
 # ---- 7. hangs ----
 def test_a_glob_through_a_link_loop_ends(tmp_path):
     from pipeline.sources import resolve_sources

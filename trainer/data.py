@@ -84,20 +84,52 @@ def load_data_info(data_dir: str) -> DataInfo:
 
 
 def check_records(info: DataInfo) -> None:
-    """Reads every record once (TFRecord CRCs checked): a truncated or corrupted shard, or a count that
-    disagrees with metadata.json, is a UserError naming the file before any training starts."""
+    """Reads every record once (TFRecord CRCs checked) before any training starts: a shard that is not a file,
+    is truncated or corrupted, holds windows of another length than num_steps + 1 or token ids outside the
+    vocabulary (an embedding lookup or one-hot would fail mid-epoch, or silently read zeros on some forms),
+    or a count that disagrees with metadata.json, is a UserError naming the file."""
     for files, expected, split in ((info.train_files, info.num_train, "train"),
                                    (info.valid_files, info.num_valid, "valid")):
         count = 0
         for path in files:
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: not a file; run pipeline.preprocess again")
             try:
-                count += int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+                stats = _record_stats(path)
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
                 first = " ".join(err.message.split())[:200]
                 raise UserError(f"{path}: damaged TFRecord file ({first}); run pipeline.preprocess again") from None
+            count += stats["records"]
+            if stats["records"] and not stats["shortest"] == stats["longest"] == info.num_steps + 1:
+                raise UserError(f"{path}: windows of {stats['shortest']}..{stats['longest']} tokens, metadata.json "
+                                f"says num_steps {info.num_steps} (windows of {info.num_steps + 1}); a shard from "
+                                f"another preprocessing run? run pipeline.preprocess again")
+            if stats["records"] and not 0 <= stats["smallest"] <= stats["largest"] < info.vocab_size:
+                raise UserError(f"{path}: token ids {stats['smallest']}..{stats['largest']} outside the vocabulary "
+                                f"of {info.vocab_size}; a shard from another preprocessing run? run "
+                                f"pipeline.preprocess again")
         if count != expected:
             raise UserError(f"{info.data_dir}: {count} {split} windows in the records, metadata.json says {expected}; "
                             f"run pipeline.preprocess again")
+
+
+def _record_stats(path: str) -> dict[str, int]:
+    """Records, shortest/longest window and smallest/largest token id of one shard, in one pass."""
+    spec = {"tokens": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)}
+    big, small = tf.int64.max, tf.int64.min
+    start = tuple(tf.constant(v, tf.int64) for v in (0, big, small, big, small))
+
+    def fold(acc, batch):
+        tokens = tf.io.parse_example(batch, spec)["tokens"]  # ragged [B, None]
+        lengths, ids = tokens.row_lengths(), tokens.flat_values
+        ids_min = tf.reduce_min(tf.concat([ids, [big]], 0))
+        ids_max = tf.reduce_max(tf.concat([ids, [small]], 0))
+        return (acc[0] + tf.size(lengths, tf.int64), tf.minimum(acc[1], tf.reduce_min(lengths)),
+                tf.maximum(acc[2], tf.reduce_max(lengths)), tf.minimum(acc[3], ids_min), tf.maximum(acc[4], ids_max))
+
+    records, shortest, longest, smallest, largest = tf.data.TFRecordDataset(path).batch(8192).reduce(start, fold)
+    return {"records": int(records), "shortest": int(shortest), "longest": int(longest), "smallest": int(smallest),
+            "largest": int(largest)}
 
 
 def make_dataset(files, num_steps: int, batch_size: int, shuffle: bool, seed: int = 0,
