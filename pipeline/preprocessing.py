@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import io
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ def _beam_options(beam_args: Sequence[str]):
     if bad:
         raise UserError(f"unexpected argument {bad[0]!r}")
     options = PipelineOptions(list(beam_args))
+    _check_parses(options)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER  # known good: Beam builds it once, when the pipeline runs
@@ -50,6 +52,18 @@ def _beam_options(beam_args: Sequence[str]):
             reason = "the dask extra is not installed (pip install 'deep-rnn-pipeline[dask]')"
         raise UserError(f"--runner={name}: {reason}") from None
     return options
+
+
+def _check_parses(options) -> None:
+    """Beam parses its options with argparse when they are first read; a bad value there prints Beam's whole
+    usage (about 100 lines) and exits. That becomes one UserError line naming the option instead."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            options.get_all_options()
+    except SystemExit:
+        errors = [line.split("error: ", 1)[1] for line in printed.getvalue().splitlines() if "error: " in line]
+        raise UserError(f"Beam option: {errors[-1] if errors else printed.getvalue().strip()[-300:]}") from None
 
 
 class _FullDiskFilter(logging.Filter):

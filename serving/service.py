@@ -251,17 +251,28 @@ def fill_regression(result, outputs: np.ndarray, count: int) -> None:
         result.regressions.add(value=float(value))
 
 
+MAX_DETAILS_CHARS = 1024  # gRPC sends status details in HTTP/2 headers; clients drop headers over 8-16 KiB
+
+
+def _details(message: str) -> str:
+    """message, cut to MAX_DETAILS_CHARS: an error that echoes a client's 100 kB model name must still arrive
+    as that error, not as RESOURCE_EXHAUSTED "received metadata size exceeds hard limit"."""
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return f"{message[:MAX_DETAILS_CHARS - 40]}… ({len(message):,} characters in all)"
+
+
 def _grpc_method(function, request_class, response_class):
     """A unary handler that parses the request itself, so garbage bytes are INVALID_ARGUMENT, not INTERNAL."""
     def handler(raw: bytes, context):
         try:
             request = request_class.FromString(raw)
         except DecodeError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse {request_class.__name__}: {err}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(f"cannot parse {request_class.__name__}: {err}"))
         try:
             return function(request)
         except ServingError as err:
-            context.abort(err.code, err.message)
+            context.abort(err.code, _details(err.message))
 
     return grpc.unary_unary_rpc_method_handler(handler, request_deserializer=None,
                                                response_serializer=response_class.SerializeToString)

@@ -144,7 +144,8 @@ def test_train_and_tune_refuse_damaged_data(tiny_data, tmp_path, what):
 
 @pytest.mark.parametrize("content, needle", [("[1, 2]", "JSON object"), ("null", "JSON object"),
                                              ('{"num_layers": "2"}', "num_layers"), ('{"lr": true}', "lr"),
-                                             ('{"dropout": [0.1]}', "dropout"), ('{"epochs": 2.5}', "epochs")])
+                                             ('{"dropout": [0.1]}', "dropout"), ('{"epochs": 2.5}', "epochs"),
+                                             ('{"sample_prefix": ""}', "sample_prefix")])
 def test_train_bad_hparams_files(tiny_data, tmp_path, content, needle):
     hparams = tmp_path / "h.json"
     hparams.write_text(content)

@@ -496,3 +496,24 @@ def test_trickling_clients_cannot_hold_every_slot(strict_server):
     finally:
         for conn in tricklers:
             conn.close()
+
+
+def test_an_error_echoing_a_huge_model_name_fits_grpc_metadata(strict_server):
+    """The status details travel in HTTP/2 headers (8 KiB by default): an echoed 100 kB name once turned
+    NOT_FOUND into an unreadable INTERNAL; the details are cut short instead, and the server lives on."""
+    import grpc
+    from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                         prediction_service_pb2_grpc)
+
+    name = "m" * 100_000
+    with grpc.insecure_channel(strict_server[1]) as channel:
+        for call, request in ((prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict,
+                               predict_pb2.PredictRequest()),
+                              (model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus,
+                               get_model_status_pb2.GetModelStatusRequest())):
+            request.model_spec.name = name
+            with pytest.raises(grpc.RpcError) as err:
+                call(request, timeout=30)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+            assert "mmmm" in err.value.details() and len(err.value.details()) < 2000
+    assert strict_server[0].poll() is None

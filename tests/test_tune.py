@@ -332,3 +332,18 @@ def test_trial_cosine_needs_trial_minutes_and_runs_with_them(tiny_data, tmp_path
     search(tiny_data, tmp_path / "t", space, base=base, tuner="random", max_trials=2, max_epochs=2, trial_minutes=1)
     rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
     assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_quiet_trial_line_shows_the_chosen_optimizers_rate(optimizer):
+    """KerasTuner's values hold sgd_lr / adam_lr, not lr: the line once printed `lr nan` for every trial."""
+    import keras_tuner as kt
+
+    from trainer.search import declare_hyperparameters, trial_line
+
+    hp = kt.HyperParameters()
+    declare_hyperparameters(hp, SearchSpace(optimizers=(optimizer,)))
+    line = trial_line("7", hp.values, [{"val_perplexity": [9.5, 8.25]}], {"epochs": 3, "wall_s": 4.0})
+    rate = hp.values[f"{optimizer}_lr"]
+    assert f"{optimizer} lr {rate:.3g}," in line and "nan" not in line
+    assert "val perplexity 8.250" in line

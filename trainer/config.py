@@ -239,6 +239,9 @@ class RunConfig:
             raise ValueError(f"unknown progress {self.progress!r}; choose one of {', '.join(PROGRESS)}")
         if not 1 <= self.sample_chars <= 100_000:
             raise ValueError(f"sample_chars must be in [1, 100000], got {self.sample_chars}")
+        if not 1 <= len(self.sample_prefix) <= 10_000:
+            raise ValueError(f"sample_prefix must be 1 to 10000 characters (the sample continues it), got "
+                             f"{len(self.sample_prefix)}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -356,10 +356,13 @@ def write_hparams_logs(tuner_dir: str, rows: list[dict]) -> None:
 
 
 def trial_line(trial_id: str, values: dict, logs: list[dict], extra: dict, objective: str = OBJECTIVE) -> str:
-    """One line per finished trial (`--quiet`): its point in the space, its best score, its cost."""
+    """One line per finished trial (`--quiet`): its point in the space, its best score, its cost. `values` are
+    KerasTuner's, where the rate is the chosen optimizer's own (sgd_lr, adam_lr: declare_hyperparameters)."""
     scores = [v for log in logs for v in log.get(objective, []) if math.isfinite(v)]
+    optimizer = values.get("optimizer")
+    lr = values.get("lr", values.get(f"{optimizer}_lr"))
     point = f"{values.get('num_layers')} × {values.get('num_hiddens')} {str(values.get('cell', '')).upper()}, " \
-            f"{values.get('optimizer')} lr {values.get('lr', math.nan):.3g}, " \
+            f"{optimizer} lr {'the default' if lr is None else format(lr, '.3g')}, " \
             f"dropout {values.get('dropout', 0.0):.2f}, " \
             f"weight drop {values.get('weight_drop') or 0.0:.2f}"
     result = f"val perplexity {min(scores):.3f}" if scores else "no finite val perplexity"

@@ -11,6 +11,7 @@ import os
 import time
 
 from common import atomic, cli, locks, paths
+from common import text as text_lib
 from common import vocab as vocab_lib
 from common.cli import UserError
 from trainer import compat
@@ -306,6 +307,9 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     check_records(info)
     if cfg.run.batch_size > info.num_train:
         raise UserError(f"--batch-size {cfg.run.batch_size} is larger than the {info.num_train} training windows")
+    if not text_lib.normalize(cfg.run.sample_prefix, info.normalize):
+        raise UserError(f"--sample-prefix {cfg.run.sample_prefix[:40]!r} is empty once normalised "
+                        f"({info.normalize}); the sample needs a prefix to continue")
     model_cfg = model_config_for(cfg, info.vocab_size)
     check_fits_in_memory(model_cfg, info.vocab_size)
     run_config = {"architecture": model_cfg.architecture(), "model": model_cfg.to_dict(), "train": cfg.hparams(),
