@@ -114,6 +114,15 @@ def test_sampling_is_reproducible_with_a_seed(server):
     assert top1 == client.generate(["it has"], 20)  # top-1 sampling is greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-38, 1e-30])
+def test_a_vanishing_temperature_samples_greedily(server, temperature):
+    """float32 denormals read as zero on CPUs: 1e-45 was refused as "must be > 0", and 1e-30 overflowed the
+    logits to NaN. Any positive temperature is taken; as it vanishes, sampling becomes the greedy choice."""
+    client = Client(server[0])
+    greedy = client.generate(["it has", "the"], 20)
+    assert client.generate(["it has", "the"], 20, temperature=temperature, seed=5) == greedy
+
+
 def test_score_over_grpc_and_rest(server):
     grpc_addr, rest, _ = server
     scored = Client(grpc_addr).score(["the time traveller", "it has"])
@@ -173,6 +182,12 @@ def _bad_requests(client: Client):
         ("nan temperature", r("sample", prefix=["a"], num_chars=3, temperature=float("nan"), top_k=0, seed=0),
          grpc.StatusCode.INVALID_ARGUMENT),
         ("zero temperature", r("sample", prefix=["a"], num_chars=3, temperature=0.0, top_k=0, seed=0),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("negative zero temperature", r("sample", prefix=["a"], num_chars=3, temperature=-0.0, top_k=0, seed=0),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("negative denormal temperature", r("sample", prefix=["a"], num_chars=3, temperature=-1e-45, top_k=0,
+                                            seed=0), grpc.StatusCode.INVALID_ARGUMENT),
+        ("infinite temperature", r("sample", prefix=["a"], num_chars=3, temperature=float("inf"), top_k=0, seed=0),
          grpc.StatusCode.INVALID_ARGUMENT),
         ("unknown signature", r("nope", prefix=["a"], num_chars=3), grpc.StatusCode.FAILED_PRECONDITION),
         ("score too short", r("score", text=["a"]), grpc.StatusCode.INVALID_ARGUMENT),

@@ -15,6 +15,7 @@ from trainer import cells as cells_lib
 from trainer.config import DEFAULT_LIMITS, ServingLimits
 from trainer.model import model_cells
 
+SMALLEST_NORMAL = 1.1754944e-38  # float32
 PER_ROW = tf.TensorShape(None)  # a scalar (every row) or one value per row: both REST formats stack fine
 
 
@@ -179,9 +180,12 @@ class TextModel(tf.Module):
         seeded by (seed[b], step) alone: a row's text does not depend on the other rows of the batch."""
         prefix, batch = self.checked_batch(prefix)
         temperature = per_row(temperature, batch, "temperature")
-        checks = [tf.debugging.assert_positive(temperature, message="temperature must be > 0"),
-                  tf.debugging.assert_less_equal(temperature, 100.0, message="temperature must be <= 100")]
-        temperature = _after(checks, temperature)[:, None]                       # [B, 1]
+        # CPUs treat float32 denormals (below 1.2e-38) as zero, so `temperature > 0` is false for 1e-45: the sign
+        # and size are read from the bits instead (positive, not NaN: 0 < bits <= those of 100), and a denormal
+        # temperature becomes the smallest normal one, which is as greedy (the logits are shifted to max 0 first)
+        in_range = (tf.bitcast(temperature, tf.int32) > 0) & (temperature <= 100.0)
+        checks = [tf.debugging.Assert(tf.reduce_all(in_range), ["temperature must be in (0, 100]"])]
+        temperature = tf.maximum(_after(checks, temperature), SMALLEST_NORMAL)[:, None]  # [B, 1]
         seed = per_row(seed, batch, "seed")
         vocab_size = tf.size(self.vocab)
         top_k = per_row(top_k, batch, "top_k")
@@ -189,7 +193,8 @@ class TextModel(tf.Module):
 
         def choose(logits, i):
             kth = tf.gather(tf.sort(logits, direction="DESCENDING"), k - 1, batch_dims=1)[:, None]
-            masked = tf.where(logits < kth, tf.fill(tf.shape(logits), -1e9), logits) / temperature
+            masked = tf.where(logits < kth, tf.fill(tf.shape(logits), -1e9), logits)
+            masked = (masked - tf.reduce_max(masked, -1, keepdims=True)) / temperature  # [B, V], max 0
             seeds = tf.stack([seed, tf.fill(tf.shape(seed), tf.cast(i, tf.int64))], axis=1)  # [B, 2]
             draws = tf.map_fn(lambda row: tf.random.stateless_categorical(row[0][None], 1, seed=row[1])[0, 0],
                               (masked, seeds), fn_output_signature=tf.int64)
