@@ -517,3 +517,28 @@ def test_an_error_echoing_a_huge_model_name_fits_grpc_metadata(strict_server):
             assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
             assert "mmmm" in err.value.details() and len(err.value.details()) < 2000
     assert strict_server[0].poll() is None
+
+
+# ---- 13. history.csv after repeated kills ----
+def test_a_resumed_run_replaces_the_rows_of_the_epochs_it_repeats(tmp_path):
+    """A kill after an epoch's row but before its backup made the resumed run append that epoch again (and a
+    kill mid-row left half a row): the file keeps one whole row per epoch."""
+    import csv
+
+    import keras
+    import numpy as np
+
+    from trainer.callbacks import EpochCSVLogger
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\r\n0,4.0,4.1\r\n1,3.0,3.1\r\n2,2.5,2.6\r\n3,2.4,2.5\r\n4,2")  # epochs 2-4 run after the last backup
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.ones((8, 2)), np.ones((8, 1)), initial_epoch=2, epochs=4, verbose=0,
+              callbacks=[EpochCSVLogger(str(path))])
+    rows = list(csv.DictReader(open(path, newline="")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [r["loss"] for r in rows[:2]] == ["4.0", "3.0"] and rows[2]["loss"] != "2.5"
+    model.fit(np.ones((8, 2)), np.ones((8, 1)), initial_epoch=4, epochs=5, verbose=0,
+              callbacks=[EpochCSVLogger(str(path))])  # a plain resume keeps every row
+    assert [int(r["epoch"]) for r in csv.DictReader(open(path, newline=""))] == [0, 1, 2, 3, 4]

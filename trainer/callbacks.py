@@ -2,6 +2,8 @@
 checkpoint callbacks made crash-safe."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -31,6 +33,51 @@ def weights_file_bytes(model) -> int:
         variables += list(model.optimizer.variables)
     data = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
     return data + 4096 * len(variables) + (256 << 10)
+
+
+class EpochCSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger(append=True) whose file keeps one row per epoch. A run killed after an epoch's row but before
+    its next backup repeats that epoch when resumed: before its first row, the rows of the epochs it repeats
+    (and a row the kill cut short) are dropped, the file rewritten atomically."""
+
+    def __init__(self, filename: str):
+        super().__init__(filename, append=True)
+        self._pruned = False
+
+    def on_train_begin(self, logs=None):
+        self._pruned = False
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._pruned:
+            self._pruned = True
+            self.csv_file.close()
+            self._keep_rows_before(epoch)
+            self.csv_file = open(self.filename, "a")  # noqa: SIM115 - CSVLogger closes it at train end
+            self.writer = None
+        super().on_epoch_end(epoch, logs)
+
+    def _keep_rows_before(self, epoch: int) -> None:
+        with open(self.filename, newline="") as f:
+            content = f.read()
+        rows = list(csv.reader(io.StringIO(content)))
+        if not rows:
+            return
+        header, body = rows[0], rows[1:]
+        whole = body if content.endswith("\n") else body[:-1]  # a last row without its newline was cut short
+        kept = [row for row in whole if _epoch_of(row) is not None and _epoch_of(row) < epoch]
+        if len(kept) == len(body):
+            return
+        text = io.StringIO()
+        csv.writer(text, dialect=csv.excel).writerows([header, *kept])
+        atomic.write_text(self.filename, text.getvalue())
+
+
+def _epoch_of(row: list[str]) -> int | None:
+    try:
+        return int(float(row[0]))
+    except ValueError:
+        return None
 
 
 class ThrottledEpochSaves:

@@ -422,7 +422,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_
         cb.GradientNormLog(),
         *lr_schedule_callbacks(cfg, steps_per_epoch, deadline),  # before the logger: it adds learning_rate
         cb.LearningRateLog(),          # the same column when it is not there
-        keras.callbacks.CSVLogger(history_path, append=True),
+        cb.EpochCSVLogger(history_path),
         cb.BestWeightsCheckpoint(os.path.join(checkpoints, "best.weights.h5"), best_record, monitor,
                                  min_interval_s=LATEST_STATE_EVERY_S, initial_value_threshold=best_so_far),
         *trained,  # the trained weights back for the latest state and the next epoch
