@@ -502,8 +502,12 @@ def test_an_error_echoing_a_huge_model_name_fits_grpc_metadata(strict_server):
     """The status details travel in HTTP/2 headers (8 KiB by default): an echoed 100 kB name once turned
     NOT_FOUND into an unreadable INTERNAL; the details are cut short instead, and the server lives on."""
     import grpc
-    from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                         prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     name = "m" * 100_000
     with grpc.insecure_channel(strict_server[1]) as channel:
@@ -531,7 +535,8 @@ def test_a_resumed_run_replaces_the_rows_of_the_epochs_it_repeats(tmp_path):
     from trainer.callbacks import EpochCSVLogger
 
     path = tmp_path / "history.csv"
-    path.write_text("epoch,loss,val_loss\r\n0,4.0,4.1\r\n1,3.0,3.1\r\n2,2.5,2.6\r\n3,2.4,2.5\r\n4,2")  # epochs 2-4 run after the last backup
+    # epochs 2-4 ran after the last backup; the kill cut epoch 4's row short
+    path.write_text("epoch,loss,val_loss\r\n0,4.0,4.1\r\n1,3.0,3.1\r\n2,2.5,2.6\r\n3,2.4,2.5\r\n4,2")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     model.fit(np.ones((8, 2)), np.ones((8, 1)), initial_epoch=2, epochs=4, verbose=0,

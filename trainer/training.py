@@ -384,7 +384,6 @@ def time_breakdown(clock: dict, epoch_logs: dict) -> dict:
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, info, model_dir: str, work_dir: str, chief: bool,
            strategy, clock: dict) -> dict:
     """Builds, fits, checkpoints and evaluates; writes the artefacts when this process is the chief."""
-    import keras
     import tensorflow as tf
 
     from trainer import callbacks as cb
