@@ -547,3 +547,11 @@ def test_a_resumed_run_replaces_the_rows_of_the_epochs_it_repeats(tmp_path):
     model.fit(np.ones((8, 2)), np.ones((8, 1)), initial_epoch=4, epochs=5, verbose=0,
               callbacks=[EpochCSVLogger(str(path))])  # a plain resume keeps every row
     assert [int(r["epoch"]) for r in csv.DictReader(open(path, newline=""))] == [0, 1, 2, 3, 4]
+
+
+def test_a_bad_beam_option_is_one_line_not_beams_usage(tmp_path):
+    proc = run_cli("pipeline.preprocess", "--corpus", "timemachine", "--output", str(tmp_path / "data"),
+                   "--direct_num_workers=abc")
+    assert_user_error(proc, "--direct_num_workers", "invalid int value")
+    assert len(proc.stderr.splitlines()) < 5 and "usage" not in proc.stderr
+    assert not (tmp_path / "data").exists()
