@@ -22,6 +22,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from serving import json_doc
 from serving.servable import ServingError, invalid
 
 # http_server.cc ToHTTPStatusCode
@@ -82,60 +83,71 @@ def handle(services, method: str, path: str, body: bytes) -> str:
                else regression_pb2.RegressionRequest())
     _fill_spec(request.model_spec, name, version, label)
     request.model_spec.signature_name = _signature_name(doc)
-    if "examples" not in doc:
-        raise invalid(f"When method is {action}, key 'examples' is expected and was not found")
     _fill_examples(request.input, doc)
     response = getattr(services, action)(request)
     if action == "classify":
-        return json.dumps({"results": [[[c.label, _json_value("", np.float32(c.score))] for c in row.classes]
-                                       for row in response.result.classifications]}, indent=1)
-    return json.dumps({"results": [_json_value("", np.float32(r.value)) for r in response.result.regressions]},
-                      indent=1)
+        return json_doc.dumps({"results": [[[c.label, json_doc.decimal(np.float32(c.score))] for c in row.classes]
+                                           for row in response.result.classifications]})
+    return json_doc.dumps({"results": [json_doc.decimal(np.float32(r.value)) for r in response.result.regressions]})
 
 
 # ---- JSON examples → tf.Example (json_tensor.cc FillClassificationRequestFromJson) ----
 def _fill_examples(request_input, doc: dict) -> None:
-    examples = doc["examples"]
-    if not isinstance(examples, list):
-        raise invalid(f"JSON Value: {_short(examples)} Excepting 'examples' to be an list/array")
+    """The context (when given) first, then the examples, each checked as TF Serving checks them (its texts
+    say "classify" for :regress too)."""
     if "context" in doc:
         listed = request_input.example_list_with_context
-        _fill_example(listed.context, doc["context"])
+        fill_example(listed.context, doc["context"])
     else:
         listed = request_input.example_list
+    if "examples" not in doc:
+        raise invalid(f"JSON Value: {_short(doc)} When method is classify, key 'examples' is expected and was "
+                      "not found")
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise invalid(f"JSON Value: {_short(doc)} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise invalid(f"JSON Value: {_short(doc)} 'examples' value is an empty array")
     for example in examples:
-        _fill_example(listed.examples.add(), example)
+        fill_example(listed.examples.add(), example)
 
 
-def _fill_example(example, value) -> None:
+def fill_example(example, value) -> None:
+    """json_tensor.cc MakeExampleFromJsonObject: each feature's kind is its first value's; a list of none
+    leaves the feature without a kind."""
     if not isinstance(value, dict):
-        raise invalid(f"Example must be JSON object but got JSON {_json_type(value).lower()}")
+        raise invalid(f"Example must be JSON object but got JSON {_json_type(value)}")
     for name, feature_value in value.items():
         feature = example.features.feature[name]
-        items = feature_value if isinstance(feature_value, list) else [feature_value]
-        kinds = {_feature_kind(item, name) for item in items}
-        if len(kinds) > 1:
-            raise invalid(f"Feature '{name}' has values of different types: {_short(feature_value)}")
-        kind = kinds.pop() if kinds else "float"
-        if kind == "bytes":
-            feature.bytes_list.value.extend(
-                base64.b64decode(item["b64"]) if isinstance(item, dict) else item.encode("utf-8") for item in items)
-        elif kind == "int64":
-            feature.int64_list.value.extend(items)
-        else:
-            feature.float_list.value.extend(float(item) for item in items)
+        kind = None
+        for item in feature_value if isinstance(feature_value, list) else [feature_value]:
+            item_kind, item = _feature_value(item, name)
+            if kind not in (None, item_kind):
+                raise invalid(f"Unexpected element type in feature: {name} expecting type: {kind}")
+            kind = item_kind
+            getattr(feature, f"{item_kind}_list").value.append(item)
 
 
-def _feature_kind(item, name: str) -> str:
-    if _is_b64(item) or isinstance(item, str):
-        return "bytes"
-    if isinstance(item, bool) or not isinstance(item, (int, float)):
-        raise invalid(f"Feature '{name}' value {_short(item)} must be a number, a string or {{\"b64\": ...}}")
-    if isinstance(item, int):
-        if not -2**63 <= item < 2**63:
-            raise invalid(f"Only int64_t is supported: {_short(item)} is out of range")
-        return "int64"
-    return "float"
+def _feature_value(item, name: str) -> tuple[str, object]:
+    """(feature kind, value) of one JSON value in an example (json_tensor.cc AddValueToFeature)."""
+    if isinstance(item, bool):
+        return "int64", int(item)
+    if _is_b64(item):
+        try:
+            return "bytes", base64.b64decode(item["b64"], validate=True)
+        except ValueError:
+            raise invalid("Unable to base64 decode") from None
+    if isinstance(item, str):
+        return "bytes", item.encode("utf-8", errors="surrogatepass")
+    if isinstance(item, int) and -2**63 <= item < 2**64:  # RapidJSON reads a larger integer as a double
+        if item >= 2**63:
+            raise invalid(f"Feature: {name} has uint64 element. Only int64_t is supported.")
+        return "int64", item
+    if isinstance(item, (int, float)):
+        if not _fits_float32(item):
+            raise invalid(f"Cannot convert JSON value: {_short(item)} to float without loss of precision.")
+        return "float", float(item)
+    raise invalid(f"Feature: {name} has element with unexpected JSON type: {_json_type(item)}")
 
 
 def _fill_spec(spec, name, version, label) -> None:
@@ -159,14 +171,14 @@ def _metadata(services, name, version, label) -> str:
 
 
 def parse_json(body: bytes):
-    """json_tensor.cc ParseJson: a non-empty JSON object (NaN and Infinity allowed)."""
+    """json_tensor.cc ParseJson: a non-empty JSON object (NaN and Infinity allowed), errors in RapidJSON's words."""
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
-    except RecursionError:
-        raise invalid("JSON Parse error: the document is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as err:
+        doc = json_doc.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise invalid(f"JSON Parse error: Invalid encoding in string. at offset: {err.start}") from None
+    except json_doc.ParseError as err:
         raise invalid(f"JSON Parse error: {err}") from None
     if not isinstance(doc, dict):
         raise invalid(f"JSON Value: {_short(doc)} Is not object")
@@ -215,7 +227,7 @@ def _predict(services, name, version, label, doc) -> str:
     except ValueError as err:  # numpy's own limits, e.g. more than 64 dimensions
         raise invalid(f"JSON Value cannot be a tensor: {' '.join(str(err).split())[:200]}") from None
     outputs = servable.predict(signature_name, inputs)
-    return json.dumps(_rows(outputs) if row_format else _columns(outputs), indent=1)
+    return json_doc.dumps(_rows(outputs) if row_format else _columns(outputs))
 
 
 # ---- JSON → tensors (json_tensor.cc FillTensorMapFromInstancesList / FillTensorMapFromInputsMap) ----
@@ -241,10 +253,15 @@ def _json_type(value) -> str:
     return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
 
 
+def _type_name(dtype: int) -> str:
+    """TensorFlow's DataTypeString: DT_FLOAT → float, DT_HALF → half."""
+    return types_pb2.DataType.Name(dtype)[3:].lower()
+
+
 def _leaf(value, dtype: int):
     def type_error():
         return invalid(f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of expected type: "
-                       f"{types_pb2.DataType.Name(dtype)[3:].lower()}")
+                       f"{_type_name(dtype)}")
 
     if dtype == types_pb2.DT_STRING:
         if _is_b64(value):
@@ -262,27 +279,57 @@ def _leaf(value, dtype: int):
             return value
         raise type_error()
     if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
-        limit = (2**24 - 1, 3.4028234663852886e38) if dtype == types_pb2.DT_FLOAT else (2**53 - 1, math.inf)
-        lossy = (abs(value) > limit[0]) if isinstance(value, int) else (math.isfinite(value) and abs(value) > limit[1])
-        if lossy:
+        if not _lossless(value, dtype == types_pb2.DT_FLOAT):
             kind = "float" if dtype == types_pb2.DT_FLOAT else "double"
             raise invalid(f"Cannot convert JSON value: {_short(value)} to {kind} without loss of precision.")
         return value
-    bounds = {types_pb2.DT_INT32: 2**31, types_pb2.DT_INT64: 2**63}
-    if dtype in bounds and isinstance(value, int) and -bounds[dtype] <= value < bounds[dtype]:
+    low, high = _INTEGER_RANGES.get(dtype, (1, 0))  # RapidJSON's IsInt, IsInt64, IsUint, IsUint64
+    if isinstance(value, int) and low <= value <= high:
         return value
     raise type_error()
 
 
+_INTEGER_RANGES = {**dict.fromkeys((types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8),
+                                   (-2**31, 2**31 - 1)),
+                   types_pb2.DT_INT64: (-2**63, 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
+                   types_pb2.DT_UINT64: (0, 2**64 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _lossless(value, to_float32: bool) -> bool:
+    """json_tensor.cc IsLosslessDecimal: an integer RapidJSON holds as one (int64 or uint64) must be exact in the
+    type's significand; a double (a larger integer too), finite, must be within the type's range."""
+    if isinstance(value, int) and -2**63 <= value < 2**64:
+        return abs(value) <= (2**24 - 1 if to_float32 else 2**53 - 1)
+    return _fits_float32(value) if to_float32 else _fits_double(value)
+
+
+def _fits_double(value) -> bool:
+    try:
+        float(value)
+    except OverflowError:  # an integer literal beyond any double (RapidJSON: "Number too big")
+        return False
+    return True
+
+
+def _fits_float32(value) -> bool:
+    if not _fits_double(value):
+        return False
+    number = float(value)
+    return not math.isfinite(number) or -_FLOAT32_MAX <= number <= _FLOAT32_MAX
+
+
 _NUMPY = {types_pb2.DT_STRING: object, types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
-          types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64, types_pb2.DT_BOOL: np.bool_}
+          types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64, types_pb2.DT_BOOL: np.bool_,
+          types_pb2.DT_INT16: np.int16, types_pb2.DT_INT8: np.int8, types_pb2.DT_UINT8: np.uint8,
+          types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64}
 
 
 def json_to_array(value, dtype: int) -> np.ndarray:
     """A dense JSON value (scalar or nested lists) → an array of the signature's dtype, TF Serving's checks."""
     if dtype not in _NUMPY:
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                           f"Conversion of JSON Value: {_short(value)} to type: {types_pb2.DataType.Name(dtype)}")
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Conversion of JSON Value: {_short(value)} to type: "
+                                                          f"{_type_name(dtype)}")
     shape = _dense_shape(value)
     leaves = []
 
@@ -305,9 +352,13 @@ def json_to_array(value, dtype: int) -> np.ndarray:
     array = np.empty(len(leaves), dtype=object) if dtype == types_pb2.DT_STRING else None
     if array is not None:
         array[:] = leaves
-    else:
-        array = np.asarray(leaves, dtype=_NUMPY[dtype])
+    else:  # floats round from doubles (RapidJSON's GetFloat); int8/int16/uint8 keep an int32's low bits
+        array = np.asarray(leaves, dtype=_READ_AS.get(dtype, _NUMPY[dtype])).astype(_NUMPY[dtype], copy=False)
     return array.reshape(shape)
+
+
+_READ_AS = {types_pb2.DT_FLOAT: np.float64, types_pb2.DT_INT16: np.int64, types_pb2.DT_INT8: np.int64,
+            types_pb2.DT_UINT8: np.int64}
 
 
 def _from_instances(instances, infos, doc) -> dict:
@@ -329,18 +380,40 @@ def _from_instances(instances, infos, doc) -> dict:
         if named != is_object(item):
             raise invalid(f"Expecting {'object' if named else 'value/list'} but got "
                           f"{'list' if named else 'object'} at item {i} of input list")
-        row = item if named else {names[0]: item}
-        if named and set(row) != set(names):
+        if not named:
+            _add_instance_item(columns, names[0], item, infos, f"Failed to process element: {i} of 'instances' "
+                                                                 "list. Error: ")
+            continue
+        for key, value in item.items():
+            _add_instance_item(columns, key, value, infos, f"Failed to process element: {i} key: {key} of "
+                                                           "'instances' list. Error: ")
+        if set(item) != set(names):
             raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: {_short(item)} "
                           f"keys must be equal to: {','.join(names)}")
-        for key, value in row.items():
-            array = json_to_array(value, infos[key].dtype)
-            if columns[key] and array.shape != columns[key][0].shape:
-                raise invalid(f"Failed to process element: {i} key: {key} of 'instances' list. Error: "
-                              f"Expecting shape {list(columns[key][0].shape)} but got: {list(array.shape)}")
-            columns[key].append(array)
     return {key: (np.stack(arrays) if arrays[0].dtype != object else _stack_objects(arrays))
             for key, arrays in columns.items()}
+
+
+def _add_instance_item(columns: dict[str, list], name: str, value, infos, context: str) -> None:
+    """json_tensor.cc AddInstanceItem: one instance's value of one input, the same size and then the same shape
+    as the first instance's; an error names the element (`context`) and wraps the cause as TF Serving does."""
+    try:
+        if name not in infos:
+            raise invalid(f"JSON object: does not have named input: {name}")
+        array = json_to_array(value, infos[name].dtype)
+        if columns[name]:
+            first = columns[name][0]
+            if array.size != first.size:
+                raise invalid(f"Expecting tensor size: {first.size} but got: {array.size}")
+            if array.shape != first.shape:
+                raise invalid(f"Expecting shape {_shape_text(first.shape)} but got: {_shape_text(array.shape)}")
+    except ServingError as err:
+        raise invalid(f"{context}{err.code.name}: {err.message}") from None
+    columns[name].append(array)
+
+
+def _shape_text(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
 
 
 def _stack_objects(arrays: list[np.ndarray]) -> np.ndarray:
@@ -374,8 +447,7 @@ def _json_value(name: str, value):
             return {"b64": base64.b64encode(value).decode("ascii")}
         return value.decode("utf-8", errors="replace")
     if isinstance(value, np.floating):
-        # shortest text that reads back as the same float32/64, as TF Serving's WriteDecimal
-        return float(str(value)) if math.isfinite(value) else float(value)
+        return json_doc.decimal(value)
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import logging
 import os
+import re
 import threading
 import time
 
@@ -84,9 +85,9 @@ class Servable:
         for name, value in inputs.items():
             info = signature.inputs[name]
             if not isinstance(value, np.ndarray):
-                if value.dtype != info.dtype:
-                    raise invalid(f"Expects arg[{name}] to be {_dtype_name(info.dtype)} but "
-                                  f"{_dtype_name(value.dtype)} is provided")
+                if value.dtype != info.dtype:  # the session's own check, which TF Serving passes on
+                    raise invalid(f"Expects arg[{sorted(inputs).index(name)}] to be {_dtype_name(info.dtype)} "
+                                  f"but {_dtype_name(value.dtype)} is provided")
                 try:
                     value = tensors.to_numpy(value)
                 except ValueError as err:
@@ -117,12 +118,11 @@ class Servable:
 
 
 def _dtype_name(enum: int) -> str:
-    """TensorFlow's name of a DataType; a number no DataType has (a client's garbage) is named as a number."""
-    if enum == types_pb2.DT_INVALID:
-        return "invalid"
+    """TensorFlow's DataTypeString (DT_FLOAT → float); a number no DataType has (a client's garbage) is named
+    as a number."""
     try:
-        return tf.dtypes.as_dtype(enum).name
-    except TypeError:
+        return types_pb2.DataType.Name(enum)[3:].lower()
+    except ValueError:
         return f"unknown DataType {enum}"
 
 
@@ -158,8 +158,15 @@ def read_model_config_file(path: str) -> list[ModelEntry]:
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
+    config = model_server_config_pb2.ModelServerConfig()
     with open(path) as f:
-        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+        try:
+            text_format.Parse(f.read(), config)
+        except text_format.ParseError as err:  # in the words of protobuf's C++ parser, which TF Serving logs
+            where = re.match(r"(\d+):(\d+) : ", str(err))
+            message = str(err)[where.end():] if where else str(err)
+            position = f"{where.group(1)}:{where.group(2)}: " if where else ""
+            raise ValueError(f"Error parsing text-format {config.DESCRIPTOR.full_name}: {position}{message}") from None
     models = []
     for entry in config.model_config_list.config:
         base = entry.base_path if os.path.isabs(entry.base_path) else os.path.join(os.path.dirname(path),

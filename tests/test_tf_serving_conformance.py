@@ -19,6 +19,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +41,7 @@ from tensorflow_serving.apis import (
 
 from common.net import free_port
 from serving.service import Server
-from tests.conftest import SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA
 
 MODELS_CONFIG = """model_config_list {{
   config {{
@@ -63,15 +64,20 @@ MODELS_CONFIG = """model_config_list {{
 # ---- a client written from TF Serving's documentation, used for both servers ----
 def rest(url: str, body=None, raw: bytes | None = None, method: str | None = None, headers=None):
     """(HTTP status, parsed JSON body) of one REST call."""
+    code, text = rest_text(url, body, raw, method, headers)
+    return code, json.loads(text) if text.strip().startswith("{") else {"raw": text}
+
+
+def rest_text(url: str, body=None, raw: bytes | None = None, method: str | None = None, headers=None):
+    """(HTTP status, body text) of one REST call: the numbers as the server wrote them."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
                                  headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
+            return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
-        text = err.read()
-        return err.code, json.loads(text) if text.strip().startswith(b"{") else {"raw": text.decode(errors="replace")}
+        return err.code, err.read().decode(errors="replace")
 
 
 def string_tensor(values) -> tensor_pb2.TensorProto:
@@ -181,12 +187,16 @@ def test_rest_multiple_outputs_are_named_objects_in_both_formats(served):
     assert cols["outputs"]["perplexity"][0] == rows["predictions"][0]["perplexity"]
 
 
-def test_rest_floats_are_printed_as_their_shortest_float32_text(served):
-    """[json_tensor.cc] WriteDecimal: shortest text that reads back as the same float32."""
+def test_rest_floats_are_printed_by_write_decimal(served):
+    """[json_tensor.cc WriteDecimal] six significant digits when they read back as the same float32, else nine;
+    the text reads back as the float gRPC returns."""
+    from serving.json_doc import decimal
+
     channel, url, _ = served
-    _, body = rest(f"{url}/v1/models/deep_rnn:predict", {"signature_name": "score", "inputs": ["it has been"]})
+    _, text = rest_text(f"{url}/v1/models/deep_rnn:predict", {"signature_name": "score", "inputs": ["it has been"]})
     grpc_value = predict(channel, "score", {"text": string_tensor(["it has been"])}).outputs["perplexity"].float_val[0]
-    assert body["outputs"]["perplexity"][0] == float(str(np.float32(grpc_value)))
+    printed = decimal(np.float32(grpc_value))
+    assert printed in text and np.float32(json.loads(text)["outputs"]["perplexity"][0]) == np.float32(grpc_value)
 
 
 def test_rest_b64_strings(served):
@@ -543,5 +553,149 @@ def test_rest_classify_and_regress_with_examples_and_context(half_plus_two):
     assert code == 200 and body == {"results": [3.0]}  # the context's feature reaches each example
     code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [[2.0]]})
     assert code == 400 and "Example must be JSON object" in body["error"]
-    code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2**70}]})
+    code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2**63}]})
     assert code == 400 and "Only int64_t is supported" in body["error"]
+
+
+
+# ---- JSON numbers and documents as util/json_tensor.cc reads and writes them ----
+@pytest.mark.parametrize("value, text", [
+    (9000000, "9e+06"), (999999, "999999.0"), (0.5, "0.5"), (0.0003, "0.0003"), (0.00003, "3e-05"),
+    (555557.5, "555557.5"),                          # [json_tensor_test.cc FromJsonSingleFloatTensorSixDigitPrecision]
+    (float("nan"), "NaN"), (float("inf"), "Infinity"), (3, "3.0"), (float("-inf"), "-Infinity"),  # ...NonFinite
+    (1435774336, "1.43577434e+09"),                      # [api_rest.md] 1435774380 as a float32, all 9 digits
+])
+def test_write_decimal_prints_float32_as_tf_serving(value, text):
+    from serving.json_doc import decimal
+
+    assert decimal(np.float32(value)) == text
+
+
+def test_rest_numbers_on_half_plus_two_as_tf_serving_prints_them(half_plus_two):
+    """[json_tensor_test.cc] six-digit and non-finite outputs through a real model: y = x / 2 + 2."""
+    _, url = half_plus_two
+    code, text = rest_text(f"{url}:predict", raw=b'{"instances": [17999996.0, 1999994.0, -3, NaN, Infinity, -Inf]}')
+    assert code == 200
+    assert text.split("[", 1)[1].split("]", 1)[0].replace(" ", "").replace("\n", "") == \
+        "9e+06,999999.0,0.5,NaN,Infinity,-Infinity"
+    code, text = rest_text(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 17999996.0}]})
+    assert code == 200 and "9e+06" in text
+
+
+@pytest.mark.parametrize("instances, code, needle", [
+    ("[1, 2.0, 3, 4, 5.003, 0.007, 0.0]", 200, None),            # [json_tensor_test.cc MixedInputForFloatTensor]
+    ("[16777215]", 200, None),                                   # the largest integer a float32 holds exactly
+    ("[16777217]", 400, "loss of precision"),                    # [SingleUnnamedTensorErrors]
+    ("[1435774380]", 400, "loss of precision"),                  # an integer: exact or refused (IsLosslessDecimal)
+    ("[1435774380.0]", 200, None),                               # a double: rounded to the float32 1435774336
+    ("[100000000000000000000]", 200, None),                      # beyond uint64: RapidJSON reads a double
+    ("[1.7976931348623157e308]", 400, "loss of precision"),      # [SingleUnnamedTensorErrors] DBL_MAX into float
+    ("[-1.79769e+308]", 400, "loss of precision"),
+    ("[[1], [2, 3]]", 400, "Expecting tensor size: 1 but got: 2"),   # [SingleUnnamedTensorErrors]
+    ("[[1, 2], [[3, 4]]]", 400, "Expecting shape [2] but got: [1,2]"),
+    ("[1, [1]]", 400, "Expecting shape"),
+    ('[1, "a"]', 400, "is not of expected type: float"),
+    ("[true]", 400, "JSON Value: true Type: True is not of expected type: float"),
+])
+def test_rest_float_inputs_follow_is_lossless_decimal(half_plus_two, instances, code, needle):
+    _, url = half_plus_two
+    status, body = rest(f"{url}:predict", raw=b'{"instances": ' + instances.encode() + b"}")
+    assert status == code, body
+    if needle:
+        assert needle in body["error"], body
+
+
+def test_rest_a_double_input_is_rounded_to_float32_as_the_session_reads_it(half_plus_two):
+    """[api_rest.md Floating Point Precision] 1435774380.0 reaches the model as the float32 1435774336."""
+    _, url = half_plus_two
+    _, body = rest(f"{url}:predict", raw=b'{"instances": [1435774380.0]}')
+    assert body["predictions"] == [float(np.float32(np.float32(1435774336) * np.float32(0.5) + np.float32(2)))]
+
+
+@pytest.mark.parametrize("raw, needle", [
+    (b"instances = [1, 2]", "JSON Parse error: Invalid value. at offset: 0"),     # [handler_test.cc]
+    (b"", "JSON Parse error: The document is empty"),                            # [json_tensor_test.cc]
+    (b"   ", "JSON Parse error: The document is empty. at offset: 3"),
+    (b'{"instances": [1 2]}', "JSON Parse error: Missing a comma or ']' after an array element. at offset: 17"),
+    (b'{"instances" [1]}', "JSON Parse error: Missing a colon after a name of object member. at offset: 13"),
+    (b'{"instances": [1]} x', "JSON Parse error: The document root must not be followed by other values."),
+    (b'{"instances": [1.]}', "JSON Parse error: Miss fraction part in number."),
+    (b'{"instances": "\xff"}', "JSON Parse error: Invalid encoding in string."),
+    (b"[1, 2]", "Is not object"),
+])
+def test_rest_parse_errors_in_rapidjsons_words(half_plus_two, raw, needle):
+    _, url = half_plus_two
+    code, body = rest(f"{url}:predict", raw=raw, method="POST")
+    assert code == 400 and needle in body["error"], body
+
+
+def test_rest_nan_inf_and_a_deep_unused_key_are_read_as_tf_serving_reads_them(half_plus_two):
+    """RapidJSON with kParseNanAndInfFlag takes NaN, Inf and Infinity of either sign; it has no depth limit, so a
+    key nested 10,000 deep that the request does not use is no reason to refuse it."""
+    _, url = half_plus_two
+    deep = b"[" * 10_000 + b"]" * 10_000
+    code, body = rest(f"{url}:predict", raw=b'{"unused": ' + deep + b', "instances": [2.0, Inf, -NaN]}')
+    assert code == 200 and body["predictions"][0] == 3.0 and body["predictions"][1] == float("inf"), body
+    code, body = rest(f"{url}:predict", raw=b'{"instances": ' + deep + b"}")
+    assert code == 400, body  # used, it is a tensor of 10,000 dimensions: refused, not a dropped connection
+
+
+@pytest.mark.parametrize("example, needle", [   # [json_tensor.cc AddValueToFeature / MakeExampleFromJsonObject]
+    ({"x": 2**63}, "Feature: x has uint64 element. Only int64_t is supported."),
+    ({"x": None}, "Feature: x has element with unexpected JSON type: Null"),
+    ({"x": [[2.0]]}, "Feature: x has element with unexpected JSON type: Array"),
+    ({"x": {"a": 1}}, "Feature: x has element with unexpected JSON type: Object"),
+    ({"x": [2.0, "a"]}, "Unexpected element type in feature: x expecting type: float"),
+    ({"x": [1, 2.0]}, "Unexpected element type in feature: x expecting type: int64"),
+    ({"x": 1e39}, "Cannot convert JSON value: 1e+39 to float without loss of precision."),
+    ({"x": {"b64": "!!"}}, "Unable to base64 decode"),
+])
+def test_rest_malformed_examples_in_tf_servings_words(half_plus_two, example, needle):
+    _, url = half_plus_two
+    code, body = rest(f"{url}:regress", {"signature_name": "regress_x_to_y", "examples": [example]})
+    assert code == 400 and needle in body["error"], body
+
+
+def test_rest_examples_list_checks_and_feature_kinds(half_plus_two):
+    """[json_tensor.cc FillClassifyRegressRequestFromJson] the examples' own checks (TF Serving says
+    "classify" for :regress too); a bool is an int64 feature and an integer beyond uint64 a float one."""
+    _, url = half_plus_two
+    for body, needle in (({"signature_name": "regress_x_to_y"}, "When method is classify, key 'examples' is expected"),
+                         ({"examples": {"x": 2.0}}, "Expecting 'examples' value to be an list/array"),
+                         ({"examples": []}, "'examples' value is an empty array")):
+        code, answer = rest(f"{url}:regress", body)
+        assert code == 400 and needle in answer["error"], answer
+    code, answer = rest(f"{url}:regress", raw=b'{"signature_name": "regress_x_to_y", '
+                                              b'"examples": [{"x": 100000000000000000000}]}')
+    assert code == 200 and np.float32(answer["results"][0]) == np.float32(1e20) / 2 + 2, answer
+    from tensorflow.core.example import example_pb2
+
+    from serving.rest import fill_example
+
+    example = example_pb2.Example()
+    fill_example(example, {"flag": [True, False], "empty": [], "text": "a", "bin": {"b64": "aGk="}})
+    assert list(example.features.feature["flag"].int64_list.value) == [1, 0]
+    assert example.features.feature["empty"].WhichOneof("kind") is None
+    assert list(example.features.feature["bin"].bytes_list.value) == [b"hi"]
+
+
+def test_grpc_a_bool_tensor_for_a_float_input_gets_the_sessions_words(half_plus_two):
+    """[predict_impl_test.cc PredictionInvalidTensor] a bool scalar for half_plus_two's float x."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.version.value = 123
+    request.inputs["x"].CopyFrom(tensor_pb2.TensorProto(dtype=types_pb2.DT_BOOL, bool_val=[True]))
+    with pytest.raises(grpc.RpcError) as err:
+        prediction_service_pb2_grpc.PredictionServiceStub(half_plus_two[0]).Predict(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expects arg[0] to be float but bool is provided" in err.value.details()
+
+
+def test_a_bad_model_config_file_is_reported_in_tf_servings_words():
+    """[tensorflow_model_server_test.py testBadModelConfig] the server started on bad_model_config.txt says
+    "Error parsing text-format tensorflow.serving.ModelServerConfig" on stderr and does not serve."""
+    proc = subprocess.run([sys.executable, "-m", "serving.server", "--model-config-file",
+                           str(TESTDATA / "bad_model_config.txt"), "--port", "0", "--rest-port", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in proc.stderr, proc.stderr
