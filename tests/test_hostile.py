@@ -130,16 +130,31 @@ def _damage(data: Path, what: str) -> None:
 @pytest.mark.parametrize("what", ["truncated record", "corrupted record", "metadata not json", "metadata a list",
                                   "metadata without windows", "vocab not a vocabulary"])
 def test_train_and_tune_refuse_damaged_data(tiny_data, tmp_path, what):
+    """Every damage is a UserError from both libraries before any work; one of them, through both commands, is
+    one line and exit 2 (the commands turn any UserError into that)."""
+    from common.cli import UserError
+    from trainer.config import TrainConfig
+    from trainer.search import TuneConfig, tune
+    from trainer.training import train_and_evaluate
+
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     _damage(data, what)
+    with pytest.raises(UserError):
+        train_and_evaluate(TrainConfig.from_flat(epochs=1, num_hiddens=8, batch_size=256), str(data),
+                           str(tmp_path / "model"))
+    with pytest.raises(UserError):
+        tune(str(data), str(tmp_path / "tuning"), TuneConfig())
+    assert not (tmp_path / "tuning" / "best_hparams.json").exists()
+    assert not (tmp_path / "model" / "history.csv").exists()
+    if what != "truncated record":
+        return
     proc = run_cli("trainer.train", "--data", str(data), "--model-dir", str(tmp_path / "model"), "--epochs", "1",
                    "--num-hiddens", "8", "--batch-size", "256", "--quiet")
-    assert_user_error(proc)
+    assert_user_error(proc, "damaged TFRecord file")
     proc = run_cli("trainer.tune", "--data", str(data), "--tuner-dir", str(tmp_path / "tuning"), "--max-trials", "1",
                    "--max-epochs", "1", "--max-layers", "1", "--max-hiddens", "64", "--batch-size", "256", "--quiet")
-    assert_user_error(proc)
-    assert not (tmp_path / "tuning" / "best_hparams.json").exists()
+    assert_user_error(proc, "damaged TFRecord file")
 
 
 @pytest.mark.parametrize("content, needle", [("[1, 2]", "JSON object"), ("null", "JSON object"),

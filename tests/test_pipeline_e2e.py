@@ -108,7 +108,8 @@ def test_pipeline_with_tuning_and_a_yaml_config(tmp_path):
     assert model["num_hiddens"] == best["num_hiddens"] and model["num_layers"] == best["num_layers"]
     assert "## Tuning" in (run_dir / "report.md").read_text()
     trial_lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("trial ")]
-    assert len(trial_lines) == 2 and all("val perplexity" in line for line in trial_lines), proc.stdout[-3000:]
+    assert len(trial_lines) == 2 and all("val perplexity" in line and " lr nan" not in line for line in trial_lines), \
+        proc.stdout[-3000:]
     assert "Epoch 1/" not in proc.stdout  # one line per trial, not Keras's per-epoch output
 
 

@@ -405,16 +405,18 @@ def test_burst_of_1000_requests_all_succeed(server):
 
 
 @pytest.mark.reliability
-def test_16_clients_for_30_seconds_with_a_hot_swap(server, trained):
+def test_16_clients_across_a_hot_swap(server, trained):
+    """16 clients on the old version, through the export and load of a new one, and on the new one: every
+    request answered, by both versions."""
     grpc_addr, _, base = server
     client = Client(grpc_addr)
-    counts, failures, stop = [0] * 16, [], time.time() + 30
+    counts, failures, versions_seen, stop = [0] * 16, [], [set() for _ in range(16)], threading.Event()
 
     def worker(i):
         req = client.request("serving_default", prefix=["it has"], num_chars=10)
-        while time.time() < stop:
+        while not stop.is_set():
             try:
-                client.stub.Predict(req, timeout=60)
+                versions_seen[i].add(client.stub.Predict(req, timeout=60).model_spec.version.value)
                 counts[i] += 1
             except grpc.RpcError as err:
                 failures.append(err.code())
@@ -422,11 +424,17 @@ def test_16_clients_for_30_seconds_with_a_hot_swap(server, trained):
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
-    time.sleep(10)
-    savedmodel.export_model(str(trained[0]), str(base), "deep_rnn")  # swapped in under load
+    time.sleep(2)
+    new = int(savedmodel.export_model(str(trained[0]), str(base), "deep_rnn").rsplit("/", 1)[1])  # under load
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(new in seen for seen in versions_seen):
+        time.sleep(0.2)
+    time.sleep(1)
+    stop.set()
     for t in threads:
         t.join()
     assert not failures and all(c > 0 for c in counts)
+    assert all(new in seen and len(seen) > 1 for seen in versions_seen)
 
 
 def test_server_binds_loopback_by_default():
