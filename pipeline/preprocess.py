@@ -11,7 +11,10 @@ import sys
 import time
 from collections.abc import Sequence
 
+import yaml
+
 from common import cli, config
+from common.cli import UserError
 from pipeline import sources, transform
 from pipeline.preprocessing import preprocess
 
@@ -31,9 +34,9 @@ OWN = ("--corpus", "--output")
 
 def build_parser():
     p = config.make_parser("pipeline.preprocess", __doc__.split("\n")[0], EXAMPLES, SECTIONS)
-    p.add_argument("--corpus", nargs="+", required=True, metavar="SRC",
+    p.add_argument("--corpus", nargs="+", type=str, required=True, metavar="SRC",
                    help="paths, globs, Beam filesystem URLs, or a named corpus: " + ", ".join(sources.NAMED_CORPORA))
-    p.add_argument("--output", required=True, metavar="DIR",
+    p.add_argument("--output", type=str, required=True, metavar="DIR",
                    help="output directory: TFRecord shards, vocab.txt, metadata.json (replaced atomically)")
     return p
 
@@ -41,9 +44,29 @@ def build_parser():
 def parse_args(argv: Sequence[str] | None):
     """(paths, PreprocessConfig, Beam's options): every flag this stage does not know goes to Beam."""
     argv = config.translate(sys.argv[1:] if argv is None else argv, SECTIONS)
+    _check_config_file(config.pop_value(list(argv), "--config"))
     mine, beam_args = config.split_unknown(argv, SECTIONS, OWN)
     args, sections = config.parse(build_parser(), mine, SECTIONS)
     return args, sections["data"], beam_args
+
+
+def _check_config_file(path: str | None) -> None:
+    """jsonargparse takes a --config file's `corpus` and `output` unchecked (`corpus: 5` was a traceback)."""
+    if path is None:
+        return
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f.read(1 << 20))
+    except (OSError, yaml.YAMLError):
+        return  # jsonargparse reports a file it cannot read
+    if not isinstance(values, dict):
+        return
+    corpus, output = values.get("corpus"), values.get("output")
+    if corpus is not None and not (isinstance(corpus, list) and corpus and all(isinstance(c, str) for c in corpus)):
+        raise UserError(f"--config {path}: corpus must be a list of paths, globs or corpus names, got "
+                        f"{str(corpus)[:80]!r}")
+    if output is not None and not isinstance(output, str):
+        raise UserError(f"--config {path}: output must be a directory path, got {str(output)[:80]!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

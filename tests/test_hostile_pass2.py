@@ -277,6 +277,35 @@ def test_records_that_do_not_fit_the_vocabulary_or_windows_are_refused(tiny_data
     assert not (tmp_path / "model" / "history.csv").exists()
 
 
+# ---- 11. each bad input the pass found: one line, exit 2 ----
+@pytest.mark.parametrize("module, args, needle", [
+    ("pipeline.preprocess", ["--corpus", "{tmp}/utf16.txt", "--encoding", "utf-16"], "does not start with BOM"),
+    ("pipeline.preprocess", ["--corpus", "{tmp}/utf16.txt", "--encoding", "rot13"], "not a text encoding"),
+    ("pipeline.preprocess", ["--corpus", "{tmp}/utf16.txt", "--encoding", "base64"], "not a text encoding"),
+    ("pipeline.preprocess", ["--corpus", "{tmp}/utf16.txt", "--encoding", "zlib_codec"], "not a text encoding"),
+    ("pipeline.preprocess", ["--config", "{tmp}/corpus5.yaml"], "corpus must be a list"),
+    ("trainer.train", ["--hparams", "{tmp}/deep.json"], "deep.json"),
+    ("trainer.train", ["--hparams", "{tmp}/chars.json"], "sample_chars must be in [1, 100000], got -5"),
+    ("trainer.train", ["--num-hiddens", str(10**9)], "num_hiddens must be in [1, 65536]"),
+    ("trainer.tune", ["--min-hiddens", str(10**6)], "--min-hiddens 1000000"),
+    ("serving.client", ["--prefix", "\udcff"], "not valid UTF-8"),
+    ("serving.client", ["--prefix", "it", "--timeout", "inf"], "--timeout"),
+], ids=["utf-16 without BOM", "rot13", "base64", "zlib_codec", "config corpus 5", "hparams nested 1e5",
+        "sample_chars -5", "num_hiddens 1e9", "min_hiddens 1e6", "prefix not utf-8", "timeout inf"])
+def test_bad_inputs_are_one_line_and_exit_2(tmp_path, module, args, needle):
+    (tmp_path / "utf16.txt").write_bytes("hello world, a text without its byte-order mark".encode("utf-16-le"))
+    (tmp_path / "corpus5.yaml").write_text("corpus: 5\n")
+    (tmp_path / "deep.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    (tmp_path / "chars.json").write_text('{"sample_chars": -5}')
+    where = {"pipeline.preprocess": ["--output", str(tmp_path / "out")],
+             "trainer.train": ["--data", str(tmp_path / "nodata"), "--model-dir", str(tmp_path / "m")],
+             "trainer.tune": ["--data", str(tmp_path / "nodata"), "--tuner-dir", str(tmp_path / "t")],
+             "serving.client": ["--server", "127.0.0.1:1"]}[module]
+    proc = run_cli(module, *where, *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert_user_error(proc, needle)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()
+
+
 # ---- 7. hangs ----
 def test_a_glob_through_a_link_loop_ends(tmp_path):
     from pipeline.sources import resolve_sources

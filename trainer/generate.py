@@ -181,8 +181,8 @@ class TextModel(tf.Module):
         prefix, batch = self.checked_batch(prefix)
         temperature = per_row(temperature, batch, "temperature")
         # CPUs treat float32 denormals (below 1.2e-38) as zero, so `temperature > 0` is false for 1e-45: the sign
-        # and size are read from the bits instead (positive, not NaN: 0 < bits <= those of 100), and a denormal
-        # temperature becomes the smallest normal one, which is as greedy (the logits are shifted to max 0 first)
+        # is read from the bits instead (> 0: positive and not -0; `<= 100` also refuses NaN and inf), and a
+        # denormal becomes the smallest normal temperature, as greedy (the logits are shifted to max 0 first)
         in_range = (tf.bitcast(temperature, tf.int32) > 0) & (temperature <= 100.0)
         checks = [tf.debugging.Assert(tf.reduce_all(in_range), ["temperature must be in (0, 100]"])]
         temperature = tf.maximum(_after(checks, temperature), SMALLEST_NORMAL)[:, None]  # [B, 1]
