@@ -127,3 +127,15 @@ def test_stateful_replicas_each_carry_their_own_lanes(tmp_path):
     proc = subprocess.run([sys.executable, "-c", MIRRORED_LANES], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "LANES_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("tf_config", ["garbage{", "[1, 2]", '{"task": 5}', '{"cluster": [], "task": {}}'])
+def test_a_garbage_tf_config_is_ignored_alone_and_refused_for_multi_worker(monkeypatch, tf_config):
+    """A stray TF_CONFIG (left by another job) does not matter to a lone run; multi_worker needs a real one."""
+    from common.cli import UserError
+    from trainer.distribute import cluster_task
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert cluster_task("none") == {} and cluster_task("mirrored") == {}
+    with pytest.raises(UserError, match="TF_CONFIG is not a cluster description"):
+        cluster_task("multi_worker")
