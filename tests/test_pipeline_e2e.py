@@ -63,21 +63,34 @@ def check_run(run_dir: Path, epochs: int) -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_and_reruns_in_seconds(tmp_path):
-    run_dir = tmp_path / "run"
+def test_pipeline_with_tuning_from_a_yaml_config_runs_end_to_end_and_reruns_in_seconds(tmp_path):
+    """Every stage, the search included, from a pipeline.yaml; run again on the same fixed ports, every stage is
+    skipped (the first server's TIME-WAIT sockets must not block the second)."""
     from common.net import free_port
 
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("tune: true\ntuner: random\nmax_trials: 2\ntune_max_epochs: 1\nepochs: 2\n"
+                      "tune_options: --max-layers 2 --min-hiddens 8 --max-hiddens 16 --optimizers sgd\n")
+    run_dir = tmp_path / "run"
     ports = ["--grpc-port", str(free_port()), "--rest-port", str(free_port())]  # the same fixed ports twice
-    first = run_all(run_dir, "--epochs", "2", *ports)
+    first = run_all(run_dir, "--config", str(config), *ports)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "query over gRPC: 'it has" in first.stdout
     check_run(run_dir, 2)
     check_console_and_logs(first, run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["train"]["model"]["num_hiddens"] == 16 and config["train"]["run"]["epochs"] == 2
-    again = run_all(run_dir, "--epochs", "2", *ports)  # the first server's TIME-WAIT sockets must not block it
+    settings = json.loads((run_dir / "config.json").read_text())
+    assert settings["train"]["run"]["epochs"] == 2 and settings["tune"]["enabled"] is True
+    best = json.loads((run_dir / "tuning" / "best_hparams.json").read_text())
+    model = json.loads((run_dir / "model" / "run_config.json").read_text())["model"]
+    assert model["num_hiddens"] == best["num_hiddens"] and model["num_layers"] == best["num_layers"]
+    assert "## Tuning" in (run_dir / "report.md").read_text()
+    trial_lines = [line for line in first.stdout.splitlines() if line.strip().startswith("trial ")]
+    assert len(trial_lines) == 2 and all("val perplexity" in line and " lr nan" not in line for line in trial_lines), \
+        first.stdout[-3000:]
+    assert "Epoch 1/" not in first.stdout  # one line per trial, not Keras's per-epoch output
+    again = run_all(run_dir, "--config", str(config), *ports)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("preprocess", "train", "export"):
+    for stage in ("preprocess", "tune", "train", "export"):
         assert f"stage {stage}: " in again.stdout and "skipped" in again.stdout.split(f"stage {stage}")[1][:80]
     assert len([d for d in (run_dir / "export" / "deep_rnn").iterdir() if d.name.isdigit()]) == 1
 
@@ -92,25 +105,6 @@ def test_a_failing_stage_names_its_log_and_shows_its_last_lines(tmp_path):
     assert len(errors) == 1 and "stage train failed" in errors[0] and str(log) in errors[0], proc.stderr
     assert f"last lines of {log}:" in proc.stderr and "   | error: --batch-size 100000" in proc.stderr
     assert "--batch-size 100000 is larger than" in log.read_text()
-
-
-@pytest.mark.slow
-def test_pipeline_with_tuning_and_a_yaml_config(tmp_path):
-    config = tmp_path / "pipeline.yaml"
-    config.write_text("tune: true\ntuner: random\nmax_trials: 2\ntune_max_epochs: 1\nepochs: 1\n"
-                      "tune_options: --max-layers 2 --min-hiddens 8 --max-hiddens 16 --optimizers sgd\n")
-    run_dir = tmp_path / "run"
-    proc = run_all(run_dir, "--config", str(config))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    check_run(run_dir, 1)
-    best = json.loads((run_dir / "tuning" / "best_hparams.json").read_text())
-    model = json.loads((run_dir / "model" / "run_config.json").read_text())["model"]
-    assert model["num_hiddens"] == best["num_hiddens"] and model["num_layers"] == best["num_layers"]
-    assert "## Tuning" in (run_dir / "report.md").read_text()
-    trial_lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("trial ")]
-    assert len(trial_lines) == 2 and all("val perplexity" in line and " lr nan" not in line for line in trial_lines), \
-        proc.stdout[-3000:]
-    assert "Epoch 1/" not in proc.stdout  # one line per trial, not Keras's per-epoch output
 
 
 @pytest.mark.reliability
