@@ -144,8 +144,9 @@ def test_export_with_stray_folders_in_the_model_base(trained, tmp_path):
     for name in ("²", "100000000000000000000"):
         (base / "deep_rnn" / name).mkdir(parents=True)
         (base / "deep_rnn" / name / "saved_model.pb").write_bytes(b"")
-    proc = run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(base))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    from serving.savedmodel import export_model
+
+    export_model(str(trained[0]), str(base))
     assert (base / "deep_rnn" / "1" / "saved_model.pb").exists()
     assert_user_error(run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(base),
                               "--version", "100000000000000000000"), "version")
@@ -369,17 +370,18 @@ def test_data_naming_an_unknown_tokenizer_is_refused(tiny_data, tmp_path):
 
 
 def test_export_paths_with_quotes_and_a_models_config_that_is_a_directory(trained, tmp_path):
+    from common.cli import UserError
+    from serving.savedmodel import export_model
     from serving.servable import read_model_config_file
 
     base = tmp_path / 'odd "base" dir'  # (TF's own checkpoint reader refuses backslashes: the export says so)
-    proc = run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(base))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    export_model(str(trained[0]), str(base))
     (config,) = read_model_config_file(str(base / "models.config"))
     assert config.base_path == str(base / "deep_rnn")
     blocked = tmp_path / "blocked"
     (blocked / "models.config").mkdir(parents=True)
-    assert_user_error(run_cli("serving.export", "--model-dir", str(trained[0]), "--export-base", str(blocked)),
-                      "models.config")
+    with pytest.raises(UserError, match="models.config"):
+        export_model(str(trained[0]), str(blocked))
     assert not (blocked / "deep_rnn" / "1").exists()  # nothing published
 
 
