@@ -199,18 +199,25 @@ def test_throughput_counts_the_batches_an_epoch_ran():
 
 
 def test_bad_flags_exit_2(tiny_data, tmp_path):
+    """Flags are checked as they are parsed (one line, exit 2, before TensorFlow loads); what needs the data is
+    checked by the library before any work (the command prints its UserError the same way)."""
+    from common.cli import UserError
+
     cases = [(["--num-layers", "0"], "num_layers"), (["--num-hiddens", "0"], "num_hiddens"),
-             (["--cell", "transformer"], "--cell"), (["--batch-size", "100000"], "larger than"),
+             (["--cell", "transformer"], "--cell"),
              (["--epochs", "0"], "epochs"), (["--steps-per-execution", "0"], "steps_per_execution"),
              (["--steps-per-epoch", "0"], "steps_per_epoch"), (["--reduce-lr-patience", "-1"], "reduce_lr_patience"),
              (["--validation-freq", "0"], "validation_freq")]
     for flags, needle in cases:
         proc = run_cli("trainer.train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"), *flags)
         assert_user_error(proc, needle)
+    with pytest.raises(UserError, match="--batch-size 100000 is larger than"):
+        train_and_evaluate(TrainConfig.from_flat(batch_size=100_000), str(tiny_data), str(tmp_path / "m"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_user_error(run_cli("trainer.train", "--data", str(empty), "--model-dir", str(tmp_path / "m")),
-                      "metadata.json")
+    with pytest.raises(UserError, match="metadata.json"):
+        train_and_evaluate(TrainConfig(), str(empty), str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.reliability
