@@ -27,6 +27,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -417,9 +418,12 @@ TESTDATA = SHARED_DATA.parent / "tf_serving_testdata"
 
 
 def _config(entries: list[tuple[str, str]]) -> str:
-    return "model_config_list {\n" + "".join(
-        f'  config {{ name: "{name}" base_path: "{TESTDATA / folder}" model_platform: "tensorflow" }}\n'
-        for name, folder in entries) + "}\n"
+    return "model_config_list {\n" + _entries(entries) + "}\n"
+
+
+def _entries(entries: list[tuple[str, str]], policy: str = "") -> str:
+    return "".join(f'  config {{ name: "{name}" base_path: "{TESTDATA / folder}" model_platform: "tensorflow" '
+                   f"{policy}}}\n" for name, folder in entries)
 
 
 def _wait_for(condition, what: str, seconds: float = 60.0):
@@ -699,3 +703,156 @@ def test_a_bad_model_config_file_is_reported_in_tf_servings_words():
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in proc.stderr, proc.stderr
+
+
+# ---- every shipped model, served as it ships (tensorflow_model_server_test.py's cases) ----
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """One stand-in serving good_model_config.txt (its placeholders filled as TF Serving's test fills them) plus
+    every other model of the test data, each as it ships: (channel, REST root, model names)."""
+    folder = tmp_path_factory.mktemp("shipped")
+    good = (TESTDATA / "good_model_config.txt").read_text()
+    good = good.replace("${TEST_HALF_PLUS_TWO_DIR}", str(TESTDATA / "saved_model_half_plus_two_cpu"))
+    good = good.replace("${TEST_HALF_PLUS_THREE_DIR}", str(TESTDATA / "saved_model_half_plus_three"))
+    others = _entries([("default", "saved_model_half_plus_two_cpu"), ("tf2", "saved_model_half_plus_two_tf2_cpu"),
+                       ("mkl", "saved_model_half_plus_two_mkl"), ("counter", "saved_model_counter"),
+                       ("bad", "bad_half_plus_two")])
+    others += _entries([("saved_model_half_plus_two_2_versions", "saved_model_half_plus_two_2_versions")],
+                       policy="model_version_policy { all {} } ")
+    config = folder / "models.config"
+    body = good.strip()
+    assert body.endswith("}")
+    config.write_text(body[:-1] + others + "}\n")  # the list's closing brace after the other models
+    server = Server(model_config_file=str(config), port=0, rest_port=0, poll_seconds=0.2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    for name, version in (("half_plus_two", 123), ("half_plus_three", 123), ("default", 123), ("tf2", 123),
+                          ("mkl", 123), ("counter", 123), ("saved_model_half_plus_two_2_versions", 124)):
+        _wait_for(lambda: _available(channel, name).get(version) == available, f"{name} never loaded")  # noqa: B023
+    yield channel, f"http://127.0.0.1:{server.rest_port}/v1/models"
+    server.stop()
+
+
+def _x(value: float) -> tensor_pb2.TensorProto:
+    return tf.make_tensor_proto([[value]], dtype=tf.float32)
+
+
+def test_good_model_config_serves_both_models(shipped):
+    """[testGoodModelConfig] half_plus_two x = 2 → 3.0 and half_plus_three → 4.0, version 123, with and without
+    an output filter."""
+    channel, _ = shipped
+    for name, expected in (("half_plus_two", 3.0), ("half_plus_three", 4.0)):
+        for output_filter in (("y",), ()):
+            result = predict(channel, "", {"x": _x(2.0)}, name=name, output_filter=output_filter)
+            assert list(result.outputs["y"].float_val) == [expected] and result.model_spec.version.value == 123
+
+
+def test_status_and_metadata_of_default(shipped):
+    """[testGetModelStatus, testGetModelMetadata, testGetStatusREST, testGetModelMetadataREST]"""
+    channel, url = shipped
+    (status,) = status_of(channel, "default").model_version_status
+    assert (status.version, status.status.error_code) == (123, 0)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "default"
+    metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=60)
+    assert (metadata.model_spec.name, metadata.model_spec.version.value) == ("default", 123)
+    assert list(metadata.metadata) == ["signature_def"]
+    assert rest(f"{url}/default") == (200, {"model_version_status": [
+        {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+    expected = json.loads((TESTDATA / "half_plus_two_model_metadata.json").read_text())
+    assert rest(f"{url}/default/metadata") == (200, expected)
+    expected = json.loads((TESTDATA / "saved_model_half_plus_two_2_versions_metadata.json").read_text())
+    assert rest(f"{url}/saved_model_half_plus_two_2_versions/versions/123/metadata") == (200, expected)
+
+
+def test_rest_predict_classify_regress_on_default(shipped):
+    """[testPredictREST, testPredictColumnarREST, testClassifyREST, testRegressREST]"""
+    _, url = shipped
+    assert rest(f"{url}/default:predict", {"instances": [2.0, 3.0, 4.0]}) == (200, {"predictions": [3.0, 3.5, 4.0]})
+    assert rest(f"{url}/default:predict", {"inputs": [2.0, 3.0, 4.0]}) == (200, {"outputs": [3.0, 3.5, 4.0]})
+    assert rest(f"{url}/default:classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}) == \
+        (200, {"results": [[["", 3.0]]]})
+    assert rest(f"{url}/default:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}) == \
+        (200, {"results": [3.0]})
+
+
+def test_the_tf2_and_onednn_exports_answer_as_the_tf1_one(shipped):
+    """[testClassifyTf2, testRegressTf2, testMultiInferenceTf2] on half_plus_two_tf2_cpu; the oneDNN export
+    (half_plus_two_mkl) loads and predicts on this build too."""
+    channel, url = shipped
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = "tf2", "classify_x_to_y"
+    _examples(request.input, 2.0)
+    assert stub.Classify(request, timeout=60).result.classifications[0].classes[0].score == 3.0
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name, request.model_spec.signature_name = "tf2", "regress_x_to_y"
+    _examples(request.input, 2.0)
+    assert [r.value for r in stub.Regress(request, timeout=60).result.regressions] == [3.0]
+    multi = inference_pb2.MultiInferenceRequest()
+    for method, signature in (("regress", "regress_x_to_y"), ("classify", "classify_x_to_y")):
+        task = multi.tasks.add(method_name=f"tensorflow/serving/{method}")
+        task.model_spec.name, task.model_spec.signature_name = "tf2", signature
+    _examples(multi.input, 2.0)
+    results = stub.MultiInference(multi, timeout=60).results
+    assert results[0].regression_result.regressions[0].value == 3.0
+    assert results[1].classification_result.classifications[0].classes[0].score == 3.0
+    for name in ("tf2", "mkl"):
+        assert rest(f"{url}/{name}:predict", {"instances": [1.0, 2.0, 5.0]}) == (200, {"predictions": [2.5, 3.0, 4.5]})
+
+
+def test_the_counter_keeps_its_state_across_requests(shipped):
+    """saved_model_counter: signatures without inputs (incr_counter, get_counter, reset_counter) over gRPC, and
+    incr_counter_by; the variable lives in the served session. (REST cannot call a signature without inputs:
+    json_tensor.cc's "Failed to get input map for signature", which the stand-in answers too.)"""
+    channel, url = shipped
+
+    def call(signature, **inputs):
+        outputs = predict(channel, signature, {k: tf.make_tensor_proto(v) for k, v in inputs.items()},
+                          name="counter").outputs
+        return float(tf.make_ndarray(outputs["output"]))
+
+    assert call("reset_counter") == 0.0
+    assert [call("incr_counter"), call("incr_counter"), call("get_counter")] == [1.0, 2.0, 2.0]
+    assert call("incr_counter_by", delta=3.0) == 5.0
+    assert call("reset_counter") == 0.0
+    code, body = rest(f"{url}/counter:predict", {"signature_name": "incr_counter", "instances": [0]})
+    assert code == 400 and "Failed to get input map for signature: incr_counter" in body["error"]
+
+
+def test_a_model_with_no_savedmodel_is_not_served_and_harms_nothing(shipped):
+    """bad_half_plus_two holds a pre-SavedModel export: no version of it is served, and everything else is."""
+    channel, _ = shipped
+    with pytest.raises(grpc.RpcError) as err:
+        predict(channel, "", {"x": _x(2.0)}, name="bad")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert list(predict(channel, "", {"x": _x(2.0)}, name="default").outputs["y"].float_val) == [3.0]
+
+
+@pytest.mark.parametrize("signatures", ["one", "two"])
+def test_a_fresh_tf_saved_model_save_export_is_served(tmp_path, signatures):
+    """[test_tf_saved_model_save, test_tf_saved_model_save_multiple_signatures] a tf.Module saved by TF2 into
+    base/00000123 with an input of unknown rank: 3 × 2 × x, or two signatures answering 1 and 2."""
+    root = tf.train.Checkpoint()
+    if signatures == "one":
+        root.v1, root.v2 = tf.Variable(3.0), tf.Variable(2.0)
+        root.f = tf.function(lambda x: {"y": root.v1 * root.v2 * x})
+        tf.saved_model.save(root, str(tmp_path / "base" / "00000123"),
+                            root.f.get_concrete_function(tf.TensorSpec(None, tf.float32)))
+    else:
+        root.f = tf.function(lambda x: {"y": 1.0}, input_signature=[tf.TensorSpec(None, tf.float32)])
+        root.g = tf.function(lambda x: {"y": 2.0}, input_signature=[tf.TensorSpec(None, tf.float32)])
+        tf.saved_model.save(root, str(tmp_path / "base" / "00000123"),
+                            signatures={"serving_default": root.f, "custom_signature_key": root.g})
+    server = Server(str(tmp_path / "base"), model_name="default", port=0, rest_port=None, poll_seconds=0.2)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        _wait_for(lambda: _available(channel, "default").get(123) == available, "the export never loaded")
+        answer = predict(channel, "", {"x": tf.make_tensor_proto(2.0)}, name="default")
+        assert list(answer.outputs["y"].float_val) == ([12.0] if signatures == "one" else [1.0])
+        if signatures == "two":
+            custom = predict(channel, "custom_signature_key", {"x": tf.make_tensor_proto(2.0)}, name="default")
+            assert list(custom.outputs["y"].float_val) == [2.0]
+    finally:
+        server.stop()
