@@ -519,15 +519,21 @@ def test_grpc_classify_and_regress_on_example_signatures(half_plus_two):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Input is empty" in err.value.details()
 
 
+def _multi_inference(model: str, *tasks: tuple[str, str]) -> inference_pb2.MultiInferenceRequest:
+    """A MultiInferenceRequest of (method, signature) tasks on `model` over one example, x = 2.0."""
+    request = inference_pb2.MultiInferenceRequest()
+    for method, signature in tasks:
+        task = request.tasks.add(method_name=f"tensorflow/serving/{method}")
+        task.model_spec.name, task.model_spec.signature_name = model, signature
+    _examples(request.input, 2.0)
+    return request
+
+
 def test_grpc_multi_inference_runs_each_signature_once_on_one_model(half_plus_two):
     """[multi_inference_test.cc] classify and regress tasks over one shared input; the same signature twice,
     or two model names, are refused in TF Serving's words."""
     stub = prediction_service_pb2_grpc.PredictionServiceStub(half_plus_two[0])
-    request = inference_pb2.MultiInferenceRequest()
-    for method, signature in (("classify", "classify_x_to_y"), ("regress", "regress_x_to_y")):
-        task = request.tasks.add(method_name=f"tensorflow/serving/{method}")
-        task.model_spec.name, task.model_spec.signature_name = "half_plus_two", signature
-    _examples(request.input, 2.0)
+    request = _multi_inference("half_plus_two", ("classify", "classify_x_to_y"), ("regress", "regress_x_to_y"))
     results = stub.MultiInference(request, timeout=60).results
     assert results[0].classification_result.classifications[0].classes[0].score == 3.0
     assert results[1].regression_result.regressions[0].value == 3.0
@@ -789,11 +795,7 @@ def test_the_tf2_and_onednn_exports_answer_as_the_tf1_one(shipped):
     request.model_spec.name, request.model_spec.signature_name = "tf2", "regress_x_to_y"
     _examples(request.input, 2.0)
     assert [r.value for r in stub.Regress(request, timeout=60).result.regressions] == [3.0]
-    multi = inference_pb2.MultiInferenceRequest()
-    for method, signature in (("regress", "regress_x_to_y"), ("classify", "classify_x_to_y")):
-        task = multi.tasks.add(method_name=f"tensorflow/serving/{method}")
-        task.model_spec.name, task.model_spec.signature_name = "tf2", signature
-    _examples(multi.input, 2.0)
+    multi = _multi_inference("tf2", ("regress", "regress_x_to_y"), ("classify", "classify_x_to_y"))
     results = stub.MultiInference(multi, timeout=60).results
     assert results[0].regression_result.regressions[0].value == 3.0
     assert results[1].classification_result.classifications[0].classes[0].score == 3.0
