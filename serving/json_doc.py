@@ -154,7 +154,10 @@ class _Reader:
             end, is_float = digits.end(), True
         literal = self.text[pos:end]
         if not is_float:
-            return int(literal), end
+            try:
+                return int(literal), end
+            except ValueError:  # more digits than Python converts (4300): far beyond any double
+                raise ParseError("Number too big to be stored in double.", pos) from None
         value = float(literal)
         if value in (float("inf"), float("-inf")):
             raise ParseError("Number too big to be stored in double.", pos)

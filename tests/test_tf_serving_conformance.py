@@ -631,6 +631,7 @@ def test_rest_a_double_input_is_rounded_to_float32_as_the_session_reads_it(half_
     (b'{"instances": [1]} x', "JSON Parse error: The document root must not be followed by other values."),
     (b'{"instances": [1.]}', "JSON Parse error: Miss fraction part in number."),
     (b'{"instances": "\xff"}', "JSON Parse error: Invalid encoding in string."),
+    (b'{"instances": [' + b"9" * 5000 + b"]}", "JSON Parse error: Number too big to be stored in double."),
     (b"[1, 2]", "Is not object"),
 ])
 def test_rest_parse_errors_in_rapidjsons_words(half_plus_two, raw, needle):
