@@ -26,6 +26,8 @@ class ParseError(ValueError):
 
 def loads(text: str):
     """The document in `text`; ParseError in RapidJSON's words when it is not JSON."""
+    if _BIG_EXPONENT.search(text):  # Python reads 1e400 as inf; RapidJSON refuses it: the reader decides
+        return _Reader(text).document()
     try:
         return json.loads(text, object_pairs_hook=_first_wins)
     except (ValueError, RecursionError):
@@ -38,6 +40,9 @@ def _first_wins(pairs) -> dict:
     for key, value in pairs:
         members.setdefault(key, value)
     return members
+
+
+_BIG_EXPONENT = re.compile(r"[0-9][eE]\+?[0-9]{3}")
 
 
 # ---- the iterative reader ----

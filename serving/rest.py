@@ -6,6 +6,7 @@ status → HTTP code) and util/json_tensor.cc (request formats, response shapes,
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import math
 import re
@@ -174,6 +175,8 @@ def parse_json(body: bytes):
     """json_tensor.cc ParseJson: a non-empty JSON object (NaN and Infinity allowed), errors in RapidJSON's words."""
     if not body:
         raise invalid("JSON Parse error: The document is empty")
+    if body.startswith(codecs.BOM_UTF8):  # RapidJSON's UTF-8 input stream skips a byte-order mark
+        body = body[len(codecs.BOM_UTF8):]
     try:
         doc = json_doc.loads(body.decode("utf-8"))
     except UnicodeDecodeError as err:

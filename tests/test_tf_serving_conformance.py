@@ -15,6 +15,7 @@ When `tensorflow_model_server` is on PATH the same cases also run against it.
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import shutil
 import socket
@@ -632,6 +633,7 @@ def test_rest_a_double_input_is_rounded_to_float32_as_the_session_reads_it(half_
     (b'{"instances": [1.]}', "JSON Parse error: Miss fraction part in number."),
     (b'{"instances": "\xff"}', "JSON Parse error: Invalid encoding in string."),
     (b'{"instances": [' + b"9" * 5000 + b"]}", "JSON Parse error: Number too big to be stored in double."),
+    (b'{"instances": [1e400]}', "JSON Parse error: Number too big to be stored in double."),
     (b"[1, 2]", "Is not object"),
 ])
 def test_rest_parse_errors_in_rapidjsons_words(half_plus_two, raw, needle):
@@ -649,6 +651,8 @@ def test_rest_nan_inf_and_a_deep_unused_key_are_read_as_tf_serving_reads_them(ha
     assert code == 200 and body["predictions"][0] == 3.0 and body["predictions"][1] == float("inf"), body
     code, body = rest(f"{url}:predict", raw=b'{"instances": ' + deep + b"}")
     assert code == 400, body  # used, it is a tensor of 10,000 dimensions: refused, not a dropped connection
+    code, body = rest(f"{url}:predict", raw=codecs.BOM_UTF8 + b'{"instances": [2.0, 1e-400]}')
+    assert code == 200 and body["predictions"] == [3.0, 2.0], body  # a BOM skipped; an underflow is 0
 
 
 @pytest.mark.parametrize("example, needle", [   # [json_tensor.cc AddValueToFeature / MakeExampleFromJsonObject]
