@@ -66,12 +66,17 @@ def _check_parses(options) -> None:
         raise UserError(f"Beam option: {errors[-1] if errors else printed.getvalue().strip()[-300:]}") from None
 
 
+def _tells_of_a_full_disk(message: str) -> bool:
+    """Whether a worker's error, as Beam passes it on (`OSError: [Errno 28] ...`), is a full disk or quota."""
+    return any(f"[Errno {code}]" in message for code in (errno.ENOSPC, errno.EDQUOT))
+
+
 class _FullDiskFilter(logging.Filter):
     """Drops Beam's ERROR log (with traceback) of a worker that ran out of disk: preprocess reports it in one
     line. Any other failure keeps its log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(f"[Errno {code}]" in record.getMessage() for code in (errno.ENOSPC, errno.EDQUOT))
+        return not _tells_of_a_full_disk(record.getMessage())
 
 
 @contextlib.contextmanager
@@ -223,7 +228,7 @@ def preprocess(corpus: Sequence[str], output: str, cfg: transform.PreprocessConf
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
         raise UserError(f"--output {output}: cannot write: {err.strerror or err}") from None
     except RuntimeError as err:  # Beam's runners re-raise a worker's OSError as RuntimeError("OSError: ...")
-        if f"[Errno {errno.ENOSPC}]" in str(err) or f"[Errno {errno.EDQUOT}]" in str(err):
+        if _tells_of_a_full_disk(str(err)):
             raise UserError(f"--output {output}: no space left on device (nothing was published)") from None
         raise
 

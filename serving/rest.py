@@ -140,12 +140,12 @@ def _feature_value(item, name: str) -> tuple[str, object]:
             raise invalid("Unable to base64 decode") from None
     if isinstance(item, str):
         return "bytes", item.encode("utf-8", errors="surrogatepass")
-    if isinstance(item, int) and -2**63 <= item < 2**64:  # RapidJSON reads a larger integer as a double
+    if _held_as_integer(item):
         if item >= 2**63:
             raise invalid(f"Feature: {name} has uint64 element. Only int64_t is supported.")
         return "int64", item
     if isinstance(item, (int, float)):
-        if not _fits_float32(item):
+        if not _lossless(item, to_float32=True):
             raise invalid(f"Cannot convert JSON value: {_short(item)} to float without loss of precision.")
         return "float", float(item)
     raise invalid(f"Feature: {name} has element with unexpected JSON type: {_json_type(item)}")
@@ -302,24 +302,18 @@ _FLOAT32_MAX = 3.4028234663852886e38
 def _lossless(value, to_float32: bool) -> bool:
     """json_tensor.cc IsLosslessDecimal: an integer RapidJSON holds as one (int64 or uint64) must be exact in the
     type's significand; a double (a larger integer too), finite, must be within the type's range."""
-    if isinstance(value, int) and -2**63 <= value < 2**64:
+    if _held_as_integer(value):
         return abs(value) <= (2**24 - 1 if to_float32 else 2**53 - 1)
-    return _fits_float32(value) if to_float32 else _fits_double(value)
-
-
-def _fits_double(value) -> bool:
     try:
-        float(value)
+        number = float(value)
     except OverflowError:  # an integer literal beyond any double (RapidJSON: "Number too big")
         return False
-    return True
+    return not to_float32 or not math.isfinite(number) or -_FLOAT32_MAX <= number <= _FLOAT32_MAX
 
 
-def _fits_float32(value) -> bool:
-    if not _fits_double(value):
-        return False
-    number = float(value)
-    return not math.isfinite(number) or -_FLOAT32_MAX <= number <= _FLOAT32_MAX
+def _held_as_integer(value) -> bool:
+    """Whether RapidJSON holds a JSON number as an integer (int64 or uint64); a larger one it reads as a double."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**64
 
 
 _NUMPY = {types_pb2.DT_STRING: object, types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,

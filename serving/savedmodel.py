@@ -200,11 +200,11 @@ def export_model(model_dir: str, export_base: str, model_name: str = "deep_rnn",
     for path, flag in ((model_dir, "--model-dir"), (export_base, "--export-base")):
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{flag} {path}: exists and is not a directory")
-    paths.make_output_dir(export_base, "--export-base")
     models_config = os.path.join(export_base, "models.config")
     if os.path.lexists(models_config) and not os.path.isfile(models_config):
         raise UserError(f"{models_config}: exists and is not a file; it is where the export lists its models")
     model, vocab, run_config = load_trained(model_dir)
+    paths.make_output_dir(export_base, "--export-base")  # made once there is a model to put in it
     model_base = os.path.join(export_base, model_name)
     os.makedirs(model_base, exist_ok=True)
     with locks.exclusive(model_base, "serving.export"):  # two exports must not pick the same version

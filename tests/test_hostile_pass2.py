@@ -209,9 +209,9 @@ def test_preprocessing_onto_a_full_disk_fails_in_one_line(tmp_path):
 
 
 @needs_mounts
-def test_an_output_on_a_read_only_filesystem_is_named_in_one_line(tmp_path):
+def test_an_output_on_a_read_only_filesystem_is_named_in_one_line(trained, tmp_path):
     readonly = tmp_path / "ro"
-    proc = on_small_filesystem(readonly, "ro", "serving.export", "--model-dir", str(tmp_path / "m"),
+    proc = on_small_filesystem(readonly, "ro", "serving.export", "--model-dir", str(trained[0]),
                                "--export-base", str(readonly / "export"))
     assert_user_error(proc, "Read-only file system")
 

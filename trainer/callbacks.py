@@ -65,7 +65,7 @@ class EpochCSVLogger(keras.callbacks.CSVLogger):
             return
         header, body = rows[0], rows[1:]
         whole = body if content.endswith("\n") else body[:-1]  # a last row without its newline was cut short
-        kept = [row for row in whole if _epoch_of(row) is not None and _epoch_of(row) < epoch]
+        kept = [row for row in whole if (row_epoch := _epoch_of(row)) is not None and row_epoch < epoch]
         if len(kept) == len(body):
             return
         text = io.StringIO()

@@ -318,10 +318,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str, model_dir: str) -> dict:
     task = cluster_task(cfg.run.distribute)
     chief = is_chief(task)
     work_dir = model_dir if chief else os.path.join(model_dir, f"worker-{task.get('index', 0)}")
-    for path in (model_dir, work_dir):
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise UserError(f"{path}: exists and is not a directory")
-    paths.make_output_dir(work_dir, "--model-dir")
+    paths.make_output_dir(work_dir, "--model-dir")  # a file in its place or on its way: one line
     with locks.exclusive(work_dir, "trainer.train"):
         return _train_locked(cfg, model_cfg, info, model_dir, work_dir, chief, strategy, clock, run_config)
 
